@@ -1,0 +1,246 @@
+"""Simulated leaf switches: one hardware_vtep OVSDB server per leaf.
+
+Each leaf is an ``ovsdb-server`` serving a database built from Open vSwitch's
+``vtep.ovsschema`` on ``tcp:127.0.0.1:PORT``.  It holds the leaf's
+``Physical_Switch`` row (with its VXLAN tunnel IP), its ``Physical_Port`` rows
+and the ``Global`` row referencing the switch - what a real top-of-rack switch
+speaking the hardware_vtep schema would expose to a controller.
+
+The server runs in the foreground under :class:`~.procs.Daemon` (own session,
+stopped by pid); its control socket, log and database file all live in the
+leaf's work directory and the OVS_* directory variables point there too, so
+nothing touches /var/run/openvswitch.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from networking_dvs_fabric.lab import topology
+from networking_dvs_fabric.lab.procs import (Daemon, LabError, free_port, port_open,
+                                             wait_until)
+
+VTEP_SCHEMA = Path("/usr/share/openvswitch/vtep.ovsschema")
+DB_NAME = "hardware_vtep"
+START_TIMEOUT = 15.0
+# sun_path is 108 bytes including the terminating NUL.
+_MAX_UNIX_PATH = 107
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)),
+        None)
+    if path is None:
+        raise LabError(f"{name} not found; apt-get install {package}")
+    return path
+
+
+def _ovs_env(rundir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"):
+        env[var] = str(rundir)
+    return env
+
+
+class LeafSwitch:
+    """One simulated leaf: a hardware_vtep ``ovsdb-server`` owned by pid."""
+
+    def __init__(self, name: str, tunnel_ip: str, workdir: Path,
+                 ports: Sequence[str], port: int = 0) -> None:
+        self.name = name
+        self.tunnel_ip = tunnel_ip
+        self.workdir = Path(workdir)
+        self.ports = list(ports)
+        self.port = int(port)
+        self._daemon: Daemon | None = None
+        # Set when the workdir is too deep for a unix socket path.
+        self._ctl_dir: Path | None = None
+
+    # -- paths ---------------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.workdir / "vtep.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "ovsdb-server.log"
+
+    @property
+    def ctl_path(self) -> Path:
+        if self._ctl_dir is not None:
+            return self._ctl_dir / "ovsdb-server.ctl"
+        return self.workdir / "ovsdb-server.ctl"
+
+    @property
+    def ovsdb(self) -> str:
+        if not self.port:
+            raise LabError(f"leaf {self.name}: not started, no OVSDB port yet")
+        return f"tcp:127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._daemon.pid if self._daemon is not None else None
+
+    def running(self) -> bool:
+        return self._daemon is not None and self._daemon.running()
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> "LeafSwitch":
+        """Start the server (unless it already runs) and make sure the rows exist."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        started_here = False
+        if not self.running():
+            self._create_db()
+            self._start_server()
+            started_here = True
+        try:
+            self._ensure_rows()
+        except BaseException:
+            if started_here:
+                self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._daemon is not None:
+            self._daemon.stop()
+        if self._ctl_dir is not None:
+            shutil.rmtree(self._ctl_dir, ignore_errors=True)
+            self._ctl_dir = None
+
+    def _create_db(self) -> None:
+        if self.db_path.exists():
+            return
+        if not VTEP_SCHEMA.exists():
+            raise LabError(f"{VTEP_SCHEMA} missing; apt-get install openvswitch-vtep")
+        tmp = self.db_path.with_name(self.db_path.name + ".new")
+        tmp.unlink(missing_ok=True)
+        self._run([_tool("ovsdb-tool", "openvswitch-common"), "create", str(tmp),
+                   str(VTEP_SCHEMA)], "ovsdb-tool create")
+        os.replace(tmp, self.db_path)
+        # ovsdb-tool leaves its lock file behind, named after the temporary file.
+        tmp.with_name(f".{tmp.name}.~lock~").unlink(missing_ok=True)
+
+    def _start_server(self) -> None:
+        if not self.port:
+            self.port = free_port()
+        elif port_open("127.0.0.1", self.port):
+            raise LabError(f"leaf {self.name}: port {self.port} is already in use "
+                           "by another process")
+        if len(os.fsencode(self.workdir / "ovsdb-server.ctl")) > _MAX_UNIX_PATH:
+            if self._ctl_dir is None or not self._ctl_dir.is_dir():
+                self._ctl_dir = Path(tempfile.mkdtemp(prefix=f"lab-{self.name}-"))
+        self.ctl_path.unlink(missing_ok=True)
+        argv = [
+            _tool("ovsdb-server", "openvswitch-switch"),
+            f"--remote=ptcp:{self.port}:127.0.0.1",
+            f"--unixctl={self.ctl_path}",
+            "--no-chdir",
+            "-vconsole:info", "-vsyslog:off", "-vfile:off",
+            str(self.db_path),
+        ]
+        self._daemon = Daemon(name=f"ovsdb-server-{self.name}", argv=argv,
+                              log_path=self.log_path, env=_ovs_env(self.workdir),
+                              cwd=self.workdir)
+        self._daemon.start()
+        try:
+            wait_until(self._answers, START_TIMEOUT,
+                       f"ovsdb-server for leaf {self.name} on {self.ovsdb}",
+                       alive=self._daemon)
+        except LabError:
+            self._daemon.stop()
+            raise
+
+    def _answers(self) -> bool:
+        if not port_open("127.0.0.1", self.port):
+            return False
+        out = subprocess.run(
+            [_tool("ovsdb-client", "openvswitch-common"), "--timeout=2", "list-dbs",
+             self.ovsdb], capture_output=True, text=True, timeout=5,
+            env=_ovs_env(self.workdir))
+        return out.returncode == 0 and DB_NAME in out.stdout.split()
+
+    def _ensure_rows(self) -> None:
+        """Physical_Switch, its ports and Global.switches; safe to repeat."""
+        args = ["--", "--may-exist", "add-ps", self.name,
+                "--", "set", "Physical_Switch", self.name,
+                f'tunnel_ips=["{self.tunnel_ip}"]']
+        for port in self.ports:
+            args += ["--", "--may-exist", "add-port", self.name, port]
+        self.vtep_ctl(*args)
+
+    def vtep_ctl(self, *args: str) -> str:
+        """Run ``vtep-ctl`` against this leaf and return its stdout."""
+        return self._run([_tool("vtep-ctl", "openvswitch-vtep"), f"--db={self.ovsdb}",
+                          "--timeout=10", *args], "vtep-ctl")
+
+    def _run(self, argv: list[str], what: str) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                                 env=_ovs_env(self.workdir))
+        except subprocess.TimeoutExpired as exc:
+            raise LabError(f"leaf {self.name}: {what} timed out") from exc
+        if out.returncode != 0:
+            raise LabError(f"leaf {self.name}: {what} failed ({out.returncode}): "
+                           f"{out.stderr.strip() or out.stdout.strip()}")
+        return out.stdout
+
+    # -- state file ----------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "tunnel_ip": self.tunnel_ip,
+            "workdir": str(self.workdir),
+            "ports": list(self.ports),
+            "port": self.port,
+            "ovsdb": f"tcp:127.0.0.1:{self.port}" if self.port else None,
+            "ctl_dir": str(self._ctl_dir) if self._ctl_dir else None,
+            "daemon": self._daemon.to_json() if self._daemon else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LeafSwitch":
+        leaf = cls(data["name"], data["tunnel_ip"], Path(data["workdir"]),
+                   data.get("ports", []), data.get("port", 0))
+        if data.get("ctl_dir"):
+            leaf._ctl_dir = Path(data["ctl_dir"])
+        if data.get("daemon"):
+            leaf._daemon = Daemon.from_json(data["daemon"])
+        return leaf
+
+    def __repr__(self) -> str:
+        return (f"LeafSwitch({self.name!r}, {self.tunnel_ip!r}, ovsdb="
+                f"{'tcp:127.0.0.1:%d' % self.port if self.port else None}, pid={self.pid})")
+
+
+def lab_leaves(workdir: Path) -> list[LeafSwitch]:
+    """The lab's leaves (not started): one per topology leaf, ports from attachments."""
+    ports: dict[str, list[str]] = {}
+    for att in topology.attachments():
+        ports.setdefault(att.leaf, []).append(att.port)
+    base = Path(workdir) / "leaves"
+    return [LeafSwitch(leaf.name, leaf.tunnel_ip, base / leaf.name,
+                       ports.get(leaf.name, []))
+            for leaf in topology.leaves()]
+
+
+def start_lab_leaves(workdir: Path) -> list[LeafSwitch]:
+    """Build and start the lab's three leaves under ``workdir/leaves/<name>``.
+
+    If one fails to start, the ones already started are stopped again.
+    """
+    started: list[LeafSwitch] = []
+    try:
+        for leaf in lab_leaves(workdir):
+            started.append(leaf.start())
+    except BaseException:
+        for leaf in started:
+            leaf.stop()
+        raise
+    return started
+

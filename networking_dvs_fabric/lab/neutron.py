@@ -1,0 +1,154 @@
+"""Neutron for the lab: configs, database schema, the API under uWSGI, the periodic workers.
+
+Everything runs from the same Python environment as ``dvs-fabric`` itself, so
+any mechanism driver installed there can be named.
+"""
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Mapping
+
+from networking_dvs_fabric.lab import topology
+from networking_dvs_fabric.lab.procs import Daemon, LabError, free_port, wait_until
+
+BIN = Path(sys.executable).parent
+
+
+@dataclasses.dataclass(frozen=True)
+class VCenterAccess:
+    url: str
+    username: str
+    password: str
+    ca_file: str
+
+
+def _write_ini(path: Path, sections: Mapping[str, Mapping[str, str]]) -> None:
+    parser = configparser.ConfigParser(interpolation=None)
+    for section, values in sections.items():
+        parser[section] = dict(values)
+    with open(path, "w") as handle:
+        parser.write(handle)
+    path.chmod(0o600)
+
+
+def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
+                  mechanism_drivers: str, mode: str,
+                  extra: Mapping[str, Mapping[str, str]] | None = None) -> list[Path]:
+    """neutron.conf and ml2_conf.ini for the lab; returns the config file paths."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    neutron_conf = workdir / "neutron.conf"
+    ml2_conf = workdir / "ml2_conf.ini"
+    _write_ini(neutron_conf, {
+        "DEFAULT": {"core_plugin": "ml2", "service_plugins": "", "auth_strategy": "noauth",
+                    "transport_url": "fake:/", "state_path": str(workdir / "state"),
+                    "debug": "false", "api_workers": "2"},
+        "database": {"connection": db_url, "max_retries": "10"},
+        "oslo_concurrency": {"lock_path": str(workdir / "locks")},
+    })
+    compute_hosts = topology.compute_hosts()
+    sections: dict[str, dict[str, str]] = {
+        "ml2": {"type_drivers": "flat,vlan,vxlan", "project_network_types": "vlan",
+                "mechanism_drivers": mechanism_drivers,
+                "extension_drivers": "port_security"},
+        "ml2_type_vlan": {"network_vlan_ranges":
+                          f"{topology.PHYSICAL_NETWORK}:{topology.VLAN_RANGE[0]}:"
+                          f"{topology.VLAN_RANGE[1]}"},
+        "ml2_type_vxlan": {"vni_ranges": "5000:5999"},
+        "ml2_vsphere": {
+            "vcenter_url": vcenter.url, "username": vcenter.username,
+            "password": vcenter.password, "ca_file": vcenter.ca_file,
+            "datacenter": topology.DATACENTER,
+            "dvs_mappings": f"{topology.PHYSICAL_NETWORK}:{topology.DVS_NAME}",
+            "host_mappings": ",".join(f"{host}:{info['cluster']}"
+                                      for host, info in compute_hosts.items()),
+            "cleanup_interval": "5"},
+        "dvs_fabric_lab": {"mode": mode},
+    }
+    for section, values in (extra or {}).items():
+        sections.setdefault(section, {}).update(values)
+    _write_ini(ml2_conf, sections)
+    (workdir / "state").mkdir(exist_ok=True)
+    (workdir / "locks").mkdir(exist_ok=True)
+    return [neutron_conf, ml2_conf]
+
+
+def _config_args(config_files: list[Path]) -> list[str]:
+    args: list[str] = []
+    for path in config_files:
+        args += ["--config-file", str(path)]
+    return args
+
+
+def prepare_database(db_url: str, config_files: list[Path], log: Path) -> None:
+    """Create Neutron's schema: migrations on MariaDB, models + stamp on SQLite."""
+    manage = [str(BIN / "neutron-db-manage"), *_config_args(config_files)]
+    if db_url.startswith("sqlite"):
+        # Migrations do not run on SQLite; the models' metadata does.
+        code = ("import sys, sqlalchemy\n"
+                "from neutron.db.migration.models import head\n"
+                "engine = sqlalchemy.create_engine(sys.argv[1])\n"
+                "head.get_metadata().create_all(engine)\n")
+        _run([sys.executable, "-c", code, db_url], log, "create the SQLite schema")
+        _run(manage + ["stamp", "heads"], log, "stamp the SQLite schema")
+    else:
+        _run(manage + ["upgrade", "heads"], log, "migrate the MariaDB schema")
+
+
+def _run(argv: list[str], log: Path, what: str) -> None:
+    with open(log, "ab") as out:
+        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise LabError(f"could not {what} (exit {result.returncode}); log {log}:\n{tail}")
+
+
+def _env(config_files: list[Path]) -> dict[str, str]:
+    import os
+    env = dict(os.environ)
+    env["OS_NEUTRON_CONFIG_DIR"] = str(config_files[0].parent)
+    env["OS_NEUTRON_CONFIG_FILES"] = ";".join(p.name for p in config_files)
+    return env
+
+
+def api_daemon(workdir: Path, config_files: list[Path], port: int, processes: int = 2) -> Daemon:
+    argv = [str(BIN / "uwsgi"), "--http-socket", f"127.0.0.1:{port}",
+            "--module", "neutron.wsgi.api:application", "--home", sys.prefix,
+            "--master", "--processes", str(processes), "--enable-threads",
+            "--lazy-apps", "--die-on-term", "--need-app", "--thunder-lock",
+            "--add-header", "Connection: close", "--buffer-size", "65535"]
+    return Daemon("neutron-api", argv, workdir / "logs" / "neutron-api.log",
+                  env=_env(config_files))
+
+
+def periodic_daemon(workdir: Path, config_files: list[Path]) -> Daemon:
+    argv = [str(BIN / "neutron-periodic-workers"), *_config_args(config_files)]
+    return Daemon("neutron-periodic-workers", argv,
+                  workdir / "logs" / "neutron-periodic-workers.log", env=_env(config_files))
+
+
+def api_answers(url: str) -> bool:
+    request = urllib.request.Request(url + "/v2.0/networks", headers={"Connection": "close"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.status == 200 and "networks" in json.loads(response.read())
+
+
+def start_neutron(workdir: Path, config_files: list[Path], timeout: float = 180.0
+                  ) -> tuple[Daemon, Daemon, str]:
+    """Start the API and the periodic workers; wait until the API answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    api = api_daemon(workdir, config_files, port).start()
+    try:
+        wait_until(lambda: api_answers(url), timeout, f"Neutron API at {url}", alive=api,
+                   interval=0.5)
+        periodic = periodic_daemon(workdir, config_files).start()
+    except BaseException:
+        api.stop()
+        raise
+    return api, periodic, url

@@ -1,0 +1,62 @@
+"""The lab's fixed model: what the vCenter simulator holds and how hosts reach leaves.
+
+The simulator's VPX model names things predictably (DC0, DC0_C0, DC0_C0_H0, DVS0);
+this module writes those names down once so the launchers, the configs and the
+tests agree.  Hosts of each cluster are spread over at least two leaves so a
+vMotion inside a cluster can change leaf.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+DATACENTER = "DC0"
+DVS_NAME = "DVS0"
+PHYSICAL_NETWORK = "physnet-dvs"
+CLUSTERS = ("DC0_C0", "DC0_C1")
+HOSTS_PER_CLUSTER = 3
+VLAN_RANGE = (100, 3999)
+LEAF_NAMES = ("leaf1", "leaf2", "leaf3")
+
+
+def esxi_hosts(cluster: str) -> list[str]:
+    return [f"{cluster}_H{i}" for i in range(HOSTS_PER_CLUSTER)]
+
+
+def compute_host(cluster: str) -> str:
+    """The binding host Nova's VMware driver would use for ``cluster``."""
+    return f"compute-{cluster.lower().replace('_', '-')}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    name: str
+    tunnel_ip: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Attachment:
+    esxi_host: str
+    leaf: str
+    port: str
+
+
+def leaves() -> list[Leaf]:
+    return [Leaf(name, f"192.0.2.{i + 1}") for i, name in enumerate(LEAF_NAMES)]
+
+
+def attachments() -> list[Attachment]:
+    """Round-robin every ESXi host onto a leaf; ports are numbered per leaf."""
+    result: list[Attachment] = []
+    per_leaf: dict[str, int] = {}
+    index = 0
+    for cluster in CLUSTERS:
+        for host in esxi_hosts(cluster):
+            leaf = LEAF_NAMES[index % len(LEAF_NAMES)]
+            per_leaf[leaf] = per_leaf.get(leaf, 0) + 1
+            result.append(Attachment(host, leaf, f"swp{per_leaf[leaf]}"))
+            index += 1
+    return result
+
+
+def compute_hosts() -> dict[str, dict]:
+    return {compute_host(c): {"cluster": c, "esxi_hosts": esxi_hosts(c)} for c in CLUSTERS}

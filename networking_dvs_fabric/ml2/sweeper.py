@@ -1,0 +1,99 @@
+"""The periodic sweep: remove our port groups that no port needs any more.
+
+Runs in ``neutron-periodic-workers`` (from the driver's ``get_workers``).  It is
+level-triggered: it lists our port groups in vCenter, asks Neutron's database
+whether any port of that network sits on a host of that DVS, and deletes the
+unused ones - which also retries those kept earlier because a VM Neutron does
+not know still used them.  A port group must look unused on two sweeps in a row
+before it goes, so a bind that is just starting is never undercut.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from neutron_lib import context as n_context
+from neutron_lib import worker
+
+from networking_dvs_fabric.ml2 import db
+from networking_dvs_fabric.vcenter import errors
+
+if TYPE_CHECKING:
+    from networking_dvs_fabric.ml2.vsphere_dvs import VSphereDVSMechanismDriver
+
+LOG = logging.getLogger(__name__)
+
+
+class PortGroupSweeper(worker.BaseWorker):
+    def __init__(self, driver: "VSphereDVSMechanismDriver", interval: float) -> None:
+        super().__init__(worker_process_count=0)
+        self._driver = driver
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._suspects: set[tuple[str, str]] = set()
+
+    def start(self, name: str = "vsphere_dvs port group sweeper", desc: str | None = None):
+        super().start(name=name, desc=desc)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="dvs-pg-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def reset(self) -> None:
+        pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.sweep_once()
+            except Exception:  # noqa: BLE001 - a sweep must never kill the worker
+                LOG.exception("vsphere_dvs: port group sweep failed; next in %s s",
+                              self._interval)
+
+    def sweep_once(self) -> list[str]:
+        """One pass; returns the names of the port groups it deleted."""
+        backend = self._driver.backend
+        context = n_context.get_admin_context()
+        deleted: list[str] = []
+        suspects: set[tuple[str, str]] = set()
+        for dvs_name in sorted(set(backend.settings.dvs_mappings.values())):
+            try:
+                hosts = backend.binding_hosts(dvs_name)
+                owned = backend.owned_port_groups(dvs_name)
+            except errors.VCenterError as exc:
+                LOG.warning("vsphere_dvs sweep: DVS %s not readable now: %s", dvs_name, exc)
+                continue
+            for pg in owned:
+                network_id = pg.network_id or ""
+                in_use = (db.network_exists(context, network_id)
+                          and db.ports_on_hosts(context, network_id, hosts))
+                if in_use:
+                    continue
+                key = (dvs_name, network_id)
+                if key not in self._suspects:
+                    suspects.add(key)
+                    continue
+                try:
+                    gone = backend.release_port_group(
+                        dvs_name, network_id,
+                        lambda: bool(db.network_exists(context, network_id) and
+                                     db.ports_on_hosts(context, network_id, hosts)))
+                except errors.VCenterError as exc:
+                    LOG.warning("vsphere_dvs sweep: %s", exc)
+                    gone = False
+                if gone:
+                    deleted.append(pg.name)
+                else:
+                    suspects.add(key)
+        self._suspects = suspects
+        if deleted:
+            LOG.info("vsphere_dvs sweep removed port groups: %s", ", ".join(deleted))
+        return deleted

@@ -1,0 +1,170 @@
+"""The ``vsphere_dvs`` mechanism driver: VLAN segments on a DVS, for vCenter clusters.
+
+Binds, at whatever level ML2 asks, a ``vlan`` segment whose physical_network is
+mapped to a DVS, for a binding host that is a mapped cluster (or an ESXi host)
+on that DVS.  Before answering it makes sure the network's port group exists
+with the segment's VLAN; Nova's VMware driver reads ``vif_details``.  Everything
+else is left to other drivers.
+"""
+from __future__ import annotations
+
+import logging
+
+from neutron_lib import constants as n_const
+from neutron_lib import exceptions as n_exc
+from neutron_lib.api.definitions import portbindings
+from neutron_lib.plugins.ml2 import api
+from neutron_lib.utils import helpers
+from oslo_config import cfg
+
+from networking_dvs_fabric import opts
+from networking_dvs_fabric.ml2 import db
+from networking_dvs_fabric.ml2.sweeper import PortGroupSweeper
+from networking_dvs_fabric.vcenter import errors, naming
+from networking_dvs_fabric.vcenter.backend import BackendSettings, VSphereBackend
+from networking_dvs_fabric.vcenter.session import VCenterSession, config_from_conf
+
+LOG = logging.getLogger(__name__)
+
+DRIVER_NAME = "vsphere_dvs"
+VIF_TYPE_DVS = "dvs"
+
+
+class ConfigurationError(n_exc.NeutronException):
+    message = "[ml2_vsphere] %(option)s: %(reason)s"
+
+
+class StartError(n_exc.NeutronException):
+    message = "vsphere_dvs cannot start: %(reason)s"
+
+
+def _mappings(option: str, values: list[str]) -> dict[str, str]:
+    try:
+        return helpers.parse_mappings(values, unique_values=False)
+    except ValueError as exc:
+        raise ConfigurationError(option=option, reason=str(exc)) from exc
+
+
+class VSphereDVSMechanismDriver(api.MechanismDriver):
+    """Port groups on a VMware DVS for Neutron VLAN segments."""
+
+    backend: VSphereBackend
+
+    def initialize(self) -> None:
+        opts.register_opts(cfg.CONF)
+        group = cfg.CONF[opts.VSPHERE_GROUP]
+        dvs_mappings = _mappings("dvs_mappings", group.dvs_mappings)
+        if not dvs_mappings:
+            raise ConfigurationError(option="dvs_mappings",
+                                     reason="map at least one physical_network to a DVS")
+        try:
+            naming.check_format(group.port_group_name_format)
+        except naming.NameFormatError as exc:
+            raise ConfigurationError(option="port_group_name_format", reason=str(exc))
+        try:
+            vcenter = config_from_conf(group)
+        except errors.VCenterError as exc:
+            raise ConfigurationError(option="vcenter_url", reason=str(exc))
+        settings = BackendSettings(
+            datacenter=group.datacenter, dvs_mappings=dvs_mappings,
+            host_mappings=_mappings("host_mappings", group.host_mappings),
+            name_format=group.port_group_name_format)
+        self.backend = VSphereBackend(settings, lambda: VCenterSession(vcenter))
+        self._sweep_interval = group.cleanup_interval
+        try:
+            self.backend.start()
+        except errors.VCenterError as exc:
+            raise StartError(reason=str(exc))
+        LOG.info("vsphere_dvs ready: datacenter %(dc)s, DVS mappings %(dvs)s",
+                 {"dc": group.datacenter, "dvs": dvs_mappings})
+
+    @property
+    def connectivity(self) -> str:
+        return portbindings.CONNECTIVITY_L2
+
+    def get_workers(self) -> list:
+        return [PortGroupSweeper(self, self._sweep_interval)]
+
+    # -- binding --------------------------------------------------------------
+    def bind_port(self, context: api.PortContext) -> None:
+        host = context.host
+        for segment in context.segments_to_bind:
+            physnet = segment.get(api.PHYSICAL_NETWORK)
+            if segment.get(api.NETWORK_TYPE) != n_const.TYPE_VLAN or \
+                    self.backend.dvs_for(physnet) is None:
+                continue
+            try:
+                if not self.backend.serves(host, physnet):
+                    LOG.debug("vsphere_dvs: host %s is not on the DVS of %s", host, physnet)
+                    continue
+                network = context.network.current
+                binding = self.backend.ensure_port_group(
+                    physnet, network["id"], network.get("name") or "",
+                    int(segment[api.SEGMENTATION_ID]))
+            except errors.VCenterError as exc:
+                LOG.error("vsphere_dvs: cannot bind port %(port)s on host %(host)s: "
+                          "%(reason)s", {"port": context.current["id"], "host": host,
+                                         "reason": exc})
+                return
+            context.set_binding(
+                segment[api.ID], VIF_TYPE_DVS,
+                {"dvs_id": binding.dvs_uuid, "pg_id": binding.pg_key,
+                 "dvs_port_group_name": binding.pg_name,
+                 portbindings.VIF_DETAILS_CONNECTIVITY: self.connectivity},
+                status=n_const.PORT_STATUS_ACTIVE)
+            LOG.info("vsphere_dvs: bound port %(port)s on %(host)s to port group %(pg)s "
+                     "(VLAN %(vlan)s, level %(level)d)",
+                     {"port": context.current["id"], "host": host, "pg": binding.pg_name,
+                      "vlan": binding.vlan, "level": len(context.binding_levels or [])})
+            return
+
+    # -- clean-up -------------------------------------------------------------
+    def update_port_postcommit(self, context: api.PortContext) -> None:
+        old = _our_segment(context.original_binding_levels)
+        if old is None:
+            return
+        new = _our_segment(context.binding_levels)
+        if new is not None and new.get(api.PHYSICAL_NETWORK) == old.get(api.PHYSICAL_NETWORK):
+            return
+        self._release(context.plugin_context, context.network.current["id"], old,
+                      exclude_port_id=None)
+
+    def delete_port_postcommit(self, context: api.PortContext) -> None:
+        segment = _our_segment(context.binding_levels)
+        if segment is not None:
+            self._release(context.plugin_context, context.network.current["id"], segment,
+                          exclude_port_id=context.current["id"])
+
+    def delete_network_postcommit(self, context: api.NetworkContext) -> None:
+        network_id = context.current["id"]
+        for dvs_name in sorted(set(self.backend.settings.dvs_mappings.values())):
+            try:
+                self.backend.release_port_group(dvs_name, network_id, lambda: False)
+            except errors.VCenterError as exc:
+                LOG.warning("vsphere_dvs: port group of deleted network %(net)s on DVS "
+                            "%(dvs)s not removed now (%(err)s); the sweep retries",
+                            {"net": network_id, "dvs": dvs_name, "err": exc})
+
+    def _release(self, plugin_context, network_id: str, segment: dict,
+                 exclude_port_id: str | None) -> None:
+        dvs_name = self.backend.dvs_for(segment.get(api.PHYSICAL_NETWORK))
+        if dvs_name is None:
+            return
+        try:
+            hosts = self.backend.binding_hosts(dvs_name)
+            self.backend.release_port_group(
+                dvs_name, network_id,
+                lambda: bool(db.ports_on_hosts(plugin_context, network_id, hosts,
+                                               exclude_port_id)))
+        except errors.VCenterError as exc:
+            LOG.warning("vsphere_dvs: port group of network %(net)s on DVS %(dvs)s not "
+                        "removed now (%(err)s); the sweep retries",
+                        {"net": network_id, "dvs": dvs_name, "err": exc})
+
+
+def _our_segment(levels: list[dict] | None) -> dict | None:
+    for level in levels or []:
+        if level.get(api.BOUND_DRIVER) == DRIVER_NAME:
+            return level.get(api.BOUND_SEGMENT)
+    return None
+

@@ -1,0 +1,185 @@
+"""Everything the vsphere_dvs driver asks of vCenter, in driver terms.
+
+"Which DVS serves this physical network?", "does it reach this binding host?",
+"make sure the port group for this network exists with this VLAN", "remove the
+port group of this network".  The driver stays a thin decision layer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Callable, Mapping
+
+from networking_dvs_fabric.vcenter import errors, naming
+from networking_dvs_fabric.vcenter.inventory import Inventory, load_inventory
+from networking_dvs_fabric.vcenter.pg_cache import PortGroupCache
+from networking_dvs_fabric.vcenter.portgroups import PortGroup, PortGroupManager
+from networking_dvs_fabric.vcenter.session import VCenterSession
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PortGroupBinding:
+    """What Nova's VMware driver needs to plug a VIF (``vif_details``)."""
+
+    dvs_uuid: str
+    pg_key: str
+    pg_name: str
+    vlan: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSettings:
+    datacenter: str
+    dvs_mappings: Mapping[str, str]          # physical_network -> DVS name
+    host_mappings: Mapping[str, str]         # binding host -> cluster name
+    name_format: str = naming.DEFAULT_FORMAT
+    inventory_max_age: float = 300.0
+
+
+class VSphereBackend:
+    def __init__(self, settings: BackendSettings,
+                 session_factory: Callable[[], VCenterSession]) -> None:
+        self.settings = settings
+        self._session_factory = session_factory
+        self.session = session_factory()
+        self._inventory: Inventory | None = None
+        self._inventory_time = 0.0
+        self._cache: PortGroupCache | None = None
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._state_lock = threading.RLock()
+
+    # -- start-up -------------------------------------------------------------
+    def start(self, watch: bool = True) -> None:
+        """Check the configuration against vCenter; missing objects stop the driver.
+
+        vCenter being unreachable (or refusing the login) at start is logged and
+        retried on the first bind: Neutron must come up while vCenter is down.
+        """
+        try:
+            self.inventory(refresh=True)
+        except (errors.VCenterNotFound, errors.VCenterCertificateError):
+            raise
+        except errors.VCenterError as exc:
+            LOG.error("vCenter not usable at start (%s); will retry on the first bind", exc)
+            return
+        if watch:
+            self._start_cache()
+
+    def _start_cache(self) -> None:
+        with self._state_lock:
+            if self._cache is None and self._inventory is not None:
+                self._cache = PortGroupCache(self._session_factory,
+                                             self._inventory.datacenter_moid)
+                self._cache.start()
+
+    def stop(self) -> None:
+        with self._state_lock:
+            cache, self._cache = self._cache, None
+        if cache is not None:
+            cache.stop()
+        self.session.close()
+
+    def wait_cache_ready(self, timeout: float = 10.0) -> bool:
+        return self._cache is not None and self._cache.wait_ready(timeout)
+
+    def inventory(self, refresh: bool = False) -> Inventory:
+        with self._state_lock:
+            stale = time.monotonic() - self._inventory_time > self.settings.inventory_max_age
+            if self._inventory is None or refresh or stale:
+                self._inventory = load_inventory(
+                    self.session, self.settings.datacenter,
+                    set(self.settings.dvs_mappings.values()),
+                    set(self.settings.host_mappings.values()))
+                self._inventory_time = time.monotonic()
+            return self._inventory
+
+    # -- decisions ------------------------------------------------------------
+    def dvs_for(self, physical_network: str | None) -> str | None:
+        return self.settings.dvs_mappings.get(physical_network or "")
+
+    def is_candidate_host(self, binding_host: str) -> bool:
+        """Cheap, no I/O: could this binding host be a vSphere one at all?"""
+        if binding_host in self.settings.host_mappings:
+            return True
+        return self._inventory is None or binding_host in self._inventory.hosts
+
+    def serves(self, binding_host: str, physical_network: str | None) -> bool:
+        """Does the DVS of ``physical_network`` reach ``binding_host``'s ESXi hosts?"""
+        dvs_name = self.dvs_for(physical_network)
+        if not dvs_name or not binding_host or not self.is_candidate_host(binding_host):
+            return False
+        inventory = self.inventory()
+        host_ids = inventory.host_ids(binding_host, self.settings.host_mappings)
+        return bool(host_ids & inventory.dvs[dvs_name].host_ids)
+
+    def binding_hosts(self, dvs_name: str) -> set[str]:
+        return self.inventory().binding_hosts_of(dvs_name, self.settings.host_mappings)
+
+    # -- port groups ----------------------------------------------------------
+    def _manager(self, dvs_name: str) -> PortGroupManager:
+        return PortGroupManager(self.session, self.inventory().dvs[dvs_name])
+
+    def _lock_for(self, dvs_name: str, network_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault((dvs_name, network_id), threading.Lock())
+
+    def port_group_name(self, dvs_name: str, physical_network: str, network_id: str,
+                        network_name: str) -> str:
+        return naming.port_group_name(
+            self.settings.name_format, network_name=network_name, network_id=network_id,
+            dvs_name=dvs_name, physical_network=physical_network)
+
+    def ensure_port_group(self, physical_network: str, network_id: str, network_name: str,
+                          vlan: int) -> PortGroupBinding:
+        """Make sure the network's port group exists on the DVS with ``vlan``."""
+        dvs_name = self.settings.dvs_mappings[physical_network]
+        dvs = self.inventory().dvs[dvs_name]
+        if self._cache is None:
+            self._start_cache()
+        cache = self._cache
+        cached = cache.get(dvs.moid, network_id) if cache else None
+        if cached is not None and cached.vlan == vlan:
+            return PortGroupBinding(dvs.uuid, cached.key, cached.name, vlan)
+        with self._lock_for(dvs_name, network_id):
+            manager = PortGroupManager(self.session, dvs)
+            pg = manager.find(network_id=network_id)
+            if pg is None:
+                name = self.port_group_name(dvs_name, physical_network, network_id,
+                                            network_name)
+                pg = manager.create(name, network_id, vlan)
+            elif pg.vlan != vlan:
+                pg = manager.set_vlan(pg, vlan)
+            if cache is not None:
+                cache.remember(dvs.moid, pg)
+        return PortGroupBinding(dvs.uuid, pg.key, pg.name, vlan)
+
+    def owned_port_groups(self, dvs_name: str) -> list[PortGroup]:
+        return [pg for pg in self._manager(dvs_name).list() if pg.owned]
+
+    def release_port_group(self, dvs_name: str, network_id: str,
+                           still_used: Callable[[], bool]) -> bool:
+        """Delete the network's port group on ``dvs_name`` unless ``still_used()``.
+
+        Returns True when it is gone.  VMs Neutron does not know keep it alive
+        (PortGroupInUse is logged and the periodic sweep retries).
+        """
+        with self._lock_for(dvs_name, network_id):
+            if still_used():
+                return False
+            manager = self._manager(dvs_name)
+            pg = manager.find(network_id=network_id)
+            if pg is None:
+                return True
+            try:
+                manager.delete(pg)
+            except errors.PortGroupInUse as exc:
+                LOG.warning("%s", exc)
+                return False
+            if self._cache is not None:
+                self._cache.forget(pg)
+            return True

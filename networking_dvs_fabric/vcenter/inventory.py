@@ -1,0 +1,107 @@
+"""What the driver needs to know of vCenter's inventory, read in one PropertyCollector call.
+
+The datacenter, its DVSs (uuid, member hosts), its clusters (member hosts) and
+the ESXi host names.  Values are frozen: a refresh builds a new ``Inventory``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping
+
+from pyVmomi import vim, vmodl
+
+from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.vcenter.session import VCenterSession, collect
+
+
+@dataclasses.dataclass(frozen=True)
+class DVSInfo:
+    name: str
+    uuid: str
+    moid: str
+    host_ids: frozenset[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    datacenter: str
+    datacenter_moid: str
+    network_folder_moid: str
+    dvs: Mapping[str, DVSInfo]                 # by DVS name
+    clusters: Mapping[str, frozenset[str]]     # cluster name -> host moids
+    hosts: Mapping[str, str]                   # ESXi host name -> host moid
+
+    def host_ids(self, binding_host: str, host_mappings: Mapping[str, str]) -> frozenset[str]:
+        """The ESXi hosts behind a binding host: a mapped cluster's, or the host itself."""
+        cluster = host_mappings.get(binding_host)
+        if cluster is not None:
+            return self.clusters.get(cluster, frozenset())
+        moid = self.hosts.get(binding_host)
+        return frozenset([moid]) if moid else frozenset()
+
+    def binding_hosts_of(self, dvs_name: str, host_mappings: Mapping[str, str]) -> set[str]:
+        """Every binding host whose ESXi hosts are members of ``dvs_name``."""
+        members = self.dvs[dvs_name].host_ids
+        names = {host for host, moid in self.hosts.items() if moid in members}
+        names.update(binding_host for binding_host, cluster in host_mappings.items()
+                     if self.clusters.get(cluster, frozenset()) & members)
+        return names
+
+
+def _find_datacenter(session: VCenterSession, si: Any, name: str) -> tuple[Any, Any]:
+    for obj, props in session.retrieve(si, vim.Datacenter, ["name", "networkFolder"]):
+        if props.get("name") == name:
+            return obj, props["networkFolder"]
+    raise errors.VCenterNotFound(f"[ml2_vsphere] datacenter: no datacenter named {name!r} "
+                                 "in vCenter")
+
+
+def load_inventory(session: VCenterSession, datacenter: str,
+                   dvs_names: Iterable[str], clusters_wanted: Iterable[str] = ()) -> Inventory:
+    """Read the inventory; a missing datacenter, DVS or cluster raises VCenterNotFound."""
+    def read(si: Any) -> Inventory:
+        dc, network_folder = _find_datacenter(session, si, datacenter)
+        content = si.content
+        types = [vim.DistributedVirtualSwitch, vim.ClusterComputeResource, vim.HostSystem]
+        view = content.viewManager.CreateContainerView(dc, types, True)
+        try:
+            pcq = vmodl.query.PropertyCollector
+            spec = pcq.FilterSpec(
+                objectSet=[pcq.ObjectSpec(obj=view, skip=True, selectSet=[pcq.TraversalSpec(
+                    name="view", path="view", skip=False, type=vim.view.ContainerView)])],
+                propSet=[pcq.PropertySpec(type=vim.DistributedVirtualSwitch,
+                                          pathSet=["name", "uuid", "summary.hostMember"]),
+                         pcq.PropertySpec(type=vim.ClusterComputeResource,
+                                          pathSet=["name", "host"]),
+                         pcq.PropertySpec(type=vim.HostSystem, pathSet=["name"])])
+            objects = collect(content.propertyCollector, [spec])
+        finally:
+            view.Destroy()
+        dvs: dict[str, DVSInfo] = {}
+        clusters: dict[str, frozenset[str]] = {}
+        hosts: dict[str, str] = {}
+        for obj, props in objects:
+            if isinstance(obj, vim.DistributedVirtualSwitch):
+                dvs[props["name"]] = DVSInfo(
+                    name=props["name"], uuid=props["uuid"], moid=obj._moId,
+                    host_ids=frozenset(h._moId for h in props.get("summary.hostMember") or []))
+            elif isinstance(obj, vim.ClusterComputeResource):
+                clusters[props["name"]] = frozenset(h._moId for h in props.get("host") or [])
+            elif isinstance(obj, vim.HostSystem):
+                hosts[props["name"]] = obj._moId
+        return Inventory(datacenter=datacenter, datacenter_moid=dc._moId,
+                         network_folder_moid=network_folder._moId,
+                         dvs=dvs, clusters=clusters, hosts=hosts)
+
+    inventory = session.invoke(read, f"read inventory of datacenter {datacenter}")
+    for name in dvs_names:
+        if name not in inventory.dvs:
+            raise errors.VCenterNotFound(
+                f"[ml2_vsphere] dvs_mappings: no DVS named {name!r} in datacenter "
+                f"{datacenter!r} (found: {', '.join(sorted(inventory.dvs)) or 'none'})")
+    for name in clusters_wanted:
+        if name not in inventory.clusters:
+            raise errors.VCenterNotFound(
+                f"[ml2_vsphere] host_mappings: no cluster named {name!r} in datacenter "
+                f"{datacenter!r} (found: {', '.join(sorted(inventory.clusters)) or 'none'})")
+    return inventory

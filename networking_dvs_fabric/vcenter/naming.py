@@ -1,0 +1,76 @@
+"""Port group names and the ownership marker.
+
+A name holds the network UUID (Nova's last-resort lookup matches on it) and is
+at most 80 characters whatever the network is called.  The marker, kept in the
+port group's description, is how the project knows a port group is its own.
+"""
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+
+MAX_NAME = 80
+DEFAULT_FORMAT = "{network_name}-{network_id}"
+MARKER_PREFIX = "managed-by=networking-dvs-fabric"
+_MARKER_RE = re.compile(re.escape(MARKER_PREFIX) + r" network-id=([0-9a-fA-F-]{36})")
+# vCenter escapes these in names ("%2f"), so a name with them reads back different.
+_UNSAFE = re.compile(r"[/\\%\x00-\x1f\x7f]")
+_FIELDS = {"network_name", "network_id", "dvs_name", "physical_network"}
+
+
+class NameFormatError(ValueError):
+    pass
+
+
+def check_format(fmt: str) -> None:
+    """Reject a port_group_name_format that cannot give valid, unique names."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(fmt) if f is not None}
+    except ValueError as exc:
+        raise NameFormatError(f"port_group_name_format {fmt!r}: {exc}") from exc
+    unknown = fields - _FIELDS
+    if unknown:
+        raise NameFormatError(f"port_group_name_format {fmt!r}: unknown field(s) "
+                              f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(_FIELDS))}")
+    if "network_id" not in fields:
+        raise NameFormatError(f"port_group_name_format {fmt!r} must contain {{network_id}}")
+    fixed = render(fmt, network_name="", network_id="0" * 36, dvs_name="", physical_network="",
+                   shorten=False)
+    if len(fixed) > MAX_NAME:
+        raise NameFormatError(f"port_group_name_format {fmt!r} is longer than {MAX_NAME} "
+                              "characters even with an empty network name")
+
+
+def _clean(text: str) -> str:
+    text = unicodedata.normalize("NFC", text or "")
+    return _UNSAFE.sub("_", text).strip()
+
+
+def render(fmt: str, *, network_name: str, network_id: str, dvs_name: str,
+           physical_network: str, shorten: bool = True) -> str:
+    values = {"network_name": _clean(network_name), "network_id": network_id,
+              "dvs_name": _clean(dvs_name), "physical_network": _clean(physical_network)}
+    name = fmt.format(**values)
+    if shorten and len(name) > MAX_NAME:
+        fixed = len(fmt.format(**{**values, "network_name": ""}))
+        budget = max(0, MAX_NAME - fixed)
+        values["network_name"] = values["network_name"][:budget].rstrip()
+        name = fmt.format(**values)[:MAX_NAME]
+    return name
+
+
+def port_group_name(fmt: str, *, network_name: str, network_id: str, dvs_name: str,
+                    physical_network: str) -> str:
+    return render(fmt, network_name=network_name, network_id=network_id,
+                  dvs_name=dvs_name, physical_network=physical_network)
+
+
+def marker(network_id: str) -> str:
+    return f"{MARKER_PREFIX} network-id={network_id}"
+
+
+def owner_network(description: str | None) -> str | None:
+    """The network UUID in an ownership marker, or None if the port group is not ours."""
+    match = _MARKER_RE.search(description or "")
+    return match.group(1).lower() if match else None

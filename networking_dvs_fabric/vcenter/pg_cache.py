@@ -1,0 +1,151 @@
+"""A cache of our port groups per (DVS, network), kept true by a PropertyCollector watch.
+
+Binding the second port of a network must not cost a vCenter round trip, yet
+the answer must not go stale when someone deletes or changes the port group
+behind our back.  One background thread per process follows every port group of
+the datacenter with ``WaitForUpdatesEx`` (its own vCenter session) and applies
+the changes.  Until the first full update has arrived, or while the watch is
+broken, ``ready`` is false and callers read vCenter directly.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable
+
+from pyVmomi import vim, vmodl
+
+from networking_dvs_fabric.vcenter.portgroups import PG_PROPERTIES, PortGroup, \
+    port_group_from_props
+from networking_dvs_fabric.vcenter.session import VCenterSession
+
+LOG = logging.getLogger(__name__)
+
+
+class PortGroupCache:
+    def __init__(self, session_factory: Callable[[], VCenterSession],
+                 datacenter_moid: str, wait_seconds: int = 10) -> None:
+        self._session_factory = session_factory
+        self._datacenter_moid = datacenter_moid
+        self._wait_seconds = wait_seconds
+        self._lock = threading.Lock()
+        self._by_moid: dict[str, tuple[str, PortGroup]] = {}   # moid -> (dvs moid, pg)
+        self._props: dict[str, dict[str, Any]] = {}
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- reading --------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    def get(self, dvs_moid: str, network_id: str) -> PortGroup | None:
+        if not self._ready.is_set():
+            return None
+        with self._lock:
+            for owner, pg in self._by_moid.values():
+                if owner == dvs_moid and pg.network_id == network_id:
+                    return pg
+        return None
+
+    def remember(self, dvs_moid: str, pg: PortGroup) -> None:
+        """Record what we just created/changed; the watch will confirm it."""
+        with self._lock:
+            self._by_moid[pg.moid] = (dvs_moid, pg)
+
+    def forget(self, pg: PortGroup) -> None:
+        with self._lock:
+            self._by_moid.pop(pg.moid, None)
+            self._props.pop(pg.moid, None)
+
+    # -- the watch ------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="dvs-pg-cache",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._wait_seconds + 5)
+            self._thread = None
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            session = self._session_factory()
+            try:
+                self._watch(session)
+                backoff = 1.0
+            except Exception as exc:  # noqa: BLE001 - any failure: resync from scratch
+                if self._stop.is_set():
+                    break
+                LOG.warning("Port group watch interrupted (%s); cache off, resync in "
+                            "%.0f s", exc, backoff)
+            finally:
+                self._ready.clear()
+                session.close()
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def _watch(self, session: VCenterSession) -> None:
+        si = session.si
+        content = si.content
+        dc = vim.Datacenter(self._datacenter_moid, si._stub)
+        view = content.viewManager.CreateContainerView(
+            dc, [vim.dvs.DistributedVirtualPortgroup], True)
+        pc = content.propertyCollector.CreatePropertyCollector()
+        try:
+            pcq = vmodl.query.PropertyCollector
+            pc.CreateFilter(pcq.FilterSpec(
+                objectSet=[pcq.ObjectSpec(obj=view, skip=True, selectSet=[pcq.TraversalSpec(
+                    name="view", path="view", skip=False, type=vim.view.ContainerView)])],
+                propSet=[pcq.PropertySpec(type=vim.dvs.DistributedVirtualPortgroup,
+                                          pathSet=list(PG_PROPERTIES))]),
+                partialUpdates=True)
+            version = ""
+            with self._lock:
+                self._by_moid.clear()
+                self._props.clear()
+            while not self._stop.is_set():
+                update = pc.WaitForUpdatesEx(
+                    version, pcq.WaitOptions(maxWaitSeconds=self._wait_seconds))
+                if update is None:
+                    continue
+                self._apply(update)
+                version = update.version
+                if not update.truncated:
+                    self._ready.set()
+        finally:
+            try:
+                pc.Destroy()
+                view.Destroy()
+            except Exception:  # noqa: BLE001 - session may be gone already
+                pass
+
+    def _apply(self, update: Any) -> None:
+        with self._lock:
+            for filter_set in update.filterSet or []:
+                for change in filter_set.objectSet or []:
+                    moid = change.obj._moId
+                    if change.kind == "leave":
+                        self._props.pop(moid, None)
+                        self._by_moid.pop(moid, None)
+                        continue
+                    props = self._props.setdefault(moid, {})
+                    for prop in change.changeSet or []:
+                        if prop.op in ("remove", "indirectRemove"):
+                            props.pop(prop.name, None)
+                        else:
+                            props[prop.name] = prop.val
+                    dvs_ref = props.get("config.distributedVirtualSwitch")
+                    pg = port_group_from_props(change.obj, props)
+                    if pg.owned and dvs_ref is not None:
+                        self._by_moid[moid] = (dvs_ref._moId, pg)
+                    else:
+                        self._by_moid.pop(moid, None)

@@ -1,0 +1,169 @@
+"""Port groups of one DVS: read, create, re-VLAN and delete - only our own.
+
+Every write is guarded by the ownership marker (``naming.marker``): a port group
+without it is never changed or deleted.  Creation tolerates a concurrent
+creator (``DuplicateName``): the loser adopts the winner's port group.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from networking_dvs_fabric.vcenter import errors, naming
+from networking_dvs_fabric.vcenter.inventory import DVSInfo
+from networking_dvs_fabric.vcenter.session import VCenterSession, collect
+
+LOG = logging.getLogger(__name__)
+
+PG_PROPERTIES = ("name", "key", "config.description", "config.defaultPortConfig",
+                 "config.configVersion", "config.distributedVirtualSwitch")
+
+
+@dataclasses.dataclass(frozen=True)
+class PortGroup:
+    key: str
+    name: str
+    moid: str
+    vlan: int | None
+    network_id: str | None      # from the ownership marker; None: not ours
+    config_version: str | None = None
+
+    @property
+    def owned(self) -> bool:
+        return self.network_id is not None
+
+
+def port_group_from_props(obj: Any, props: dict[str, Any]) -> PortGroup:
+    vlan = None
+    setting = props.get("config.defaultPortConfig")
+    spec = getattr(setting, "vlan", None)
+    if isinstance(spec, vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec):
+        vlan = int(spec.vlanId)
+    return PortGroup(key=props.get("key") or obj._moId, name=props.get("name", ""),
+                     moid=obj._moId, vlan=vlan,
+                     network_id=naming.owner_network(props.get("config.description")),
+                     config_version=props.get("config.configVersion"))
+
+
+def _spec(name: str, network_id: str, vlan: int, config_version: str | None = None) -> Any:
+    port_setting = vim.dvs.VmwareDistributedVirtualSwitch.VmwarePortConfigPolicy(
+        vlan=vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec(vlanId=vlan, inherited=False))
+    spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+        name=name, description=naming.marker(network_id), type="earlyBinding",
+        numPorts=8, autoExpand=True, defaultPortConfig=port_setting)
+    if config_version is not None:
+        spec.configVersion = config_version
+    return spec
+
+
+class PortGroupManager:
+    """vCenter operations on the port groups of one DVS."""
+
+    def __init__(self, session: VCenterSession, dvs: DVSInfo) -> None:
+        self.session = session
+        self.dvs = dvs
+
+    def _dvs(self, si: Any) -> Any:
+        return vim.DistributedVirtualSwitch(self.dvs.moid, si._stub)
+
+    def _pg(self, si: Any, moid: str) -> Any:
+        return vim.dvs.DistributedVirtualPortgroup(moid, si._stub)
+
+    def list(self) -> list[PortGroup]:
+        """Every port group of this DVS, in one PropertyCollector read."""
+        def read(si: Any) -> list[PortGroup]:
+            pcq = vmodl.query.PropertyCollector
+            spec = pcq.FilterSpec(
+                objectSet=[pcq.ObjectSpec(obj=self._dvs(si), skip=True, selectSet=[
+                    pcq.TraversalSpec(name="pgs", path="portgroup", skip=False,
+                                      type=vim.DistributedVirtualSwitch)])],
+                propSet=[pcq.PropertySpec(type=vim.dvs.DistributedVirtualPortgroup,
+                                          pathSet=list(PG_PROPERTIES))])
+            return [port_group_from_props(obj, props)
+                    for obj, props in collect(si.content.propertyCollector, [spec])]
+        return self.session.invoke(read, f"list port groups of DVS {self.dvs.name}")
+
+    def find(self, network_id: str | None = None, name: str | None = None) -> PortGroup | None:
+        for pg in self.list():
+            if network_id is not None and pg.network_id == network_id:
+                return pg
+            if name is not None and pg.name == name:
+                return pg
+        return None
+
+    def create(self, name: str, network_id: str, vlan: int) -> PortGroup:
+        """Create our port group, or adopt ours if a concurrent creator won the race."""
+        what = f"create port group {name!r} (VLAN {vlan}) on DVS {self.dvs.name}"
+        try:
+            task = self.session.invoke(
+                lambda si: self._dvs(si).AddDVPortgroup_Task([_spec(name, network_id, vlan)]),
+                what)
+            self.session.wait_for_task(task, what)
+            LOG.info("Created port group %(name)s VLAN %(vlan)s on DVS %(dvs)s",
+                     {"name": name, "vlan": vlan, "dvs": self.dvs.name})
+        except vim.fault.DuplicateName:
+            LOG.info("Port group %(name)s already exists on DVS %(dvs)s (created "
+                     "concurrently); adopting it", {"name": name, "dvs": self.dvs.name})
+        existing = self.find(network_id=network_id, name=name)
+        if existing is None:
+            raise errors.VCenterNotFound(f"{what}: port group missing right after creation")
+        if existing.network_id != network_id:
+            raise errors.PortGroupNotOwned(
+                f"port group {name!r} on DVS {self.dvs.name} exists but was not created by "
+                "networking-dvs-fabric (no ownership marker); it is left alone - rename it or "
+                "change port_group_name_format")
+        if existing.vlan != vlan:
+            return self.set_vlan(existing, vlan)
+        return existing
+
+    def set_vlan(self, pg: PortGroup, vlan: int) -> PortGroup:
+        if not pg.owned:
+            raise errors.PortGroupNotOwned(f"port group {pg.name!r} is not ours; not changing it")
+        what = f"set VLAN {vlan} on port group {pg.name!r} (was {pg.vlan})"
+        task = self.session.invoke(
+            lambda si: self._pg(si, pg.moid).ReconfigureDVPortgroup_Task(
+                _spec(pg.name, pg.network_id or "", vlan, pg.config_version)), what)
+        self.session.wait_for_task(task, what)
+        LOG.info("Port group %(name)s: VLAN %(old)s -> %(new)s",
+                 {"name": pg.name, "old": pg.vlan, "new": vlan})
+        return dataclasses.replace(pg, vlan=vlan)
+
+    def vms_using(self, pg: PortGroup) -> list[str]:
+        """Names of the VMs with a NIC on ``pg`` (vCenter's pg.vm and each VM's networks)."""
+        def read(si: Any) -> list[str]:
+            names: set[str] = set()
+            pg_obj = self._pg(si, pg.moid)
+            for vm in pg_obj.vm or []:
+                names.add(vm.name)
+            for obj, props in self.session.retrieve(si, vim.VirtualMachine,
+                                                    ["name", "network"]):
+                if any(net._moId == pg.moid for net in props.get("network") or []):
+                    names.add(props.get("name", obj._moId))
+            return sorted(names)
+        return self.session.invoke(read, f"find VMs on port group {pg.name!r}")
+
+    def delete(self, pg: PortGroup) -> None:
+        """Delete our port group; raise PortGroupInUse if VMs still use it."""
+        if not pg.owned:
+            raise errors.PortGroupNotOwned(
+                f"port group {pg.name!r} has no networking-dvs-fabric marker; not deleting it")
+        users = self.vms_using(pg)
+        if users:
+            raise errors.PortGroupInUse(
+                f"port group {pg.name!r} on DVS {self.dvs.name} is still used by VM(s) "
+                f"{', '.join(users)}; kept, will retry")
+        what = f"delete port group {pg.name!r} from DVS {self.dvs.name}"
+        try:
+            task = self.session.invoke(lambda si: self._pg(si, pg.moid).Destroy_Task(), what)
+            self.session.wait_for_task(task, what)
+        except errors.VCenterNotFound:
+            LOG.info("Port group %s was already gone", pg.name)
+            return
+        except vim.fault.ResourceInUse as exc:
+            raise errors.PortGroupInUse(f"{what}: vCenter says it is in use; kept, will retry") \
+                from exc
+        LOG.info("Deleted port group %(name)s from DVS %(dvs)s",
+                 {"name": pg.name, "dvs": self.dvs.name})

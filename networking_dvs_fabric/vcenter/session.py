@@ -1,0 +1,290 @@
+"""One logged-in vCenter session: TLS, timeouts, re-login, retries, tasks, bulk reads.
+
+Every call into vCenter goes through ``VCenterSession.invoke``, which
+ - logs in lazily and again when vCenter says the session is gone,
+ - retries temporary faults (refused, reset, timed out) with backoff, a bounded
+   number of times,
+ - turns permanent faults into the project's own errors at once, with a message
+   that says which (wrong password, certificate, object not found).
+"""
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import logging
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+from pyVim import connect as pyvim_connect
+from pyVmomi import vim, vmodl
+
+from networking_dvs_fabric.vcenter import errors
+
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class VCenterConfig:
+    url: str
+    username: str
+    password: str = dataclasses.field(repr=False)
+    ca_file: str | None = None
+    insecure: bool = False
+    connect_timeout: float = 10.0
+    request_timeout: float = 60.0
+    retries: int = 3
+    task_timeout: float = 120.0
+    backoff: float = 0.5
+
+    @property
+    def host_port_path(self) -> tuple[str, int, str]:
+        parsed = urllib.parse.urlsplit(self.url)
+        if parsed.scheme != "https" or not parsed.hostname:
+            raise errors.VCenterError(
+                f"vcenter_url {self.url!r} is not an https:// URL with a host")
+        return parsed.hostname, parsed.port or 443, parsed.path or "/sdk"
+
+
+def _ssl_context(config: VCenterConfig) -> ssl.SSLContext:
+    if config.insecure:
+        LOG.warning("vCenter %s: certificate verification is OFF (insecure = true); "
+                    "anyone on the path can read the vCenter password", config.url)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    try:
+        return ssl.create_default_context(cafile=config.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.VCenterCertificateError(
+            f"ca_file {config.ca_file!r} cannot be read as PEM certificates: {exc}") from exc
+
+
+def _is_cert_error(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return True
+        if isinstance(cur, ssl.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+_TEMPORARY = (OSError, http.client.HTTPException, socket.timeout)
+
+
+class VCenterSession:
+    """A vCenter login that survives expiry and flaky networks, for one thread at a time."""
+
+    def __init__(self, config: VCenterConfig) -> None:
+        self.config = config
+        self._si: Any = None
+        self._lock = threading.RLock()
+
+    # -- connection ---------------------------------------------------------
+    def _login(self) -> Any:
+        host, port, path = self.config.host_port_path
+        # Bounded connect: pyVmomi has one timeout for everything, so probe first.
+        try:
+            socket.create_connection((host, port), timeout=self.config.connect_timeout).close()
+        except OSError as exc:
+            raise errors.VCenterUnreachable(
+                f"vCenter {self.config.url} unreachable: {exc}") from exc
+        try:
+            si = pyvim_connect.SmartConnect(
+                protocol="https", host=host, port=port, path=path,
+                user=self.config.username, pwd=self.config.password,
+                sslContext=_ssl_context(self.config),
+                httpConnectionTimeout=self.config.request_timeout)
+        except vim.fault.InvalidLogin as exc:
+            raise errors.VCenterAuthError(
+                f"vCenter {self.config.url} refused the login of user "
+                f"{self.config.username!r}: wrong user name or password") from exc
+        except errors.VCenterError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if _is_cert_error(exc):
+                raise errors.VCenterCertificateError(
+                    f"vCenter {self.config.url}: TLS certificate does not verify against "
+                    f"ca_file {self.config.ca_file or '(system trust store)'}: {exc}"
+                ) from exc
+            if isinstance(exc, _TEMPORARY):
+                raise errors.VCenterUnreachable(
+                    f"vCenter {self.config.url} unreachable: {exc}") from exc
+            raise errors.VCenterError(f"vCenter {self.config.url} login failed: {exc}") from exc
+        LOG.info("Logged in to vCenter %(url)s as %(user)s",
+                 {"url": self.config.url, "user": self.config.username})
+        return si
+
+    @property
+    def si(self) -> Any:
+        with self._lock:
+            if self._si is None:
+                self._si = self._login()
+            return self._si
+
+    @property
+    def content(self) -> Any:
+        return self.si.content
+
+    def session_key(self) -> str | None:
+        """The key of the current vCenter session (tests use it to expire it)."""
+        with self._lock:
+            if self._si is None:
+                return None
+            return self._si.content.sessionManager.currentSession.key
+
+    def close(self) -> None:
+        with self._lock:
+            si, self._si = self._si, None
+        if si is not None:
+            try:
+                si.content.sessionManager.Logout()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+
+    # -- calls --------------------------------------------------------------
+    def invoke(self, func: Callable[[Any], T], what: str) -> T:
+        """Run ``func(service_instance)`` with re-login and retries; ``what`` names it."""
+        attempt = 0
+        relogged = False
+        while True:
+            attempt += 1
+            try:
+                with self._lock:
+                    return func(self.si)
+            except vim.fault.NotAuthenticated:
+                with self._lock:
+                    self._si = None
+                if relogged:
+                    raise errors.VCenterAuthError(
+                        f"{what}: vCenter {self.config.url} dropped the session again "
+                        "right after a new login")
+                relogged = True
+                LOG.info("vCenter session expired; logging in again (%s)", what)
+                attempt -= 1
+                continue
+            except vmodl.fault.ManagedObjectNotFound as exc:
+                raise errors.VCenterNotFound(f"{what}: object {exc.obj} no longer exists") \
+                    from exc
+            except (errors.VCenterUnreachable,) + _TEMPORARY as exc:
+                if _is_cert_error(exc):
+                    with self._lock:
+                        self._si = None
+                    raise errors.VCenterCertificateError(
+                        f"{what}: vCenter certificate does not verify: {exc}") from exc
+                with self._lock:
+                    self._si = None
+                if attempt >= self.config.retries:
+                    if isinstance(exc, errors.VCenterUnreachable):
+                        raise errors.VCenterUnreachable(f"{what}: {exc}") from exc
+                    raise errors.VCenterUnreachable(
+                        f"{what}: vCenter {self.config.url} unreachable after "
+                        f"{attempt} attempts: {exc}") from exc
+                delay = self.config.backoff * (2 ** (attempt - 1))
+                LOG.warning("%(what)s: temporary vCenter failure (%(err)s); retry "
+                            "%(n)d of %(max)d in %(delay).1f s",
+                            {"what": what, "err": exc, "n": attempt,
+                             "max": self.config.retries - 1, "delay": delay})
+                time.sleep(delay)
+
+    # -- tasks --------------------------------------------------------------
+    def wait_for_task(self, task: Any, what: str) -> Any:
+        """Wait for ``task`` with the PropertyCollector, bounded by task_timeout."""
+        def wait(si: Any) -> Any:
+            info = task.info
+            if info.state in ("success", "error"):
+                return info
+            return self._wait_task_updates(si, task)
+
+        info = self.invoke(wait, what)
+        if info.state == "error":
+            fault = info.error.fault if info.error is not None else None
+            if fault is not None:
+                raise fault
+            raise errors.VCenterTaskFailed(f"{what}: vCenter task failed")
+        return info.result
+
+    def _wait_task_updates(self, si: Any, task: Any) -> Any:
+        pc = si.content.propertyCollector.CreatePropertyCollector()
+        try:
+            spec = vmodl.query.PropertyCollector.FilterSpec(
+                objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=task)],
+                propSet=[vmodl.query.PropertyCollector.PropertySpec(
+                    type=vim.Task, pathSet=["info.state"])])
+            pc.CreateFilter(spec, partialUpdates=False)
+            deadline = time.monotonic() + self.config.task_timeout
+            version = ""
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise errors.VCenterTaskFailed(
+                        f"task {task} not finished after {self.config.task_timeout:.0f} s")
+                options = vmodl.query.PropertyCollector.WaitOptions(
+                    maxWaitSeconds=max(1, min(int(left), 30)))
+                update = pc.WaitForUpdatesEx(version, options)
+                if update is None:
+                    continue
+                version = update.version
+                info = task.info
+                if info.state in ("success", "error"):
+                    return info
+        finally:
+            pc.Destroy()
+
+    # -- bulk reads ---------------------------------------------------------
+    def retrieve(self, si: Any, obj_type: type, path_set: Sequence[str],
+                 root: Any | None = None) -> list[tuple[Any, dict[str, Any]]]:
+        """All objects of ``obj_type`` under ``root`` with ``path_set``: one PropertyCollector read.
+
+        Call inside ``invoke``. Returns (managed object, {property: value}) pairs.
+        """
+        content = si.content
+        view = content.viewManager.CreateContainerView(
+            root or content.rootFolder, [obj_type], True)
+        try:
+            traversal = vmodl.query.PropertyCollector.TraversalSpec(
+                name="view", path="view", skip=False, type=vim.view.ContainerView)
+            spec = vmodl.query.PropertyCollector.FilterSpec(
+                objectSet=[vmodl.query.PropertyCollector.ObjectSpec(
+                    obj=view, skip=True, selectSet=[traversal])],
+                propSet=[vmodl.query.PropertyCollector.PropertySpec(
+                    type=obj_type, pathSet=list(path_set))])
+            return collect(content.propertyCollector, [spec])
+        finally:
+            view.Destroy()
+
+
+def collect(pc: Any, specs: Iterable[Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """RetrievePropertiesEx with continuation tokens, flattened to (obj, props)."""
+    out: list[tuple[Any, dict[str, Any]]] = []
+    result = pc.RetrievePropertiesEx(list(specs), vmodl.query.PropertyCollector.RetrieveOptions())
+    while result is not None:
+        for obj in result.objects:
+            out.append((obj.obj, {p.name: p.val for p in (obj.propSet or [])}))
+        if not result.token:
+            break
+        result = pc.ContinueRetrievePropertiesEx(result.token)
+    return out
+
+
+def config_from_conf(group: Any) -> VCenterConfig:
+    """Build a VCenterConfig from the ``[ml2_vsphere]`` option group."""
+    missing = [name for name in ("vcenter_url", "username", "password", "datacenter")
+               if not getattr(group, name)]
+    if missing:
+        raise errors.VCenterError(
+            "[ml2_vsphere] " + ", ".join(missing) + " must be set")
+    return VCenterConfig(
+        url=group.vcenter_url, username=group.username, password=group.password,
+        ca_file=group.ca_file, insecure=group.insecure,
+        connect_timeout=group.connect_timeout, request_timeout=group.request_timeout,
+        retries=group.api_retry_count, task_timeout=group.task_timeout)
