@@ -47,7 +47,9 @@ def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
     _write_ini(neutron_conf, {
         "DEFAULT": {"core_plugin": "ml2", "service_plugins": "", "auth_strategy": "noauth",
                     "transport_url": "fake:/", "state_path": str(workdir / "state"),
-                    "debug": "false", "api_workers": "2"},
+                    "debug": "false", "api_workers": "2",
+                    "api_paste_config": str(Path(sys.prefix) / "etc" / "neutron" /
+                                            "api-paste.ini")},
         "database": {"connection": db_url, "max_retries": "10"},
         "oslo_concurrency": {"lock_path": str(workdir / "locks")},
     })
@@ -101,6 +103,7 @@ def prepare_database(db_url: str, config_files: list[Path], log: Path) -> None:
 
 
 def _run(argv: list[str], log: Path, what: str) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
@@ -138,12 +141,17 @@ def api_answers(url: str) -> bool:
         return response.status == 200 and "networks" in json.loads(response.read())
 
 
-def start_neutron(workdir: Path, config_files: list[Path], timeout: float = 180.0
-                  ) -> tuple[Daemon, Daemon, str]:
-    """Start the API and the periodic workers; wait until the API answers."""
+def start_neutron(workdir: Path, config_files: list[Path], api_processes: int,
+                  timeout: float = 180.0) -> tuple[Daemon, Daemon, str]:
+    """Start the API and the periodic workers; wait until the API answers.
+
+    SQLite cannot take writes from several processes at once (Neutron does not
+    retry "database is locked"), so the lab runs one API process on SQLite and
+    several on MariaDB.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    api = api_daemon(workdir, config_files, port).start()
+    api = api_daemon(workdir, config_files, port, api_processes).start()
     try:
         wait_until(lambda: api_answers(url), timeout, f"Neutron API at {url}", alive=api,
                    interval=0.5)

@@ -183,5 +183,5 @@ class Daemon:
 
 def write_json_atomic(path: Path, data: object) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)

@@ -1,0 +1,101 @@
+"""``dvs-fabric``: the project's command line (lab, demo, bench)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from networking_dvs_fabric.lab.lab import DATABASES, DEFAULT_DRIVERS, MODES, Lab
+from networking_dvs_fabric.lab.procs import LabError
+
+
+def _lab(args: argparse.Namespace) -> Lab:
+    return Lab(Path(args.lab_dir) if args.lab_dir else None)
+
+
+def cmd_lab_up(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    lab.up(args.ml2_mechanism_drivers, args.mode, args.db)
+    print(lab.how_to_reach())
+    return 0
+
+
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    stopped = _lab(args).down()
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def cmd_lab_status(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    status = lab.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(lab.how_to_reach())
+    for name, alive in sorted(lab.running().items()):
+        print(f"{name:26s} {'running' if alive else 'NOT RUNNING'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from networking_dvs_fabric.lab import demo
+    return demo.run(_lab(args))
+
+
+def cmd_bench_bind(args: argparse.Namespace) -> int:
+    from networking_dvs_fabric.cmd import bench
+    result = bench.bench_bind(Path(args.lab_dir) if args.lab_dir else None,
+                              networks=args.networks, ports=args.ports)
+    print(json.dumps(result, indent=2) if args.json else bench.format_text(result))
+    return 0 if result.get("targets_met", True) else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dvs-fabric", description=__doc__)
+    parser.add_argument("--lab-dir", help="where the lab keeps its state, configs and logs "
+                        "(default: $DVS_FABRIC_LAB_DIR or ~/.local/state/networking-dvs-fabric/lab)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    lab = sub.add_parser("lab", help="the test bed: real Neutron, vCenter simulator, leaves")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True)
+    up = lab_sub.add_parser("up", help="start (or restart) the lab")
+    up.add_argument("--ml2-mechanism-drivers", default=DEFAULT_DRIVERS,
+                    help=f"comma-separated ML2 mechanism drivers (default: {DEFAULT_DRIVERS})")
+    up.add_argument("--mode", choices=MODES, default="pre_provision")
+    up.add_argument("--db", choices=DATABASES, default="sqlite")
+    up.set_defaults(func=cmd_lab_up)
+    down = lab_sub.add_parser("down", help="stop every process the lab started")
+    down.set_defaults(func=cmd_lab_down)
+    status = lab_sub.add_parser("status", help="how to reach the running lab")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_lab_status)
+
+    demo = sub.add_parser("demo", help="lab up, a network and a port on a cluster, lab down")
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON out)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    bind = bench_sub.add_parser("bind", help="port create+bind latency vs a no-I/O driver")
+    bind.add_argument("--json", action="store_true")
+    bind.add_argument("--networks", type=int, default=15,
+                      help="networks per driver (first-port samples)")
+    bind.add_argument("--ports", type=int, default=6, help="later ports per network")
+    bind.set_defaults(func=cmd_bench_bind)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LabError as exc:
+        print(f"dvs-fabric: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The lab: every real component on loopback, started together, described in one JSON.
+
+``Lab.up()`` starts the vCenter simulator, one ovsdb-server per leaf, the
+database (SQLite file, or MariaDB), Neutron's API under uWSGI and the periodic
+workers, writes the configs and a ``state.json`` with every pid it started.
+``Lab.down()`` stops exactly those pids.  ``up()`` on a running lab first takes
+it down, so running it again restarts cleanly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from networking_dvs_fabric.lab import neutron, topology
+from networking_dvs_fabric.lab.leaves import LeafSwitch, start_lab_leaves
+from networking_dvs_fabric.lab.mariadb import MariaDB
+from networking_dvs_fabric.lab.procs import Daemon, LabError, write_json_atomic
+from networking_dvs_fabric.lab.vcsim import VCenterSimulator
+
+DEFAULT_DRIVERS = "vsphere_dvs"
+MODES = ("pre_provision", "on_demand")
+DATABASES = ("sqlite", "mariadb")
+CLOUD_NAME = "dvs-fabric-lab"
+
+
+def default_lab_dir() -> Path:
+    env = os.environ.get("DVS_FABRIC_LAB_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "networking-dvs-fabric" / "lab"
+
+
+def _progress(message: str) -> None:
+    print(f"lab: {message}", file=sys.stderr, flush=True)
+
+
+class Lab:
+    def __init__(self, lab_dir: Path | None = None) -> None:
+        self.dir = Path(lab_dir) if lab_dir else default_lab_dir()
+        self.state_file = self.dir / "state.json"
+
+    # -- state ----------------------------------------------------------------
+    def state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise LabError(f"lab state {self.state_file} is unreadable ({exc}); stop leftover "
+                           "processes by the pids in its logs and delete it") from exc
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.state_file, state)
+        self.state_file.chmod(0o600)
+
+    def status(self) -> dict[str, Any]:
+        state = self.state()
+        if state is None or "status" not in state:
+            raise LabError(f"no lab is running (no {self.state_file}); run 'dvs-fabric lab up'")
+        return state["status"]
+
+    def running(self) -> dict[str, bool]:
+        state = self.state() or {}
+        return {d["name"]: Daemon.from_json(d).running() for d in state.get("daemons", [])}
+
+    # -- up / down --------------------------------------------------------------
+    def up(self, mechanism_drivers: str = DEFAULT_DRIVERS, mode: str = "pre_provision",
+           db: str = "sqlite", extra_config: dict[str, dict[str, str]] | None = None
+           ) -> dict[str, Any]:
+        if mode not in MODES:
+            raise LabError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+        if db not in DATABASES:
+            raise LabError(f"--db {db!r}: choose one of {', '.join(DATABASES)}")
+        drivers = ",".join(d.strip() for d in mechanism_drivers.split(",") if d.strip())
+        if not drivers:
+            raise LabError("--ml2-mechanism-drivers: name at least one driver")
+        if self.state() is not None:
+            _progress("a lab is already up here; taking it down first")
+            self.down()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state: dict[str, Any] = {"daemons": [], "services": {}}
+        self._save(state)      # from here on, 'down' can stop whatever was started
+        try:
+            self._start_all(state, drivers, mode, db, extra_config or {})
+        except BaseException:
+            _progress("start failed; stopping what was started")
+            self.down()
+            raise
+        return state["status"]
+
+    def _record(self, state: dict[str, Any], name: str, obj: Any) -> None:
+        state["services"][name] = obj.to_json()
+        self._save(state)
+
+    def _start_all(self, state: dict[str, Any], drivers: str, mode: str, db: str,
+                   extra: dict[str, dict[str, str]]) -> None:
+        _progress("starting the vCenter simulator")
+        vcsim = VCenterSimulator(self.dir / "vcsim")
+        self._record(state, "vcsim", vcsim)
+        vcsim.start()
+        self._record(state, "vcsim", vcsim)
+
+        _progress("starting 3 leaf switches (ovsdb-server, hardware_vtep)")
+        leaves = start_lab_leaves(self.dir)
+        state["services"]["leaves"] = [leaf.to_json() for leaf in leaves]
+        self._save(state)
+
+        if db == "mariadb":
+            _progress("starting/using MariaDB")
+            mariadb = MariaDB(self.dir / "mariadb")
+            self._record(state, "mariadb", mariadb)
+            mariadb.start(fresh=True)
+            self._record(state, "mariadb", mariadb)
+            db_url = mariadb.url
+        else:
+            db_file = self.dir / "neutron.sqlite"
+            db_file.unlink(missing_ok=True)
+            db_url = f"sqlite:///{db_file}"
+
+        access = neutron.VCenterAccess(vcsim.url, vcsim.username, vcsim.password,
+                                       str(vcsim.ca_file))
+        configs = neutron.write_configs(self.dir / "neutron", db_url, access, drivers, mode,
+                                        extra)
+        _progress(f"creating Neutron's schema ({db})")
+        neutron.prepare_database(db_url, configs, self.dir / "logs" / "db-manage.log")
+
+        _progress(f"starting Neutron (uWSGI API + periodic workers; drivers {drivers})")
+        api, periodic, url = neutron.start_neutron(self.dir, configs,
+                                                   api_processes=1 if db == "sqlite" else 4)
+        state["daemons"] = [api.to_json(), periodic.to_json()]
+        state["status"] = self._status_doc(url, vcsim, leaves, mode)
+        state["config_files"] = [str(p) for p in configs]
+        state["db"] = db
+        state["mechanism_drivers"] = drivers
+        self._save(state)
+        self._write_clouds_yaml(url)
+
+    def _status_doc(self, url: str, vcsim: VCenterSimulator, leaves: list[LeafSwitch],
+                    mode: str) -> dict[str, Any]:
+        dvs = topology.DVS_NAME
+        return {
+            "neutron": {"url": url},
+            "vcenter": {"url": vcsim.url, "username": vcsim.username,
+                        "password": vcsim.password, "ca_file": str(vcsim.ca_file),
+                        "datacenter": topology.DATACENTER,
+                        "dvs": {topology.PHYSICAL_NETWORK: dvs}},
+            "compute_hosts": topology.compute_hosts(),
+            "leaves": [{"name": leaf.name, "ovsdb": leaf.ovsdb, "tunnel_ip": leaf.tunnel_ip}
+                       for leaf in leaves],
+            "attachments": [{"esxi_host": a.esxi_host, "dvs": dvs, "leaf": a.leaf,
+                             "port": a.port} for a in topology.attachments()],
+            "mode": mode,
+        }
+
+    def _write_clouds_yaml(self, url: str) -> None:
+        text = (f"clouds:\n  {CLOUD_NAME}:\n    auth_type: none\n    auth:\n"
+                f"      endpoint: {url}\n    network_endpoint_override: {url}\n")
+        (self.dir / "clouds.yaml").write_text(text)
+
+    def down(self) -> list[str]:
+        """Stop every process this lab started, by pid; returns what was stopped."""
+        state = self.state()
+        if state is None:
+            return []
+        stopped: list[str] = []
+        for data in reversed(state.get("daemons", [])):
+            daemon = Daemon.from_json(data)
+            if daemon.running():
+                daemon.stop()
+                stopped.append(daemon.name)
+        services = state.get("services", {})
+        if services.get("mariadb"):
+            mariadb = MariaDB.from_json(services["mariadb"])
+            if mariadb.pid is not None and mariadb.running():
+                stopped.append("mariadb")
+            mariadb.stop()
+        for data in services.get("leaves", []):
+            leaf = LeafSwitch.from_json(data)
+            if leaf.running():
+                stopped.append(leaf.name)
+            leaf.stop()
+        if services.get("vcsim"):
+            sim = VCenterSimulator.from_json(services["vcsim"])
+            if sim.running():
+                stopped.append("vcsim")
+            sim.stop()
+        self.state_file.unlink(missing_ok=True)
+        return stopped
+
+    def how_to_reach(self) -> str:
+        status = self.status()
+        url = status["neutron"]["url"]
+        return "\n".join([
+            f"Neutron API:   {url}  (noauth)",
+            f"vCenter:       {status['vcenter']['url']}  user {status['vcenter']['username']}"
+            f"  CA {status['vcenter']['ca_file']}",
+            f"clouds.yaml:   {self.dir / 'clouds.yaml'}  (cloud '{CLOUD_NAME}')",
+            "openstack CLI:",
+            f"  export OS_CLIENT_CONFIG_FILE={self.dir / 'clouds.yaml'} OS_CLOUD={CLOUD_NAME}",
+            f"  # or: export OS_AUTH_TYPE=none OS_ENDPOINT={url}",
+            f"Logs:          {self.dir / 'logs'}",
+            "Stop it:       dvs-fabric lab down",
+        ])
