@@ -147,7 +147,12 @@ class VSphereBackend:
             return PortGroupBinding(dvs.uuid, cached.key, cached.name, vlan)
         with self._lock_for(dvs_name, network_id):
             manager = PortGroupManager(self.session, dvs)
-            pg = manager.find(network_id=network_id)
+            # A ready cache that has no port group for the network is the truth
+            # (modulo a concurrent creator, which DuplicateName covers): skip the read.
+            if cache is not None and cache.ready:
+                pg = cache.get(dvs.moid, network_id)
+            else:
+                pg = manager.find(network_id=network_id)
             if pg is None:
                 name = self.port_group_name(dvs_name, physical_network, network_id,
                                             network_name)

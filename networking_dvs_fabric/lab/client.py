@@ -1,0 +1,52 @@
+"""A minimal Neutron API client for the demo and the benchmark (noauth lab only).
+
+Plain HTTP with ``Connection: close`` (uWSGI resets kept-alive connections),
+so timings measure Neutron, not a client library.  Tests use openstacksdk.
+"""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class NeutronError(Exception):
+    pass
+
+
+class NeutronClient:
+    def __init__(self, url: str, project_id: str = "dvs-fabric-lab", timeout: float = 120):
+        self.url = url.rstrip("/")
+        self.project_id = project_id
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.url}/v2.0/{path}", data=data, method=method,
+            headers={"Content-Type": "application/json", "Connection": "close",
+                     "X-Project-Id": self.project_id})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise NeutronError(f"{method} {path}: HTTP {exc.code}: "
+                               f"{exc.read().decode(errors='replace')}") from exc
+        return json.loads(raw) if raw else None
+
+    def create_network(self, name: str, provider: dict[str, Any] | None = None) -> dict:
+        body = {"name": name, "project_id": self.project_id, **(provider or {})}
+        return self._call("POST", "networks", {"network": body})["network"]
+
+    def delete_network(self, network_id: str) -> None:
+        self._call("DELETE", f"networks/{network_id}")
+
+    def create_port(self, network_id: str, host: str, name: str = "") -> dict:
+        body = {"network_id": network_id, "name": name, "project_id": self.project_id,
+                "binding:host_id": host, "device_owner": "compute:nova",
+                "device_id": "lab-vm"}
+        return self._call("POST", "ports", {"port": body})["port"]
+
+    def delete_port(self, port_id: str) -> None:
+        self._call("DELETE", f"ports/{port_id}")

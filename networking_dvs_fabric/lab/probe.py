@@ -1,0 +1,78 @@
+"""Look into the lab's vCenter with plain pyVmomi - independent of the driver's code.
+
+The demo prints what it finds here and the integration tests assert on it, so
+a bug in the driver's own vCenter layer cannot hide itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ssl
+import urllib.parse
+from typing import Any
+
+from pyVim.connect import Disconnect, SmartConnect
+from pyVmomi import vim
+
+
+@dataclasses.dataclass(frozen=True)
+class PortGroupView:
+    name: str
+    key: str
+    vlan: int | None
+    description: str
+    dvs_uuid: str
+
+
+class VCenterProbe:
+    def __init__(self, vcenter: dict[str, Any]) -> None:
+        parsed = urllib.parse.urlsplit(vcenter["url"])
+        context = ssl.create_default_context(cafile=vcenter["ca_file"])
+        self.si = SmartConnect(host=parsed.hostname, port=parsed.port, path=parsed.path,
+                               user=vcenter["username"], pwd=vcenter["password"],
+                               sslContext=context)
+        self.dvs_names = set(vcenter["dvs"].values())
+
+    def close(self) -> None:
+        Disconnect(self.si)
+
+    def __enter__(self) -> "VCenterProbe":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _all(self, vim_type: type) -> list[Any]:
+        content = self.si.content
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim_type], True)
+        try:
+            return list(view.view)
+        finally:
+            view.Destroy()
+
+    def dvs(self, name: str) -> Any:
+        for switch in self._all(vim.DistributedVirtualSwitch):
+            if switch.name == name:
+                return switch
+        raise LookupError(f"no DVS named {name}")
+
+    def port_groups(self, dvs_name: str) -> list[PortGroupView]:
+        switch = self.dvs(dvs_name)
+        views = []
+        for pg in switch.portgroup:
+            setting = pg.config.defaultPortConfig
+            vlan_spec = getattr(setting, "vlan", None)
+            vlan = getattr(vlan_spec, "vlanId", None)
+            views.append(PortGroupView(
+                name=pg.name, key=pg.key,
+                vlan=int(vlan) if isinstance(vlan, int) else None,
+                description=pg.config.description or "", dvs_uuid=switch.uuid))
+        return views
+
+    def port_groups_of_network(self, dvs_name: str, network_id: str) -> list[PortGroupView]:
+        return [pg for pg in self.port_groups(dvs_name) if network_id in pg.name]
+
+    def port_group_object(self, key: str) -> Any:
+        for pg in self._all(vim.dvs.DistributedVirtualPortgroup):
+            if pg.key == key:
+                return pg
+        raise LookupError(f"no port group with key {key}")
