@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 from pyVmomi import vim, vmodl
@@ -34,6 +35,7 @@ class PortGroupCache:
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pc: Any = None    # the watch's PropertyCollector, to cancel its wait
 
     # -- reading --------------------------------------------------------------
     @property
@@ -71,9 +73,24 @@ class PortGroupCache:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self._wait_seconds + 5)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        # Cancel the pending WaitForUpdatesEx rather than sit out its maxWaitSeconds;
+        # repeated, as the watch may be between two waits when the first cancel lands.
+        deadline = time.monotonic() + self._wait_seconds + 5
+        while thread.is_alive() and time.monotonic() < deadline:
+            self._cancel_wait()
+            thread.join(timeout=0.2)
+
+    def _cancel_wait(self) -> None:
+        pc = self._pc
+        if pc is None:
+            return
+        try:
+            pc.CancelWaitForUpdates()
+        except Exception:  # noqa: BLE001 - best effort: the wait times out anyway
+            pass
 
     def _run(self) -> None:
         backoff = 1.0
@@ -100,6 +117,7 @@ class PortGroupCache:
         view = content.viewManager.CreateContainerView(
             dc, [vim.dvs.DistributedVirtualPortgroup], True)
         pc = content.propertyCollector.CreatePropertyCollector()
+        self._pc = pc
         try:
             pcq = vmodl.query.PropertyCollector
             pc.CreateFilter(pcq.FilterSpec(
@@ -122,6 +140,7 @@ class PortGroupCache:
                 if not update.truncated:
                     self._ready.set()
         finally:
+            self._pc = None
             try:
                 pc.Destroy()
                 view.Destroy()

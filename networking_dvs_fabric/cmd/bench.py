@@ -1,0 +1,152 @@
+"""``dvs-fabric bench bind``: what binding through vCenter costs, against a no-I/O baseline.
+
+One lab, one Neutron, two bottom drivers side by side: ``vsphere_dvs`` (VLAN
+networks on the DVS physical network) and ``dvs_fabric_noop_vlan`` (VLAN
+networks on a second physical network, no I/O).  Networks of both kinds are
+created alternately so machine noise hits both alike.  For each network the
+first port (which pays the port group) and several later ports (answered from
+the cache) are timed as whole ``POST /v2.0/ports`` requests with a binding host.
+The cost of one port-group task (create, wait, read back) is measured against
+the same vCenter in the same run.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from networking_dvs_fabric.lab import topology
+from networking_dvs_fabric.lab.client import NeutronClient
+from networking_dvs_fabric.lab.lab import Lab
+from networking_dvs_fabric.vcenter.inventory import load_inventory
+from networking_dvs_fabric.vcenter.portgroups import PortGroupManager
+from networking_dvs_fabric.vcenter.session import VCenterConfig, VCenterSession
+
+NOOP_PHYSNET = "physnet-noop"
+LATER_RATIO_TARGET = 1.2
+
+
+def _summary(samples: list[float]) -> dict[str, float | int]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
+    return {"n": len(ordered), "median_ms": round(statistics.median(ordered) * 1000, 2),
+            "p95_ms": round(p95 * 1000, 2)}
+
+
+def _progress(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def _timed_port(client: NeutronClient, network_id: str, host: str, vif_type: str) -> float:
+    start = time.perf_counter()
+    port = client.create_port(network_id, host=host)
+    elapsed = time.perf_counter() - start
+    if port["binding:vif_type"] != vif_type:
+        raise RuntimeError(f"port {port['id']} bound as {port['binding:vif_type']}, "
+                           f"expected {vif_type}")
+    return elapsed
+
+
+def _task_cost(vcenter: dict[str, Any], count: int) -> list[float]:
+    """Time one port-group task (create + wait + read the key) on the lab's vCenter."""
+    session = VCenterSession(VCenterConfig(url=vcenter["url"], username=vcenter["username"],
+                                           password=vcenter["password"],
+                                           ca_file=vcenter["ca_file"]))
+    try:
+        inventory = load_inventory(session, vcenter["datacenter"], [topology.DVS_NAME])
+        manager = PortGroupManager(session, inventory.dvs[topology.DVS_NAME])
+        samples, made = [], []
+        for i in range(count):
+            network_id = str(uuid.uuid4())
+            start = time.perf_counter()
+            made.append(manager.create(f"bench-task-{network_id}", network_id, 3000 + i))
+            samples.append(time.perf_counter() - start)
+        for pg in made:
+            manager.delete(pg)
+        return samples
+    finally:
+        session.close()
+
+
+def bench_bind(lab_dir: Path | None = None, networks: int = 15, ports: int = 6) -> dict:
+    lab = Lab(lab_dir or Path(tempfile.mkdtemp(prefix="dvs-fabric-bench-")))
+    _progress(f"starting a lab in {lab.dir}")
+    status = lab.up(
+        mechanism_drivers="vsphere_dvs,dvs_fabric_noop_vlan",
+        extra_config={
+            "ml2_type_vlan": {"network_vlan_ranges":
+                              f"{topology.PHYSICAL_NETWORK}:100:3999,{NOOP_PHYSNET}:100:3999"},
+            "ml2_noop_vlan": {"physical_networks": NOOP_PHYSNET}})
+    host = topology.compute_host(topology.CLUSTERS[0])
+    kinds = {"vsphere_dvs": (topology.PHYSICAL_NETWORK, "dvs"),
+             "baseline_noop": (NOOP_PHYSNET, "other")}
+    samples: dict[str, dict[str, list[float]]] = {k: {"first": [], "later": []} for k in kinds}
+    try:
+        client = NeutronClient(status["neutron"]["url"])
+        # Warm-up: first requests pay imports and connection set-up; not counted.
+        for kind, (physnet, vif_type) in kinds.items():
+            net = client.create_network(f"warmup-{kind}", provider={
+                "provider:network_type": "vlan", "provider:physical_network": physnet})
+            for _ in range(2):
+                _timed_port(client, net["id"], host, vif_type)
+        for i in range(networks):
+            order = list(kinds) if i % 2 == 0 else list(reversed(kinds))
+            for kind in order:
+                physnet, vif_type = kinds[kind]
+                net = client.create_network(f"bench-{kind}-{i}", provider={
+                    "provider:network_type": "vlan", "provider:physical_network": physnet})
+                samples[kind]["first"].append(_timed_port(client, net["id"], host, vif_type))
+                for _ in range(ports):
+                    samples[kind]["later"].append(
+                        _timed_port(client, net["id"], host, vif_type))
+            _progress(f"network {i + 1}/{networks} of each kind done")
+        task = _task_cost(status["vcenter"], max(5, networks))
+    finally:
+        # The lab is thrown away with everything in it; nothing to delete one by one.
+        lab.down()
+    return _result(samples, task, networks, ports)
+
+
+def _result(samples: dict[str, dict[str, list[float]]], task: list[float], networks: int,
+            ports: int) -> dict:
+    dvs = {k: _summary(v) for k, v in samples["vsphere_dvs"].items()}
+    base = {k: _summary(v) for k, v in samples["baseline_noop"].items()}
+    task_summary = _summary(task)
+    later_ratio = dvs["later"]["median_ms"] / base["later"]["median_ms"]
+    first_budget = base["first"]["median_ms"] + task_summary["median_ms"]
+    targets = {
+        "later_ports_median_ratio": round(later_ratio, 3),
+        "later_ports_target": f"<= {LATER_RATIO_TARGET}",
+        "later_ports_met": later_ratio <= LATER_RATIO_TARGET,
+        "first_port_median_ms": dvs["first"]["median_ms"],
+        "first_port_budget_ms": round(first_budget, 2),
+        "first_port_target": "<= baseline first median + one port-group task median",
+        "first_port_met": dvs["first"]["median_ms"] <= first_budget,
+    }
+    return {"benchmark": "bind", "networks_per_driver": networks,
+            "later_ports_per_network": ports,
+            "vsphere_dvs": dvs, "baseline_noop": base, "port_group_task": task_summary,
+            "targets": targets,
+            "targets_met": targets["later_ports_met"] and targets["first_port_met"]}
+
+
+def format_text(result: dict) -> str:
+    lines = []
+    for kind in ("vsphere_dvs", "baseline_noop"):
+        for which in ("first", "later"):
+            s = result[kind][which]
+            lines.append(f"{kind:14s} {which:5s} port: median {s['median_ms']:8.2f} ms  "
+                         f"p95 {s['p95_ms']:8.2f} ms  (n={s['n']})")
+    t = result["port_group_task"]
+    lines.append(f"one port-group task: median {t['median_ms']:.2f} ms  p95 {t['p95_ms']:.2f} ms")
+    tg = result["targets"]
+    lines.append(f"later ports ratio {tg['later_ports_median_ratio']} (target "
+                 f"{tg['later_ports_target']}): {'met' if tg['later_ports_met'] else 'MISSED'}")
+    lines.append(f"first port {tg['first_port_median_ms']} ms vs budget "
+                 f"{tg['first_port_budget_ms']} ms: "
+                 f"{'met' if tg['first_port_met'] else 'MISSED'}")
+    return "\n".join(lines)
