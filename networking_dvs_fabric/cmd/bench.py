@@ -11,6 +11,7 @@ the same vCenter in the same run.
 """
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from typing import Any
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.client import NeutronClient
 from networking_dvs_fabric.lab.lab import Lab
+from networking_dvs_fabric.lab.procs import LabError
 from networking_dvs_fabric.vcenter.inventory import load_inventory
 from networking_dvs_fabric.vcenter.portgroups import PortGroupManager
 from networking_dvs_fabric.vcenter.session import VCenterConfig, VCenterSession
@@ -73,7 +75,11 @@ def _task_cost(vcenter: dict[str, Any], count: int) -> list[float]:
 
 
 def bench_bind(lab_dir: Path | None = None, networks: int = 15, ports: int = 6) -> dict:
+    own_dir = lab_dir is None
     lab = Lab(lab_dir or Path(tempfile.mkdtemp(prefix="dvs-fabric-bench-")))
+    if lab.state() is not None:
+        raise LabError(f"a lab is running in {lab.dir}; the benchmark needs its own: "
+                       "leave out --lab-dir or stop that lab first")
     _progress(f"starting a lab in {lab.dir}")
     status = lab.up(
         mechanism_drivers="vsphere_dvs,dvs_fabric_noop_vlan",
@@ -108,6 +114,8 @@ def bench_bind(lab_dir: Path | None = None, networks: int = 15, ports: int = 6) 
     finally:
         # The lab is thrown away with everything in it; nothing to delete one by one.
         lab.down()
+        if own_dir:
+            shutil.rmtree(lab.dir, ignore_errors=True)
     return _result(samples, task, networks, ports)
 
 

@@ -30,12 +30,18 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
 def cmd_lab_status(args: argparse.Namespace) -> int:
     lab = _lab(args)
     status = lab.status()
+    running = lab.running()
+    down = sorted(name for name, alive in running.items() if not alive)
     if args.json:
         print(json.dumps(status, indent=2))
-        return 0
-    print(lab.how_to_reach())
-    for name, alive in sorted(lab.running().items()):
-        print(f"{name:26s} {'running' if alive else 'NOT RUNNING'}")
+    else:
+        print(lab.how_to_reach())
+        for name, alive in sorted(running.items()):
+            print(f"{name:26s} {'running' if alive else 'NOT RUNNING'}")
+    if down:
+        print(f"dvs-fabric: lab processes not running: {', '.join(down)}; "
+              "run 'dvs-fabric lab up' to restart the lab", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -63,13 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     up = lab_sub.add_parser("up", help="start (or restart) the lab")
     up.add_argument("--ml2-mechanism-drivers", default=DEFAULT_DRIVERS,
                     help=f"comma-separated ML2 mechanism drivers (default: {DEFAULT_DRIVERS})")
-    up.add_argument("--mode", choices=MODES, default="pre_provision")
-    up.add_argument("--db", choices=DATABASES, default="sqlite")
+    up.add_argument("--mode", choices=MODES, default="pre_provision",
+                    help="leaf VLAN resolution: on every host of a cluster at once "
+                         "(pre_provision, default) or only where a VM runs (on_demand)")
+    up.add_argument("--db", choices=DATABASES, default="sqlite",
+                    help="Neutron's database: an SQLite file (default) or MariaDB (a running "
+                         "server, else a private one started from Debian's package)")
     up.set_defaults(func=cmd_lab_up)
     down = lab_sub.add_parser("down", help="stop every process the lab started")
     down.set_defaults(func=cmd_lab_down)
     status = lab_sub.add_parser("status", help="how to reach the running lab")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true",
+                        help="print the machine-readable description other tools read")
     status.set_defaults(func=cmd_lab_status)
 
     demo = sub.add_parser("demo", help="lab up, a network and a port on a cluster, lab down")
@@ -77,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (JSON out)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    bind = bench_sub.add_parser("bind", help="port create+bind latency vs a no-I/O driver")
-    bind.add_argument("--json", action="store_true")
+    bind = bench_sub.add_parser(
+        "bind", help="port create+bind latency vs a no-I/O driver; runs its own lab in a "
+                     "temporary directory (or --lab-dir, which must not hold a running lab)")
+    bind.add_argument("--json", action="store_true", help="print the result as JSON")
     bind.add_argument("--networks", type=int, default=15,
                       help="networks per driver (first-port samples)")
     bind.add_argument("--ports", type=int, default=6, help="later ports per network")

@@ -162,6 +162,26 @@ class Lab:
                 f"      endpoint: {url}\n    network_endpoint_override: {url}\n")
         (self.dir / "clouds.yaml").write_text(text)
 
+    def restart_vcenter(self, **changes: Any) -> VCenterSimulator:
+        """Restart the simulator on its port with changed password/cert (fault tests).
+
+        The new pid is recorded, so ``down`` still stops it.
+        """
+        state = self.state()
+        if state is None or not state.get("services", {}).get("vcsim"):
+            raise LabError("no lab vCenter to restart")
+        sim = VCenterSimulator.from_json(state["services"]["vcsim"])
+        sim.restart_with(**changes)
+        self._record(state, "vcsim", sim)
+        return sim
+
+    def stop_vcenter(self) -> None:
+        """Stop only the simulator (vCenter unreachable); ``restart_vcenter`` brings it back."""
+        state = self.state() or {}
+        data = state.get("services", {}).get("vcsim")
+        if data:
+            VCenterSimulator.from_json(data).stop()
+
     def down(self) -> list[str]:
         """Stop every process this lab started, by pid; returns what was stopped."""
         state = self.state()

@@ -163,6 +163,12 @@ class Daemon:
                 self._popen.wait(timeout=0)
             except subprocess.TimeoutExpired:
                 pass
+        elif self.pid is not None:
+            # Started by this process but known only by pid (from a state file).
+            try:
+                os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
     def log_tail(self, lines: int = 20) -> str:
         try:
