@@ -55,9 +55,15 @@ class PortGroupCache:
         return None
 
     def remember(self, dvs_moid: str, pg: PortGroup) -> None:
-        """Record what we just created/changed; the watch will confirm it."""
+        """Record what we just changed (e.g. a VLAN) on a port group the watch follows.
+
+        A port group the watch has not reported yet is not added: created and
+        deleted between two updates, vCenter reports neither, and the entry would
+        outlive its port group.  Until the watch reports it, callers read vCenter.
+        """
         with self._lock:
-            self._by_moid[pg.moid] = (dvs_moid, pg)
+            if pg.moid in self._by_moid:
+                self._by_moid[pg.moid] = (dvs_moid, pg)
 
     def forget(self, pg: PortGroup) -> None:
         with self._lock:

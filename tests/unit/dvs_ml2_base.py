@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import ssl
 import sys
@@ -68,7 +69,8 @@ def start_simulator(**kwargs: Any) -> VCenterSimulator:
 
 def stop_simulator(sim: VCenterSimulator) -> None:
     sim.stop()
-    shutil.rmtree(sim.workdir, ignore_errors=True)
+    if not os.environ.get("DVSF_KEEP_VCSIM_DIR"):    # keep vcsim.log for debugging
+        shutil.rmtree(sim.workdir, ignore_errors=True)
 
 
 class SharedSimulator:

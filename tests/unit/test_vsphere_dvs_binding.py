@@ -104,8 +104,6 @@ class TestBinding(VSphereDVSDriverTestCase):
         self.vc.destroy_port_group(old)
         self.assertPortGroupGone(old.key)
         base.time.sleep(1.0)    # the cache's watch sees the deletion
-        c = self.mech.backend._cache
-        print("DEBUG", old, c.ready, c._thread, {k:(v[0], v[1].name) for k,v in c._by_moid.items()}, threading.enumerate())
 
         third = self.make_port(net["id"])
         new = self.assertBoundToPortGroup(third, net)
