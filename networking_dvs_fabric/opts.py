@@ -15,17 +15,17 @@ DEFAULT_PORT_GROUP_NAME_FORMAT = DEFAULT_FORMAT
 
 vsphere_opts = [
     cfg.URIOpt("vcenter_url", schemes=["https"],
-               help="vCenter SDK endpoint, e.g. https://vcenter.example.com/sdk."),
-    cfg.StrOpt("username", help="vCenter user the driver logs in as."),
-    cfg.StrOpt("password", secret=True, help="Password of that vCenter user."),
+               help="Required. vCenter SDK endpoint, e.g. https://vcenter.example.com/sdk."),
+    cfg.StrOpt("username", help="Required. vCenter user the driver logs in as."),
+    cfg.StrOpt("password", secret=True, help="Required. Password of that vCenter user."),
     cfg.StrOpt("ca_file",
                help="PEM file of the CA(s) that sign vCenter's certificate. Unset: the "
                     "system's trust store. Verification is always on unless 'insecure'."),
     cfg.BoolOpt("insecure", default=False,
                 help="Do not verify vCenter's certificate. For labs only; logs a warning."),
-    cfg.StrOpt("datacenter", help="Name of the vCenter datacenter that holds the DVSs."),
+    cfg.StrOpt("datacenter", help="Required. Name of the vCenter datacenter that holds the DVSs."),
     cfg.ListOpt("dvs_mappings", default=[],
-                help="physical_network:DVS name pairs. VLAN segments on these physical "
+                help="Required. physical_network:DVS name pairs. VLAN segments on these physical "
                      "networks are bound to port groups of that DVS."),
     cfg.ListOpt("host_mappings", default=[],
                 help="binding host:vCenter cluster pairs. Nova's VMware driver binds "

@@ -207,8 +207,10 @@ class VCenterSession:
 
         info = self.invoke(wait, what)
         if info.state == "error":
-            fault = info.error.fault if info.error is not None else None
-            if fault is not None:
+            # pyVmomi hands TaskInfo.error over as the fault itself (the wire's
+            # LocalizedMethodFault wrapper is unwrapped); allow for a wrapper anyway.
+            fault = getattr(info.error, "fault", None) or info.error
+            if isinstance(fault, BaseException):
                 raise fault
             raise errors.VCenterTaskFailed(f"{what}: vCenter task failed")
         return info.result

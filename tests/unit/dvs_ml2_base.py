@@ -170,6 +170,20 @@ class VCenter:
                 return pg
         raise AssertionError(f"port group {name!r} missing right after creating it")
 
+    def set_vlan(self, pg: PG, vlan: int) -> None:
+        """Change a port group's VLAN as an admin would (other settings kept)."""
+        vds = vim.dvs.VmwareDistributedVirtualSwitch
+        ref = vim.dvs.DistributedVirtualPortgroup(pg.moid, self.si._stub)
+        config = ref.config
+        # A complete spec: the simulator replaces every field, unset ones included.
+        spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+            name=config.name, description=config.description, type=config.type,
+            numPorts=config.numPorts, autoExpand=config.autoExpand,
+            configVersion=config.configVersion,
+            defaultPortConfig=vds.VmwarePortConfigPolicy(
+                vlan=vds.VlanIdSpec(vlanId=vlan, inherited=False)))
+        WaitForTask(ref.ReconfigureDVPortgroup_Task(spec))
+
     def destroy_port_group(self, pg: PG) -> None:
         WaitForTask(vim.dvs.DistributedVirtualPortgroup(pg.moid, self.si._stub).Destroy_Task())
 
@@ -235,7 +249,8 @@ class VSphereDVSTestCase(test_plugin.Ml2PluginV2TestCase):
     shared: SharedSimulator | None = None
     own_simulator = False
     vlan_ranges = [f"{PHYSNET}:100:3999", f"{OTHER_PHYSNET}:100:199"]
-    vni_ranges = ["5000:5999"]
+    vni_ranges = ["5000:5049"]
+    type_drivers = ["local", "flat", "vlan", "vxlan"]
 
     def vsphere_options(self) -> dict[str, Any]:
         sim = self.sim
@@ -277,6 +292,8 @@ class VSphereDVSTestCase(test_plugin.Ml2PluginV2TestCase):
         driver_type.register_ml2_drivers_vxlan_opts()
         cfg.CONF.set_override("network_vlan_ranges", self.vlan_ranges, group="ml2_type_vlan")
         cfg.CONF.set_override("vni_ranges", self.vni_ranges, group="ml2_type_vxlan")
+        # Only the types the tests use: each type driver syncs its ranges at start.
+        cfg.CONF.set_override("type_drivers", self.type_drivers, group="ml2")
         super().setup_parent()
 
     # -- Neutron API helpers (through the REST layer, as an admin) --------------

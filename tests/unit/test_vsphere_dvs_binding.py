@@ -115,13 +115,7 @@ class TestBinding(VSphereDVSDriverTestCase):
         self.assertTrue(self.mech.backend.wait_cache_ready(5))
         net = self.make_network(segmentation_id=3001)
         pg = self.assertBoundToPortGroup(self.make_port(net["id"]), net)
-        vds = base.vim.dvs.VmwareDistributedVirtualSwitch
-        ref = base.vim.dvs.DistributedVirtualPortgroup(pg.moid, self.vc.si._stub)
-        base.WaitForTask(ref.ReconfigureDVPortgroup_Task(
-            base.vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
-                configVersion=ref.config.configVersion,
-                defaultPortConfig=vds.VmwarePortConfigPolicy(
-                    vlan=vds.VlanIdSpec(vlanId=42, inherited=False)))))
+        self.vc.set_vlan(pg, 42)
         self.assertEqual(42, self.vc.port_group(pg.key).vlan)
         base.time.sleep(1.0)
 
@@ -133,7 +127,7 @@ class TestBinding(VSphereDVSDriverTestCase):
 class TestNames(VSphereDVSDriverTestCase):
 
     NAMES = {
-        "unicode": "réseau-網絡-сеть-🙂",
+        "unicode": "réseau-網絡-сеть-ü",
         "quotes": "it's a \"quoted\" name",
         "slashes": "a/b\\c/d%2f",
         "long": "n" * 255,
