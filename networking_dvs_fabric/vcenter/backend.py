@@ -163,6 +163,11 @@ class VSphereBackend:
                 cache.remember(dvs.moid, pg)
         return PortGroupBinding(dvs.uuid, pg.key, pg.name, vlan)
 
+    def cached_port_group(self, physical_network: str, network_id: str) -> PortGroup | None:
+        """What the watched cache holds for the network (None: nothing, or cache not ready)."""
+        dvs = self.inventory().dvs[self.settings.dvs_mappings[physical_network]]
+        return self._cache.get(dvs.moid, network_id) if self._cache is not None else None
+
     def owned_port_groups(self, dvs_name: str) -> list[PortGroup]:
         return [pg for pg in self._manager(dvs_name).list() if pg.owned]
 

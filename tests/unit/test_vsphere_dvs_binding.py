@@ -103,7 +103,10 @@ class TestBinding(VSphereDVSDriverTestCase):
 
         self.vc.destroy_port_group(old)
         self.assertPortGroupGone(old.key)
-        base.time.sleep(1.0)    # the cache's watch sees the deletion
+        # The cache's watch sees the deletion (vcsim's collector polls every 250 ms).
+        self.assertTrue(base.wait_for(
+            lambda: self.mech.backend.cached_port_group("physnet-dvs", net["id"]) is None,
+            timeout=10), "the cache never saw the deletion")
 
         third = self.make_port(net["id"])
         new = self.assertBoundToPortGroup(third, net)
@@ -117,7 +120,10 @@ class TestBinding(VSphereDVSDriverTestCase):
         pg = self.assertBoundToPortGroup(self.make_port(net["id"]), net)
         self.vc.set_vlan(pg, 42)
         self.assertEqual(42, self.vc.port_group(pg.key).vlan)
-        base.time.sleep(1.0)
+        # The cache's watch sees the change (vcsim's collector polls every 250 ms).
+        self.assertTrue(base.wait_for(
+            lambda: getattr(self.mech.backend.cached_port_group("physnet-dvs", net["id"]),
+                            "vlan", None) != 3001, timeout=10), "the cache never saw the change")
 
         again = self.make_port(net["id"])
         self.assertBoundToPortGroup(again, net, vlan=3001)
