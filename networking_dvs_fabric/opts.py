@@ -45,6 +45,10 @@ vsphere_opts = [
                     "(connection reset, timeout) before giving up."),
     cfg.FloatOpt("task_timeout", default=120.0, min=1.0,
                  help="Seconds to wait for a vCenter task (e.g. creating a port group)."),
+    cfg.FloatOpt("unreachable_holdoff", default=5.0, min=0.0,
+                 help="Seconds during which binds fail at once after vCenter was found "
+                      "unreachable, instead of each waiting out the timeouts again (ML2 "
+                      "retries a failed binding up to ten times in one request)."),
     cfg.IntOpt("cleanup_interval", default=60, min=1,
                help="Seconds between sweeps that remove port groups no bound port uses "
                     "any more (including ones kept earlier because a VM still used "

@@ -9,6 +9,7 @@ else is left to other drivers.
 from __future__ import annotations
 
 import logging
+import ssl
 
 from neutron_lib import constants as n_const
 from neutron_lib import exceptions as n_exc
@@ -61,19 +62,28 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
             naming.check_format(group.port_group_name_format)
         except naming.NameFormatError as exc:
             raise ConfigurationError(option="port_group_name_format", reason=str(exc))
-        try:
-            vcenter = config_from_conf(group)
-        except errors.VCenterError as exc:
-            raise ConfigurationError(option="vcenter_url", reason=str(exc))
+        missing = [name for name in ("vcenter_url", "username", "password", "datacenter")
+                   if not getattr(group, name)]
+        if missing:
+            raise ConfigurationError(option=", ".join(missing), reason="required, not set")
+        if group.ca_file and not group.insecure:
+            try:
+                ssl.create_default_context(cafile=group.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(option="ca_file",
+                                         reason=f"cannot read {group.ca_file!r} as PEM: {exc}")
+        vcenter = config_from_conf(group)
         settings = BackendSettings(
             datacenter=group.datacenter, dvs_mappings=dvs_mappings,
             host_mappings=_mappings("host_mappings", group.host_mappings),
-            name_format=group.port_group_name_format)
+            name_format=group.port_group_name_format,
+            unreachable_holdoff=group.unreachable_holdoff)
         self.backend = VSphereBackend(settings, lambda: VCenterSession(vcenter))
         self._sweep_interval = group.cleanup_interval
         try:
             self.backend.start()
         except errors.VCenterError as exc:
+            self.backend.stop()
             raise StartError(reason=str(exc))
         LOG.info("vsphere_dvs ready: datacenter %(dc)s, DVS mappings %(dvs)s",
                  {"dc": group.datacenter, "dvs": dvs_mappings})

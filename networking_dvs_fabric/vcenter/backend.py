@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, TypeVar
 
 from networking_dvs_fabric.vcenter import errors, naming
 from networking_dvs_fabric.vcenter.inventory import Inventory, load_inventory
@@ -19,6 +19,7 @@ from networking_dvs_fabric.vcenter.portgroups import PortGroup, PortGroupManager
 from networking_dvs_fabric.vcenter.session import VCenterSession
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,7 @@ class BackendSettings:
     host_mappings: Mapping[str, str]         # binding host -> cluster name
     name_format: str = naming.DEFAULT_FORMAT
     inventory_max_age: float = 300.0
+    unreachable_holdoff: float = 5.0
 
 
 class VSphereBackend:
@@ -52,17 +54,20 @@ class VSphereBackend:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._state_lock = threading.RLock()
+        self._down_until = 0.0
+        self._down_reason = ""
 
     # -- start-up -------------------------------------------------------------
     def start(self, watch: bool = True) -> None:
         """Check the configuration against vCenter; missing objects stop the driver.
 
-        vCenter being unreachable (or refusing the login) at start is logged and
-        retried on the first bind: Neutron must come up while vCenter is down.
+        vCenter being unreachable, refusing the login or presenting a certificate
+        that does not verify at start is logged and retried on the first bind:
+        Neutron must come up while vCenter is down or being fixed.
         """
         try:
             self.inventory(refresh=True)
-        except (errors.VCenterNotFound, errors.VCenterCertificateError):
+        except errors.VCenterNotFound:
             raise
         except errors.VCenterError as exc:
             LOG.error("vCenter not usable at start (%s); will retry on the first bind", exc)
@@ -73,8 +78,10 @@ class VSphereBackend:
     def _start_cache(self) -> None:
         with self._state_lock:
             if self._cache is None and self._inventory is not None:
+                # The watch's long poll must end well within one request timeout.
+                wait = max(1, min(10, int(self.session.config.request_timeout // 2)))
                 self._cache = PortGroupCache(self._session_factory,
-                                             self._inventory.datacenter_moid)
+                                             self._inventory.datacenter_moid, wait)
                 self._cache.start()
 
     def stop(self) -> None:
@@ -113,7 +120,7 @@ class VSphereBackend:
         dvs_name = self.dvs_for(physical_network)
         if not dvs_name or not binding_host or not self.is_candidate_host(binding_host):
             return False
-        inventory = self.inventory()
+        inventory = self._fail_fast(self.inventory)
         host_ids = inventory.host_ids(binding_host, self.settings.host_mappings)
         return bool(host_ids & inventory.dvs[dvs_name].host_ids)
 
@@ -122,7 +129,9 @@ class VSphereBackend:
 
     # -- port groups ----------------------------------------------------------
     def _manager(self, dvs_name: str) -> PortGroupManager:
-        return PortGroupManager(self.session, self.inventory().dvs[dvs_name])
+        inventory = self.inventory()
+        return PortGroupManager(self.session, inventory.dvs[dvs_name],
+                                inventory.datacenter_moid)
 
     def _lock_for(self, dvs_name: str, network_id: str) -> threading.Lock:
         with self._locks_guard:
@@ -134,9 +143,31 @@ class VSphereBackend:
             self.settings.name_format, network_name=network_name, network_id=network_id,
             dvs_name=dvs_name, physical_network=physical_network)
 
+    def _fail_fast(self, func: Callable[[], T]) -> T:
+        """Run a bind-path call; after vCenter was found unreachable, fail at once for a while.
+
+        ML2 tries a failed binding up to ten times in the same request: without this a
+        vCenter that hangs would hold an API worker for ten full rounds of timeouts.
+        """
+        left = self._down_until - time.monotonic()
+        if left > 0:
+            raise errors.VCenterUnreachable(
+                f"{self._down_reason} (not retried for another {left:.1f} s)")
+        try:
+            return func()
+        except errors.VCenterUnreachable as exc:
+            self._down_until = time.monotonic() + self.settings.unreachable_holdoff
+            self._down_reason = str(exc)
+            raise
+
     def ensure_port_group(self, physical_network: str, network_id: str, network_name: str,
                           vlan: int) -> PortGroupBinding:
         """Make sure the network's port group exists on the DVS with ``vlan``."""
+        return self._fail_fast(lambda: self._ensure_port_group(
+            physical_network, network_id, network_name, vlan))
+
+    def _ensure_port_group(self, physical_network: str, network_id: str, network_name: str,
+                           vlan: int) -> PortGroupBinding:
         dvs_name = self.settings.dvs_mappings[physical_network]
         dvs = self.inventory().dvs[dvs_name]
         if self._cache is None:
@@ -146,7 +177,7 @@ class VSphereBackend:
         if cached is not None and cached.vlan == vlan:
             return PortGroupBinding(dvs.uuid, cached.key, cached.name, vlan)
         with self._lock_for(dvs_name, network_id):
-            manager = PortGroupManager(self.session, dvs)
+            manager = PortGroupManager(self.session, dvs, self.inventory().datacenter_moid)
             # A ready cache that has no port group for the network is the truth
             # (modulo a concurrent creator, which DuplicateName covers): skip the read.
             if cache is not None and cache.ready:

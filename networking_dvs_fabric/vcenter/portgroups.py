@@ -62,9 +62,11 @@ def _spec(name: str, network_id: str, vlan: int, config_version: str | None = No
 class PortGroupManager:
     """vCenter operations on the port groups of one DVS."""
 
-    def __init__(self, session: VCenterSession, dvs: DVSInfo) -> None:
+    def __init__(self, session: VCenterSession, dvs: DVSInfo,
+                 datacenter_moid: str | None = None) -> None:
         self.session = session
         self.dvs = dvs
+        self.datacenter_moid = datacenter_moid
 
     def _dvs(self, si: Any) -> Any:
         return vim.DistributedVirtualSwitch(self.dvs.moid, si._stub)
@@ -138,8 +140,10 @@ class PortGroupManager:
             pg_obj = self._pg(si, pg.moid)
             for vm in pg_obj.vm or []:
                 names.add(vm.name)
+            root = (vim.Datacenter(self.datacenter_moid, si._stub)
+                    if self.datacenter_moid else None)
             for obj, props in self.session.retrieve(si, vim.VirtualMachine,
-                                                    ["name", "network"]):
+                                                    ["name", "network"], root=root):
                 if any(net._moId == pg.moid for net in props.get("network") or []):
                     names.add(props.get("name", obj._moId))
             return sorted(names)

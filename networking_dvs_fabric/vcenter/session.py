@@ -50,19 +50,40 @@ class VCenterConfig:
         return parsed.hostname, parsed.port or 443, parsed.path or "/sdk"
 
 
+class _BoundedSSLContext(ssl.SSLContext):
+    """An SSL context that gives sockets without a timeout the request timeout.
+
+    SmartConnect's API version discovery opens an HTTPS connection of its own with
+    no timeout at all: a vCenter that accepts TCP but never answers would hang the
+    login - and the Neutron worker binding a port - for good.
+    """
+
+    request_timeout: float | None = None
+
+    def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[override]
+        if self.request_timeout is not None and sock.gettimeout() is None:
+            sock.settimeout(self.request_timeout)
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
 def _ssl_context(config: VCenterConfig) -> ssl.SSLContext:
+    ctx = _BoundedSSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.request_timeout = config.request_timeout
     if config.insecure:
         LOG.warning("vCenter %s: certificate verification is OFF (insecure = true); "
                     "anyone on the path can read the vCenter password", config.url)
-        ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
     try:
-        return ssl.create_default_context(cafile=config.ca_file)
+        if config.ca_file:
+            ctx.load_verify_locations(cafile=config.ca_file)
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     except (OSError, ssl.SSLError) as exc:
         raise errors.VCenterCertificateError(
             f"ca_file {config.ca_file!r} cannot be read as PEM certificates: {exc}") from exc
+    return ctx
 
 
 def _is_cert_error(exc: BaseException) -> bool:
@@ -156,8 +177,10 @@ class VCenterSession:
         """Run ``func(service_instance)`` with re-login and retries; ``what`` names it."""
         attempt = 0
         relogged = False
+        reconnected = False
         while True:
             attempt += 1
+            had_session = self._si is not None
             try:
                 with self._lock:
                     return func(self.si)
@@ -183,6 +206,13 @@ class VCenterSession:
                         f"{what}: vCenter certificate does not verify: {exc}") from exc
                 with self._lock:
                     self._si = None
+                if had_session and not reconnected:
+                    # A connection of an older session may have been closed by the
+                    # server (restart, idle): one fresh login before counting attempts.
+                    reconnected = True
+                    attempt -= 1
+                    LOG.info("vCenter connection lost (%s); connecting again (%s)", exc, what)
+                    continue
                 if attempt >= self.config.retries:
                     if isinstance(exc, errors.VCenterUnreachable):
                         raise errors.VCenterUnreachable(f"{what}: {exc}") from exc

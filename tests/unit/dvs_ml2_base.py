@@ -11,9 +11,11 @@ import dataclasses
 import logging
 import os
 import shutil
+import signal
 import ssl
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -71,6 +73,17 @@ def stop_simulator(sim: VCenterSimulator) -> None:
     sim.stop()
     if not os.environ.get("DVSF_KEEP_VCSIM_DIR"):    # keep vcsim.log for debugging
         shutil.rmtree(sim.workdir, ignore_errors=True)
+
+
+def crash_simulator(sim: VCenterSimulator) -> None:
+    """Kill the simulator at once (SIGKILL by its pid), as a vCenter crash would.
+
+    Also the quick way to restart it: a clean stop waits for pending
+    WaitForUpdatesEx calls (the driver's cache) to time out first.
+    """
+    if sim.pid is not None and sim.running():
+        os.kill(sim.pid, signal.SIGKILL)
+    sim.stop()          # reaps it
 
 
 class SharedSimulator:
@@ -227,6 +240,10 @@ class VCenter:
         return {s.key for s in self.si.content.sessionManager.sessionList or []}
 
 
+def _cache_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "dvs-pg-cache" and t.is_alive()]
+
+
 def wait_for(check: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while True:
@@ -268,6 +285,8 @@ class VSphereDVSTestCase(test_plugin.Ml2PluginV2TestCase):
             cfg.CONF.set_override(name, value, group=opts.VSPHERE_GROUP)
 
     def setUp(self) -> None:
+        # Registered first, so it runs last: the driver's threads must be gone by then.
+        self.addCleanup(self._check_no_cache_thread_left, set(_cache_threads()))
         if self.own_simulator:
             self.sim = start_simulator()
             self.addCleanup(stop_simulator, self.sim)   # runs after the driver stopped
@@ -279,6 +298,15 @@ class VSphereDVSTestCase(test_plugin.Ml2PluginV2TestCase):
         self.start_plugin()
         self.vc = VCenter(self.sim)
         self.addCleanup(self.vc.close)
+
+    def _check_no_cache_thread_left(self, before: set[threading.Thread]) -> None:
+        left: set[threading.Thread] = set()
+
+        def gone() -> bool:
+            left.clear()
+            left.update(set(_cache_threads()) - before)
+            return not left
+        self.assertTrue(wait_for(gone, timeout=5), f"port group watch threads left: {left}")
 
     def start_plugin(self) -> None:
         """Neutron's own set-up (the plugin and with it our driver), then find the driver."""
