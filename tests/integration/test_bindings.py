@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+import uuid
 
 import pytest
 
@@ -129,3 +130,26 @@ def test_unbinding_a_port_releases_the_port_group(neutron, probe):
     assert len(probe.port_groups_of_network(DVS, net.id)) == 1
     neutron.network.update_port(port, binding_host_id="")
     assert _wait_gone(probe, net.id)
+
+
+def test_sweeper_in_periodic_workers_removes_orphans_and_spares_foreign(lab, probe):
+    """The clean-up sweep runs in neutron-periodic-workers: a port group of ours whose
+    network does not exist goes (after two sweeps); one without our marker stays."""
+    from pyVmomi import vim
+
+    orphan_net = str(uuid.uuid4())
+    switch = probe.dvs(DVS)
+
+    def add(name, description):
+        spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+            name=name, description=description, type="earlyBinding", numPorts=8)
+        task = switch.AddDVPortgroup_Task([spec])
+        while task.info.state not in ("success", "error"):
+            time.sleep(0.05)
+        assert task.info.state == "success"
+
+    add(f"orphan-{orphan_net}", f"managed-by=networking-dvs-fabric network-id={orphan_net}")
+    foreign_net = str(uuid.uuid4())
+    add(f"foreign-{foreign_net}", "made by someone else")
+    assert _wait_gone(probe, orphan_net, timeout=60), "the sweep never removed the orphan"
+    assert len(probe.port_groups_of_network(DVS, foreign_net)) == 1
