@@ -92,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bind", help="port create+bind latency vs a no-I/O driver; runs its own lab in a "
                      "temporary directory (or --lab-dir, which must not hold a running lab)")
     bind.add_argument("--json", action="store_true", help="print the result as JSON")
-    bind.add_argument("--networks", type=int, default=15,
+    bind.add_argument("--networks", type=int, default=30,
                       help="networks per driver (first-port samples)")
-    bind.add_argument("--ports", type=int, default=6, help="later ports per network")
+    bind.add_argument("--ports", type=int, default=4, help="later ports per network")
     bind.set_defaults(func=cmd_bench_bind)
     return parser
 

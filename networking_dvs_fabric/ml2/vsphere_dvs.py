@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 
 from neutron_lib import constants as n_const
 from neutron_lib import exceptions as n_exc
@@ -108,6 +109,7 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
                     LOG.debug("vsphere_dvs: host %s is not on the DVS of %s", host, physnet)
                     continue
                 network = context.network.current
+                started = time.perf_counter()
                 binding = self.backend.ensure_port_group(
                     physnet, network["id"], network.get("name") or "",
                     int(segment[api.SEGMENTATION_ID]))
@@ -123,9 +125,10 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
                  portbindings.VIF_DETAILS_CONNECTIVITY: self.connectivity},
                 status=n_const.PORT_STATUS_ACTIVE)
             LOG.info("vsphere_dvs: bound port %(port)s on %(host)s to port group %(pg)s "
-                     "(VLAN %(vlan)s, level %(level)d)",
+                     "(VLAN %(vlan)s, level %(level)d, port group ensured in %(ms).1f ms)",
                      {"port": context.current["id"], "host": host, "pg": binding.pg_name,
-                      "vlan": binding.vlan, "level": len(context.binding_levels or [])})
+                      "vlan": binding.vlan, "level": len(context.binding_levels or []),
+                      "ms": (time.perf_counter() - started) * 1000})
             return
 
     # -- clean-up -------------------------------------------------------------

@@ -21,6 +21,7 @@ from networking_dvs_fabric.vcenter.portgroups import PG_PROPERTIES, PortGroup, \
 from networking_dvs_fabric.vcenter.session import VCenterSession
 
 LOG = logging.getLogger(__name__)
+PROVISIONAL_SECONDS = 3.0
 
 
 class PortGroupCache:
@@ -31,6 +32,8 @@ class PortGroupCache:
         self._wait_seconds = wait_seconds
         self._lock = threading.Lock()
         self._by_moid: dict[str, tuple[str, PortGroup]] = {}   # moid -> (dvs moid, pg)
+        # Just created by us, not yet reported by the watch: moid -> (dvs, pg, until)
+        self._provisional: dict[str, tuple[str, PortGroup, float]] = {}
         self._props: dict[str, dict[str, Any]] = {}
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -52,22 +55,33 @@ class PortGroupCache:
             for owner, pg in self._by_moid.values():
                 if owner == dvs_moid and pg.network_id == network_id:
                     return pg
+            now = time.monotonic()
+            for moid, (owner, pg, until) in list(self._provisional.items()):
+                if until < now:
+                    del self._provisional[moid]
+                elif owner == dvs_moid and pg.network_id == network_id:
+                    return pg
         return None
 
     def remember(self, dvs_moid: str, pg: PortGroup) -> None:
-        """Record what we just changed (e.g. a VLAN) on a port group the watch follows.
+        """Record what we just created or changed.
 
-        A port group the watch has not reported yet is not added: created and
-        deleted between two updates, vCenter reports neither, and the entry would
-        outlive its port group.  Until the watch reports it, callers read vCenter.
+        A port group the watch follows is updated in place.  One it has not reported
+        yet is held provisionally for a few seconds only: created and deleted between
+        two updates, vCenter would report neither, and a permanent entry would outlive
+        its port group.  The watch's report of it replaces the provisional entry.
         """
         with self._lock:
             if pg.moid in self._by_moid:
                 self._by_moid[pg.moid] = (dvs_moid, pg)
+            else:
+                self._provisional[pg.moid] = (dvs_moid, pg,
+                                              time.monotonic() + PROVISIONAL_SECONDS)
 
     def forget(self, pg: PortGroup) -> None:
         with self._lock:
             self._by_moid.pop(pg.moid, None)
+            self._provisional.pop(pg.moid, None)
             self._props.pop(pg.moid, None)
 
     # -- the watch ------------------------------------------------------------
@@ -158,6 +172,7 @@ class PortGroupCache:
             for filter_set in update.filterSet or []:
                 for change in filter_set.objectSet or []:
                     moid = change.obj._moId
+                    self._provisional.pop(moid, None)      # the watch has it now
                     if change.kind == "leave":
                         self._props.pop(moid, None)
                         self._by_moid.pop(moid, None)

@@ -18,6 +18,7 @@ from networking_dvs_fabric.vcenter.session import VCenterSession, collect
 
 LOG = logging.getLogger(__name__)
 
+LIGHT_PROPERTIES = ("name", "key", "config.description")
 PG_PROPERTIES = ("name", "key", "config.description", "config.defaultPortConfig",
                  "config.configVersion", "config.distributedVirtualSwitch")
 
@@ -75,7 +76,12 @@ class PortGroupManager:
         return vim.dvs.DistributedVirtualPortgroup(moid, si._stub)
 
     def list(self) -> list[PortGroup]:
-        """Every port group of this DVS, in one PropertyCollector read."""
+        """Every port group of this DVS, in one light PropertyCollector read.
+
+        Only name, key and description (which holds the ownership marker): the port
+        settings are the bulk of a port group's XML, and a DVS may carry thousands.
+        ``vlan`` is None in these entries; ``read`` gives one port group in full.
+        """
         def read(si: Any) -> list[PortGroup]:
             pcq = vmodl.query.PropertyCollector
             spec = pcq.FilterSpec(
@@ -83,33 +89,52 @@ class PortGroupManager:
                     pcq.TraversalSpec(name="pgs", path="portgroup", skip=False,
                                       type=vim.DistributedVirtualSwitch)])],
                 propSet=[pcq.PropertySpec(type=vim.dvs.DistributedVirtualPortgroup,
-                                          pathSet=list(PG_PROPERTIES))])
+                                          pathSet=list(LIGHT_PROPERTIES))])
             return [port_group_from_props(obj, props)
                     for obj, props in collect(si.content.propertyCollector, [spec])]
         return self.session.invoke(read, f"list port groups of DVS {self.dvs.name}")
 
+    def read(self, moid: str) -> PortGroup:
+        """One port group with its VLAN and config version."""
+        def read_one(si: Any) -> PortGroup:
+            pcq = vmodl.query.PropertyCollector
+            spec = pcq.FilterSpec(
+                objectSet=[pcq.ObjectSpec(obj=self._pg(si, moid), skip=False)],
+                propSet=[pcq.PropertySpec(type=vim.dvs.DistributedVirtualPortgroup,
+                                          pathSet=list(PG_PROPERTIES))])
+            found = collect(si.content.propertyCollector, [spec])
+            if not found:
+                raise errors.VCenterNotFound(f"port group {moid} not found")
+            return port_group_from_props(*found[0])
+        return self.session.invoke(read_one, f"read port group {moid}")
+
     def find(self, network_id: str | None = None, name: str | None = None) -> PortGroup | None:
-        for pg in self.list():
-            if network_id is not None and pg.network_id == network_id:
-                return pg
-            if name is not None and pg.name == name:
-                return pg
-        return None
+        """Ours for ``network_id`` (by marker), else any named ``name``; read in full."""
+        entries = self.list()
+        match = next((pg for pg in entries
+                      if network_id is not None and pg.network_id == network_id), None)
+        if match is None:
+            match = next((pg for pg in entries if name is not None and pg.name == name), None)
+        return self.read(match.moid) if match is not None else None
 
     def create(self, name: str, network_id: str, vlan: int) -> PortGroup:
         """Create our port group, or adopt ours if a concurrent creator won the race."""
         what = f"create port group {name!r} (VLAN {vlan}) on DVS {self.dvs.name}"
+        created = False
         try:
             task = self.session.invoke(
                 lambda si: self._dvs(si).AddDVPortgroup_Task([_spec(name, network_id, vlan)]),
                 what)
             self.session.wait_for_task(task, what)
+            created = True
             LOG.info("Created port group %(name)s VLAN %(vlan)s on DVS %(dvs)s",
                      {"name": name, "vlan": vlan, "dvs": self.dvs.name})
         except vim.fault.DuplicateName:
             LOG.info("Port group %(name)s already exists on DVS %(dvs)s (created "
                      "concurrently); adopting it", {"name": name, "dvs": self.dvs.name})
-        existing = self.find(network_id=network_id, name=name)
+        entries = self.list()
+        existing = next((pg for pg in entries if pg.network_id == network_id), None) or \
+            next((pg for pg in entries if pg.name == name), None)
         if existing is None:
             raise errors.VCenterNotFound(f"{what}: port group missing right after creation")
         if existing.network_id != network_id:
@@ -117,6 +142,10 @@ class PortGroupManager:
                 f"port group {name!r} on DVS {self.dvs.name} exists but was not created by "
                 "networking-dvs-fabric (no ownership marker); it is left alone - rename it or "
                 "change port_group_name_format")
+        if created and existing.name == name:
+            # Just made from our own spec: only its key was unknown.
+            return dataclasses.replace(existing, vlan=vlan)
+        existing = self.read(existing.moid)
         if existing.vlan != vlan:
             return self.set_vlan(existing, vlan)
         return existing

@@ -15,6 +15,7 @@ from neutron_lib.api.definitions import portbindings
 from neutron_lib import constants as n_const
 
 from networking_dvs_fabric.ml2.sweeper import PortGroupSweeper
+from networking_dvs_fabric.vcenter import pg_cache
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
 from networking_dvs_fabric.vcenter.portgroups import PortGroupManager
 from networking_dvs_fabric.vcenter.session import VCenterSession
@@ -125,15 +126,41 @@ class TestBinding(VSphereDVSDriverTestCase):
         self.assertNotEqual(old.key, new.key)
         self.assertEqual([new], self.vc.port_groups_of(net["id"]))
 
+    def test_later_ports_cost_no_vcenter_call(self):
+        """The first port of a network pays the vCenter task; the next ones, even right
+        after it, are answered from the cache (a counting wrapper around the real
+        session, not a mock: every call still reaches the simulator)."""
+        backend = self.mech.backend
+        self.assertTrue(backend.wait_cache_ready(5))
+        calls = []
+        real_invoke = backend.session.invoke
+
+        def counting(func, what):
+            calls.append(what)
+            return real_invoke(func, what)
+
+        backend.session.invoke = counting
+        self.addCleanup(setattr, backend.session, "invoke", real_invoke)
+        net = self.make_network()
+        first = self.assertBoundToPortGroup(self.make_port(net["id"]), net)
+        self.assertTrue(any(what.startswith("create port group") for what in calls), calls)
+        calls.clear()
+        for _ in range(3):
+            port = self.make_port(net["id"])
+            self.assertEqual(first.key, port[portbindings.VIF_DETAILS]["pg_id"])
+        self.assertEqual([], calls)
+
     def test_port_group_deleted_right_after_creation_is_recreated(self):
         """Created and deleted between two watch updates, vCenter reports neither: the
-        cache must not keep a port group it never saw (regression: it used to)."""
+        cache holds a port group it never saw only provisionally, for a few seconds
+        (regression: it used to keep it for good)."""
         backend = self.mech.backend
         self.assertTrue(backend.wait_cache_ready(5))
         network_id = str(uuid.uuid4())
         made = backend.ensure_port_group(base.PHYSNET, network_id, "blink", 700)
         self.vc.destroy_port_group(self.vc.port_group(made.pg_key))  # within vcsim's 250 ms
-        base.time.sleep(1.0)        # several watch rounds: nothing is reported
+        # Several watch rounds report nothing; the provisional entry expires.
+        base.time.sleep(pg_cache.PROVISIONAL_SECONDS + 0.5)
         self.assertIsNone(backend.cached_port_group(base.PHYSNET, network_id))
         again = backend.ensure_port_group(base.PHYSNET, network_id, "blink", 700)
         self.assertNotEqual(made.pg_key, again.pg_key)
