@@ -101,7 +101,7 @@ def _ensure_times(log: Path) -> dict[str, float | int]:
             "vcenter_median_ms": round(statistics.median(slow), 2) if slow else None}
 
 
-def bench_bind(lab_dir: Path | None = None, networks: int = 30, ports: int = 4) -> dict:
+def bench_bind(lab_dir: Path | None = None, networks: int = 60, ports: int = 2) -> dict:
     own_dir = lab_dir is None
     lab = Lab(lab_dir or Path(tempfile.mkdtemp(prefix="dvs-fabric-bench-")))
     if lab.state() is not None:
@@ -162,15 +162,24 @@ def _result(samples: dict[str, dict[str, list[float]]], task: list[float], netwo
     base = {k: _summary(v) for k, v in samples["baseline_noop"].items()}
     task_summary = _summary(task)
     later_ratio = dvs["later"]["median_ms"] / base["later"]["median_ms"]
-    first_budget = base["first"]["median_ms"] + task_summary["median_ms"]
+    # First ports of the two kinds are created in the same iteration, one right after
+    # the other: their difference, pair by pair, cancels the drift and noise of the
+    # Neutron request (~150 ms +- 30) that the difference of two medians keeps.
+    pairs = [d - b for d, b in zip(samples["vsphere_dvs"]["first"],
+                                   samples["baseline_noop"]["first"])]
+    extra = round(statistics.median(pairs) * 1000, 2)
     targets = {
         "later_ports_median_ratio": round(later_ratio, 3),
         "later_ports_target": f"<= {LATER_RATIO_TARGET}",
         "later_ports_met": later_ratio <= LATER_RATIO_TARGET,
         "first_port_median_ms": dvs["first"]["median_ms"],
-        "first_port_budget_ms": round(first_budget, 2),
-        "first_port_target": "<= baseline first median + one port-group task median",
-        "first_port_met": dvs["first"]["median_ms"] <= first_budget,
+        "first_port_unpaired_budget_ms": round(
+            base["first"]["median_ms"] + task_summary["median_ms"], 2),
+        "first_port_extra_ms": extra,
+        "first_port_budget_ms": task_summary["median_ms"],
+        "first_port_target": "median over iterations of (vsphere_dvs first port - baseline "
+                             "first port) <= one port-group task median",
+        "first_port_met": extra <= task_summary["median_ms"],
     }
     return {"benchmark": "bind", "networks_per_driver": networks,
             "later_ports_per_network": ports,
@@ -191,7 +200,7 @@ def format_text(result: dict) -> str:
     tg = result["targets"]
     lines.append(f"later ports ratio {tg['later_ports_median_ratio']} (target "
                  f"{tg['later_ports_target']}): {'met' if tg['later_ports_met'] else 'MISSED'}")
-    lines.append(f"first port {tg['first_port_median_ms']} ms vs budget "
-                 f"{tg['first_port_budget_ms']} ms: "
+    lines.append(f"first port costs {tg['first_port_extra_ms']} ms more than the baseline's "
+                 f"(paired median) vs one task {tg['first_port_budget_ms']} ms: "
                  f"{'met' if tg['first_port_met'] else 'MISSED'}")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from networking_dvs_fabric.lab.client import NeutronError
 from networking_dvs_fabric.lab.lab import DATABASES, DEFAULT_DRIVERS, MODES, Lab
 from networking_dvs_fabric.lab.procs import LabError
 
@@ -92,9 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bind", help="port create+bind latency vs a no-I/O driver; runs its own lab in a "
                      "temporary directory (or --lab-dir, which must not hold a running lab)")
     bind.add_argument("--json", action="store_true", help="print the result as JSON")
-    bind.add_argument("--networks", type=int, default=30,
+    bind.add_argument("--networks", type=int, default=60,
                       help="networks per driver (first-port samples)")
-    bind.add_argument("--ports", type=int, default=4, help="later ports per network")
+    bind.add_argument("--ports", type=int, default=2, help="later ports per network")
     bind.set_defaults(func=cmd_bench_bind)
     return parser
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except LabError as exc:
+    except (LabError, NeutronError) as exc:
         print(f"dvs-fabric: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -52,6 +52,8 @@ def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
                                             "api-paste.ini")},
         "database": {"connection": db_url, "max_retries": "10"},
         "oslo_concurrency": {"lock_path": str(workdir / "locks")},
+        # A test bed: benchmarks and tests create more than the default 100 networks.
+        "quotas": {"quota_network": "-1", "quota_subnet": "-1", "quota_port": "-1"},
     })
     compute_hosts = topology.compute_hosts()
     sections: dict[str, dict[str, str]] = {

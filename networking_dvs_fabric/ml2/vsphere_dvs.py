@@ -82,7 +82,9 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
         self.backend = VSphereBackend(settings, lambda: VCenterSession(vcenter))
         self._sweep_interval = group.cleanup_interval
         try:
-            self.backend.start()
+            # The port group watch starts with the first bind: processes that never
+            # bind (neutron-periodic-workers) do not follow vCenter for nothing.
+            self.backend.start(watch=False)
         except errors.VCenterError as exc:
             self.backend.stop()
             raise StartError(reason=str(exc))

@@ -92,6 +92,13 @@ class VSphereBackend:
         self.session.close()
 
     def wait_cache_ready(self, timeout: float = 10.0) -> bool:
+        """Start the port group watch if needed and wait for its first full picture."""
+        if self._cache is None:
+            try:
+                self.inventory()
+            except errors.VCenterError:
+                return False
+            self._start_cache()
         return self._cache is not None and self._cache.wait_ready(timeout)
 
     def inventory(self, refresh: bool = False) -> Inventory:
@@ -182,6 +189,8 @@ class VSphereBackend:
             # (modulo a concurrent creator, which DuplicateName covers): skip the read.
             if cache is not None and cache.ready:
                 pg = cache.get(dvs.moid, network_id)
+                if pg is not None and pg.vlan is None:   # watched, VLAN not known yet
+                    pg = manager.read(pg.moid)
             else:
                 pg = manager.find(network_id=network_id)
             if pg is None:

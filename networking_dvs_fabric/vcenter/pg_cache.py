@@ -9,6 +9,7 @@ broken, ``ready`` is false and callers read vCenter directly.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,12 +17,16 @@ from typing import Any, Callable
 
 from pyVmomi import vim, vmodl
 
-from networking_dvs_fabric.vcenter.portgroups import PG_PROPERTIES, PortGroup, \
+from networking_dvs_fabric.vcenter.portgroups import LIGHT_PROPERTIES, PortGroup, \
     port_group_from_props
 from networking_dvs_fabric.vcenter.session import VCenterSession
 
 LOG = logging.getLogger(__name__)
 PROVISIONAL_SECONDS = 3.0
+# No port settings: they are most of a port group's XML, and every process parses every
+# update.  A VLAN is known from our own writes or read once on demand (``vlan`` None).
+WATCH_PROPERTIES = LIGHT_PROPERTIES + ("config.configVersion",
+                                       "config.distributedVirtualSwitch")
 
 
 class PortGroupCache:
@@ -144,7 +149,7 @@ class PortGroupCache:
                 objectSet=[pcq.ObjectSpec(obj=view, skip=True, selectSet=[pcq.TraversalSpec(
                     name="view", path="view", skip=False, type=vim.view.ContainerView)])],
                 propSet=[pcq.PropertySpec(type=vim.dvs.DistributedVirtualPortgroup,
-                                          pathSet=list(PG_PROPERTIES))]),
+                                          pathSet=list(WATCH_PROPERTIES))]),
                 partialUpdates=True)
             version = ""
             with self._lock:
@@ -172,7 +177,8 @@ class PortGroupCache:
             for filter_set in update.filterSet or []:
                 for change in filter_set.objectSet or []:
                     moid = change.obj._moId
-                    self._provisional.pop(moid, None)      # the watch has it now
+                    known = self._provisional.pop(moid, None)   # the watch has it now
+                    before = known[1] if known else self._by_moid.get(moid, (None, None))[1]
                     if change.kind == "leave":
                         self._props.pop(moid, None)
                         self._by_moid.pop(moid, None)
@@ -185,6 +191,10 @@ class PortGroupCache:
                             props[prop.name] = prop.val
                     dvs_ref = props.get("config.distributedVirtualSwitch")
                     pg = port_group_from_props(change.obj, props)
+                    if before is not None and before.config_version == pg.config_version:
+                        # The watch leaves the (bulky) port settings out: keep the VLAN
+                        # we know while the config version says nothing changed.
+                        pg = dataclasses.replace(pg, vlan=before.vlan)
                     if pg.owned and dvs_ref is not None:
                         self._by_moid[moid] = (dvs_ref._moId, pg)
                     else:
