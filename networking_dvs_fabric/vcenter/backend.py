@@ -20,6 +20,7 @@ from networking_dvs_fabric.vcenter.session import VCenterSession
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
+LOCK_STRIPES = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +52,9 @@ class VSphereBackend:
         self._inventory: Inventory | None = None
         self._inventory_time = 0.0
         self._cache: PortGroupCache | None = None
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        # Striped: a fixed set of locks, so a long-lived API worker does not keep one
+        # lock per network it ever bound.
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._state_lock = threading.RLock()
         self._down_until = 0.0
         self._down_reason = ""
@@ -141,8 +143,7 @@ class VSphereBackend:
                                 inventory.datacenter_moid)
 
     def _lock_for(self, dvs_name: str, network_id: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault((dvs_name, network_id), threading.Lock())
+        return self._locks[hash((dvs_name, network_id)) % LOCK_STRIPES]
 
     def port_group_name(self, dvs_name: str, physical_network: str, network_id: str,
                         network_name: str) -> str:
@@ -184,7 +185,7 @@ class VSphereBackend:
         if cached is not None and cached.vlan == vlan:
             return PortGroupBinding(dvs.uuid, cached.key, cached.name, vlan)
         with self._lock_for(dvs_name, network_id):
-            manager = PortGroupManager(self.session, dvs, self.inventory().datacenter_moid)
+            manager = self._manager(dvs_name)
             # A ready cache that has no port group for the network is the truth
             # (modulo a concurrent creator, which DuplicateName covers): skip the read.
             if cache is not None and cache.ready:
@@ -222,7 +223,7 @@ class VSphereBackend:
             if still_used():
                 return False
             manager = self._manager(dvs_name)
-            pg = manager.find(network_id=network_id)
+            pg = manager.find(network_id=network_id, full=False)  # deleting: no VLAN needed
             if pg is None:
                 return True
             try:

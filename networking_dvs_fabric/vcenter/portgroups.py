@@ -108,14 +108,20 @@ class PortGroupManager:
             return port_group_from_props(*found[0])
         return self.session.invoke(read_one, f"read port group {moid}")
 
-    def find(self, network_id: str | None = None, name: str | None = None) -> PortGroup | None:
-        """Ours for ``network_id`` (by marker), else any named ``name``; read in full."""
+    def find(self, network_id: str | None = None, name: str | None = None,
+             full: bool = True) -> PortGroup | None:
+        """Ours for ``network_id`` (by marker), else any named ``name``.
+
+        ``full`` reads the match's VLAN and config version too (one more round trip).
+        """
         entries = self.list()
         match = next((pg for pg in entries
                       if network_id is not None and pg.network_id == network_id), None)
         if match is None:
             match = next((pg for pg in entries if name is not None and pg.name == name), None)
-        return self.read(match.moid) if match is not None else None
+        if match is None or not full:
+            return match
+        return self.read(match.moid)
 
     def create(self, name: str, network_id: str, vlan: int) -> PortGroup:
         """Create our port group, or adopt ours if a concurrent creator won the race."""

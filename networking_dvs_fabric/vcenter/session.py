@@ -309,12 +309,7 @@ def collect(pc: Any, specs: Iterable[Any]) -> list[tuple[Any, dict[str, Any]]]:
 
 
 def config_from_conf(group: Any) -> VCenterConfig:
-    """Build a VCenterConfig from the ``[ml2_vsphere]`` option group."""
-    missing = [name for name in ("vcenter_url", "username", "password", "datacenter")
-               if not getattr(group, name)]
-    if missing:
-        raise errors.VCenterError(
-            "[ml2_vsphere] " + ", ".join(missing) + " must be set")
+    """Build a VCenterConfig from the ``[ml2_vsphere]`` option group (checked by the caller)."""
     return VCenterConfig(
         url=group.vcenter_url, username=group.username, password=group.password,
         ca_file=group.ca_file, insecure=group.insecure,
