@@ -1,0 +1,111 @@
+"""What any fabric backend must do, whatever speaks to the switches.
+
+The worker computes, for a batch of networks, what each leaf must hold for them
+(:class:`NetworkOnLeaf`) and hands it to a backend's :meth:`FabricBackend.converge`
+per leaf.  The backend reads the leaf, changes only what differs, in one
+transaction per leaf, and never touches anything without the project's
+ownership marker.  Every call may be repeated: the worker relies on that after a
+crash.  ``hwvtep.py`` does this over OVSDB ``hardware_vtep``; a vendor REST
+backend can do the same without the drivers noticing.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Mapping
+
+MARKER_KEY = "managed-by"
+MARKER_VALUE = "networking-dvs-fabric"
+NETWORK_ID_KEY = "network-id"
+
+
+class FabricError(Exception):
+    """Base of the fabric backends' errors."""
+
+    temporary = False
+
+
+class LeafUnreachable(FabricError):
+    """The leaf did not answer (down, refused, timed out): retry later."""
+
+    temporary = True
+
+
+class LeafRejected(FabricError):
+    """The leaf refused a change for a reason retrying will not fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SslFiles:
+    private_key: str
+    certificate: str
+    ca_cert: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSpec:
+    """One leaf as the topology names it."""
+
+    name: str
+    ovsdb: str                  # tcp:HOST:PORT, ssl:HOST:PORT or unix:PATH
+    tunnel_ip: str
+    ssl: SslFiles | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkOnLeaf:
+    """Everything one network needs on one leaf.
+
+    ``bindings``: (leaf port, VLAN) pairs mapped to the network's logical switch.
+    ``remote_macs``: (MAC, tunnel IP of the leaf behind which the MAC lives), for
+    ports on other leaves (controller mode; empty in evpn mode).
+    ``flood_tunnel_ips``: the other leaves of the network, for unknown-destination
+    frames (controller mode; empty in evpn mode).
+    """
+
+    network_id: str
+    vni: int
+    bindings: frozenset[tuple[str, int]] = frozenset()
+    remote_macs: frozenset[tuple[str, str]] = frozenset()
+    flood_tunnel_ips: frozenset[str] = frozenset()
+
+
+@dataclasses.dataclass
+class ConvergeResult:
+    """What one :meth:`FabricBackend.converge` call did on one leaf."""
+
+    leaf: str
+    transactions: int = 0        # OVSDB (or REST) write transactions sent
+    changes: int = 0             # rows created, changed or removed
+    # Networks whose logical switch is still referenced by rows the switch owns
+    # (its local MACs): everything else of theirs is gone; retry the switch later.
+    switch_removal_pending: set[str] = dataclasses.field(default_factory=set)
+
+
+class FabricBackend(abc.ABC):
+    """One backend instance serves every leaf of the topology."""
+
+    @abc.abstractmethod
+    def converge(self, leaf: str,
+                 desired: Mapping[str, NetworkOnLeaf | None]) -> ConvergeResult:
+        """Make ``leaf`` hold exactly ``desired`` for the networks named in it.
+
+        A value of ``None`` means the network needs nothing on this leaf: its remote
+        MACs, flooding list, VLAN bindings and logical switch go (in that order).
+        Creation runs in dependency order (logical switch, bindings, MACs).  Networks
+        not named are left alone.  All writes for the call go in one transaction.
+        Raises :class:`LeafUnreachable` when the leaf does not answer and
+        :class:`LeafRejected` when it refuses the transaction.
+        """
+
+    @abc.abstractmethod
+    def read(self, leaf: str) -> dict[str, NetworkOnLeaf]:
+        """What the leaf holds for every network the project owns there."""
+
+    @abc.abstractmethod
+    def ports(self, leaf: str) -> set[str]:
+        """Names of the leaf's physical ports."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Drop every connection."""
