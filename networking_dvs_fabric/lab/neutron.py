@@ -96,6 +96,7 @@ def prepare_database(db_url: str, config_files: list[Path], log: Path) -> None:
         # Migrations do not run on SQLite; the models' metadata does.
         code = ("import sys, sqlalchemy\n"
                 "from neutron.db.migration.models import head\n"
+                "import networking_dvs_fabric.db.models  # our tables too\n"
                 "engine = sqlalchemy.create_engine(sys.argv[1])\n"
                 "head.get_metadata().create_all(engine)\n")
         _run([sys.executable, "-c", code, db_url], log, "create the SQLite schema")

@@ -1,0 +1,1 @@
+"""The project's own tables (in Neutron's metadata) and their alembic branch."""

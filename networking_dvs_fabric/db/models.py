@@ -1,0 +1,57 @@
+"""SQLAlchemy models of the project's tables, on Neutron's ``BASEV2``.
+
+Being on ``BASEV2`` puts them in Neutron's metadata: Neutron's SQLite test
+fixtures and the lab's SQLite ``create_all`` make them as soon as this module
+is imported, and the alembic branch (``db/migration``) makes them on MariaDB.
+The test ``tests/unit/test_journal_store.py`` checks that both agree.
+"""
+from __future__ import annotations
+
+from neutron_lib.db import model_base
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+# Microseconds on MariaDB too (a plain DATETIME keeps whole seconds, which would
+# make a 200 ms retry delay a 0..1 s one and blur created/claimed times).
+TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
+
+# Journal row states.
+PENDING = "pending"
+PROCESSING = "processing"
+FAILED = "failed"
+COMPLETED = "completed"
+STATES = (PENDING, PROCESSING, FAILED, COMPLETED)
+
+
+class JournalEntry(model_base.BASEV2):
+    """One recorded intent: "resource X of type T needs reconciling".
+
+    Level-triggered: the row carries no payload, only which resource and an
+    operation hint; the worker re-reads Neutron and the backends.  Rows are
+    handled in ``id`` order per resource; ``claimed_by`` is
+    ``"<host>:<pid>:<random>"`` of the worker holding a ``processing`` row.
+    """
+
+    __tablename__ = "dvs_fabric_journal"
+
+    id = sa.Column(sa.Integer, primary_key=True, autoincrement=True)
+    resource_type = sa.Column(sa.String(36), nullable=False)
+    resource_id = sa.Column(sa.String(255), nullable=False)
+    operation = sa.Column(sa.String(36), nullable=False)
+    state = sa.Column(sa.String(16), nullable=False)
+    attempts = sa.Column(sa.Integer, nullable=False)
+    next_attempt_at = sa.Column(TIMESTAMP, nullable=False)
+    created_at = sa.Column(TIMESTAMP, nullable=False)
+    updated_at = sa.Column(TIMESTAMP, nullable=False)
+    claimed_by = sa.Column(sa.String(255), nullable=True)
+    claimed_at = sa.Column(TIMESTAMP, nullable=True)
+    last_error = sa.Column(sa.Text, nullable=True)
+
+    __table_args__ = (
+        # "ready pending rows, oldest first": range on (state, next_attempt_at).
+        sa.Index("ix_dvs_fabric_journal_state_due", "state", "next_attempt_at"),
+        # "the rows of one resource" (claim's lock and its processing check).
+        sa.Index("ix_dvs_fabric_journal_resource",
+                 "resource_type", "resource_id", "state"),
+        model_base.BASEV2.__table_args__,
+    )
