@@ -1,0 +1,405 @@
+"""The ``hardware_vtep`` fabric backend: leaves programmed over OVSDB with ovsdbapp.
+
+A network on a leaf is a ``Logical_Switch`` named ``dvsf-<network id>`` whose
+``other_config`` carries the project's marker, VLAN bindings on the leaf's
+``Physical_Port`` rows pointing at it, ``Ucast_Macs_Remote`` rows for MACs
+behind other leaves and one ``unknown-dst`` ``Mcast_Macs_Remote`` row (the
+flooding list).  :meth:`HwvtepBackend.converge` reads the IDL replica, plans the
+difference for the named networks (:func:`plan`), and sends it as one OVSDB
+transaction in which the plan is made again against the replica the
+transaction really runs on (a retry after a reconnect re-plans, it never
+replays a stale diff).  Rows without the marker are never changed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Any, Mapping, Sequence
+
+from ovs.db import idl as ovs_idl
+from ovsdbapp import exceptions as ovsdbapp_exc
+from ovsdbapp.backend.ovs_idl import command
+
+from networking_dvs_fabric.fabric.api import (MARKER_KEY, MARKER_VALUE, NETWORK_ID_KEY,
+                                              ConvergeResult, FabricBackend, FabricError,
+                                              LeafRejected, LeafSpec, LeafUnreachable,
+                                              NetworkOnLeaf)
+from networking_dvs_fabric.fabric.ovsdb_conn import LeafConnection
+
+LOG = logging.getLogger(__name__)
+
+LS_PREFIX = "dvsf-"
+FLOOD_MAC = "unknown-dst"
+ENCAPSULATION = "vxlan_over_ipv4"
+MAX_VLAN = 4095
+Row = ovs_idl.Row
+Binding = tuple[str, int]
+
+
+@dataclasses.dataclass
+class LeafView:
+    """The rows of one leaf that planning and reading need, indexed once.
+
+    Reading a column of an IDL row converts it each time, so each port's
+    ``vlan_bindings`` is read once here.
+    """
+
+    leaf: str
+    ports: dict[str, Row]
+    port_bindings: dict[str, dict[int, Row]]     # port -> VLAN -> Logical_Switch
+    owned: dict[str, Row]                         # network id -> marked Logical_Switch
+    ls_names: set[str]
+    locators: dict[str, Row]                      # dst_ip -> reusable VXLAN locator
+    bindings: dict[uuid.UUID, set[Binding]]       # LS uuid -> its bindings on this switch
+    ucast: dict[uuid.UUID, list[Row]]             # LS uuid -> Ucast_Macs_Remote rows
+    flood: dict[uuid.UUID, list[Row]]             # LS uuid -> unknown-dst Mcast_Macs_Remote
+    pinned: set[uuid.UUID]                        # LS uuids we must not delete yet
+
+
+def find_switch(tables: Mapping[str, Any], leaf: str) -> Row:
+    """The leaf's Physical_Switch: the one named after it, or the only one."""
+    switches = list(tables["Physical_Switch"].rows.values())
+    named = [s for s in switches if s.name == leaf]
+    if named:
+        return named[0]
+    if len(switches) == 1:
+        return switches[0]
+    if not switches:
+        # A switch that has just booted may not have published itself yet.
+        raise LeafUnreachable(f"leaf {leaf}: its database has no Physical_Switch yet")
+    raise LeafRejected(f"leaf {leaf}: no Physical_Switch named {leaf} among "
+                       f"{sorted(s.name for s in switches)}")
+
+
+def read_view(tables: Mapping[str, Any], leaf: str) -> LeafView:
+    """Index the replica for ``leaf`` (call with the connection lock held)."""
+    switch = find_switch(tables, leaf)
+    ports = {p.name: p for p in switch.ports}
+    view = LeafView(leaf, ports, {name: dict(p.vlan_bindings) for name, p in ports.items()},
+                    {}, set(), {}, {}, {}, {}, set())
+    for ls in tables["Logical_Switch"].rows.values():
+        view.ls_names.add(ls.name)
+        config = ls.other_config
+        if config.get(MARKER_KEY) == MARKER_VALUE and config.get(NETWORK_ID_KEY):
+            view.owned[config[NETWORK_ID_KEY]] = ls
+    for name, by_vlan in view.port_bindings.items():
+        for vlan, ls in by_vlan.items():
+            view.bindings.setdefault(ls.uuid, set()).add((name, vlan))
+    for loc in tables["Physical_Locator"].rows.values():
+        if loc.encapsulation_type == ENCAPSULATION and not loc.tunnel_key:
+            view.locators.setdefault(loc.dst_ip, loc)
+    for row in tables["Ucast_Macs_Remote"].rows.values():
+        view.ucast.setdefault(row.logical_switch.uuid, []).append(row)
+    for row in tables["Mcast_Macs_Remote"].rows.values():
+        if row.MAC == FLOOD_MAC:
+            view.flood.setdefault(row.logical_switch.uuid, []).append(row)
+    for table in ("Ucast_Macs_Local", "Mcast_Macs_Local"):
+        view.pinned.update(r.logical_switch.uuid for r in tables[table].rows.values())
+    mine = {p.uuid for p in ports.values()}
+    for port in tables["Physical_Port"].rows.values():
+        if port.uuid not in mine:
+            view.pinned.update(ls.uuid for ls in port.vlan_bindings.values())
+    return view
+
+
+def flood_ips(row: Row) -> set[str]:
+    return {loc.dst_ip for loc in row.locator_set.locators}
+
+
+def network_on_leaf(view: LeafView, network_id: str, ls: Row) -> NetworkOnLeaf:
+    """What the leaf holds for one owned logical switch."""
+    return NetworkOnLeaf(
+        network_id=network_id,
+        vni=ls.tunnel_key[0] if ls.tunnel_key else 0,
+        bindings=frozenset(view.bindings.get(ls.uuid, ())),
+        remote_macs=frozenset((r.MAC, r.locator.dst_ip) for r in view.ucast.get(ls.uuid, ())),
+        flood_tunnel_ips=frozenset(ip for r in view.flood.get(ls.uuid, ())
+                                   for ip in flood_ips(r)))
+
+
+@dataclasses.dataclass
+class Plan:
+    """The changes one converge makes, grouped in the order they are written."""
+
+    new_ls: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    vni_updates: list[tuple[Row, int]] = dataclasses.field(default_factory=list)
+    bind_sets: list[tuple[Row, int, str]] = dataclasses.field(default_factory=list)
+    ucast_new: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    ucast_moves: list[tuple[Row, str]] = dataclasses.field(default_factory=list)
+    flood_sets: list[tuple[str, Row | None, tuple[str, ...]]] = dataclasses.field(
+        default_factory=list)
+    ucast_dels: list[Row] = dataclasses.field(default_factory=list)
+    flood_dels: list[Row] = dataclasses.field(default_factory=list)
+    bind_dels: list[tuple[Row, int]] = dataclasses.field(default_factory=list)
+    ls_dels: list[Row] = dataclasses.field(default_factory=list)
+    pending: set[str] = dataclasses.field(default_factory=set)
+
+    @property
+    def changes(self) -> int:
+        """Rows created, changed or removed."""
+        return sum(len(getattr(self, f.name)) for f in dataclasses.fields(self)
+                   if f.name != "pending")
+
+
+def plan(view: LeafView, desired: Mapping[str, NetworkOnLeaf | None]) -> Plan:
+    """The difference between the leaf and ``desired`` for the named networks only."""
+    claims = _claims(view, desired)
+    out = Plan()
+    for network_id, want in sorted(desired.items()):
+        ls = view.owned.get(network_id)
+        if want is None:
+            if ls is not None:
+                _plan_removal(view, network_id, ls, claims, out)
+            continue
+        if want.network_id != network_id:
+            raise FabricError(f"desired[{network_id!r}] describes {want.network_id!r}")
+        if ls is None:
+            if LS_PREFIX + network_id in view.ls_names:
+                raise LeafRejected(f"leaf {view.leaf}: logical switch {LS_PREFIX}{network_id}"
+                                   " exists without the project's marker")
+            out.new_ls.append((network_id, want.vni))
+        elif list(ls.tunnel_key) != [want.vni]:
+            out.vni_updates.append((ls, want.vni))
+        _plan_bindings(view, ls, want, desired, claims, out)
+        _plan_ucast(view, ls, want, out)
+        _plan_flood(view, ls, want, out)
+    return out
+
+
+def _claims(view: LeafView, desired: Mapping[str, NetworkOnLeaf | None]) -> dict[Binding, str]:
+    """(port, VLAN) -> network wanting it; rejects unknown ports and double claims."""
+    claims: dict[Binding, str] = {}
+    for network_id, want in desired.items():
+        for port, vlan in sorted(want.bindings if want else ()):
+            if port not in view.ports:
+                raise LeafRejected(f"leaf {view.leaf}: has no port {port!r}")
+            if not 0 <= vlan <= MAX_VLAN:
+                raise LeafRejected(f"leaf {view.leaf}: port {port} VLAN {vlan} out of range")
+            other = claims.setdefault((port, vlan), network_id)
+            if other != network_id:
+                raise LeafRejected(f"leaf {view.leaf}: port {port} VLAN {vlan} wanted by "
+                                   f"networks {other} and {network_id}")
+    return claims
+
+
+def _plan_bindings(view: LeafView, ls: Row | None, want: NetworkOnLeaf,
+                   desired: Mapping[str, NetworkOnLeaf | None],
+                   claims: Mapping[Binding, str], out: Plan) -> None:
+    """Set missing bindings (refusing to take foreign ones), drop unwanted ones."""
+    current = view.bindings.get(ls.uuid, set()) if ls is not None else set()
+    for port, vlan in sorted(want.bindings - current):
+        holder = view.port_bindings[port].get(vlan)
+        if holder is not None:
+            _check_may_take(view, port, vlan, holder, desired)
+        out.bind_sets.append((view.ports[port], vlan, want.network_id))
+    for port, vlan in sorted(current - want.bindings):
+        if (port, vlan) not in claims:   # else another network's setkey replaces it
+            out.bind_dels.append((view.ports[port], vlan))
+
+
+def _check_may_take(view: LeafView, port: str, vlan: int, holder: Row,
+                    desired: Mapping[str, NetworkOnLeaf | None]) -> None:
+    """A bound (port, VLAN) may be rebound only from one of our networks in this call."""
+    config = holder.other_config
+    if config.get(MARKER_KEY) != MARKER_VALUE:
+        raise LeafRejected(f"leaf {view.leaf}: port {port} VLAN {vlan} is bound to "
+                           f"logical switch {holder.name!r}, which the project does not own")
+    if config.get(NETWORK_ID_KEY) not in desired:
+        raise LeafRejected(f"leaf {view.leaf}: port {port} VLAN {vlan} is bound to network "
+                           f"{config.get(NETWORK_ID_KEY)}, which this call does not name")
+
+
+def _plan_ucast(view: LeafView, ls: Row | None, want: NetworkOnLeaf, out: Plan) -> None:
+    """Remote MACs: add missing, re-point moved ones, drop the rest."""
+    wanted: dict[str, str] = {}
+    for mac, ip in want.remote_macs:
+        if wanted.setdefault(mac.lower(), ip) != ip:
+            raise FabricError(f"network {want.network_id}: MAC {mac} on two tunnel IPs")
+    seen: set[str] = set()
+    for row in view.ucast.get(ls.uuid, []) if ls is not None else []:
+        mac = row.MAC.lower()
+        if mac not in wanted or mac in seen:
+            out.ucast_dels.append(row)
+            continue
+        seen.add(mac)
+        if row.locator.dst_ip != wanted[mac]:
+            out.ucast_moves.append((row, wanted[mac]))
+    out.ucast_new.extend((want.network_id, mac, ip)
+                         for mac, ip in sorted(wanted.items()) if mac not in seen)
+
+
+def _plan_flood(view: LeafView, ls: Row | None, want: NetworkOnLeaf, out: Plan) -> None:
+    """One unknown-dst row whose locator set is exactly the flood list, or none."""
+    rows = view.flood.get(ls.uuid, []) if ls is not None else []
+    ips = tuple(sorted(want.flood_tunnel_ips))
+    if not ips:
+        out.flood_dels.extend(rows)
+        return
+    keep = rows[0] if rows else None
+    out.flood_dels.extend(rows[1:])
+    if keep is None or flood_ips(keep) != set(ips):
+        out.flood_sets.append((want.network_id, keep, ips))
+
+
+def _plan_removal(view: LeafView, network_id: str, ls: Row,
+                  claims: Mapping[Binding, str], out: Plan) -> None:
+    """MACs, flooding row and bindings go; the LS too unless the switch still uses it."""
+    out.ucast_dels.extend(view.ucast.get(ls.uuid, []))
+    out.flood_dels.extend(view.flood.get(ls.uuid, []))
+    out.bind_dels.extend((view.ports[port], vlan)
+                         for port, vlan in sorted(view.bindings.get(ls.uuid, ()))
+                         if (port, vlan) not in claims)
+    if ls.uuid in view.pinned:
+        out.pending.add(network_id)
+    else:
+        out.ls_dels.append(ls)
+
+
+class _Writer:
+    """Writes a :class:`Plan` into one IDL transaction, creating rows in order."""
+
+    def __init__(self, txn: ovs_idl.Transaction, tables: Mapping[str, Any],
+                 view: LeafView) -> None:
+        self._txn = txn
+        self._tables = tables
+        self._ls: dict[str, Row] = dict(view.owned)
+        self._locators: dict[str, Row] = dict(view.locators)
+
+    def _insert(self, table: str, **columns: Any) -> Row:
+        row = self._txn.insert(self._tables[table])
+        for column, value in columns.items():
+            setattr(row, column, value)
+        return row
+
+    def _locator(self, ip: str) -> Row:
+        """The VXLAN locator for ``ip``: reused (it is indexed: no duplicates allowed)."""
+        if ip not in self._locators:
+            self._locators[ip] = self._insert("Physical_Locator", dst_ip=ip,
+                                              encapsulation_type=ENCAPSULATION)
+        return self._locators[ip]
+
+    def write(self, todo: Plan) -> None:
+        for network_id, vni in todo.new_ls:
+            self._ls[network_id] = self._insert(
+                "Logical_Switch", name=LS_PREFIX + network_id, tunnel_key=vni,
+                other_config={MARKER_KEY: MARKER_VALUE, NETWORK_ID_KEY: network_id})
+        for ls, vni in todo.vni_updates:
+            ls.tunnel_key = vni
+        for port, vlan, network_id in todo.bind_sets:
+            port.setkey("vlan_bindings", vlan, self._ls[network_id])
+        for network_id, mac, ip in todo.ucast_new:
+            self._insert("Ucast_Macs_Remote", MAC=mac, logical_switch=self._ls[network_id],
+                         locator=self._locator(ip))
+        for row, ip in todo.ucast_moves:
+            row.locator = self._locator(ip)
+        for network_id, row, ips in todo.flood_sets:
+            # Locator sets are immutable: a changed list is a new set.
+            locator_set = self._insert("Physical_Locator_Set",
+                                       locators=[self._locator(ip) for ip in ips])
+            if row is None:
+                self._insert("Mcast_Macs_Remote", MAC=FLOOD_MAC, locator_set=locator_set,
+                             logical_switch=self._ls[network_id])
+            else:
+                row.locator_set = locator_set
+        for row in todo.ucast_dels + todo.flood_dels:
+            row.delete()
+        for port, vlan in todo.bind_dels:
+            port.delkey("vlan_bindings", vlan)
+        for ls in todo.ls_dels:
+            ls.delete()
+
+
+class _ConvergeCommand(command.BaseCommand):
+    """Plans and writes against the replica the transaction actually runs on."""
+
+    def __init__(self, api: Any, leaf: str,
+                 desired: Mapping[str, NetworkOnLeaf | None]) -> None:
+        super().__init__(api)
+        self.leaf = leaf
+        self.desired = desired
+
+    def run_idl(self, txn: ovs_idl.Transaction) -> None:
+        view = read_view(self.api.tables, self.leaf)
+        todo = plan(view, self.desired)
+        _Writer(txn, self.api.tables, view).write(todo)
+        self.result = todo
+
+
+class HwvtepBackend(FabricBackend):
+    """Every leaf of the topology over its own lazily opened OVSDB connection."""
+
+    def __init__(self, leaves: Sequence[LeafSpec], connect_timeout: float = 10.0,
+                 txn_timeout: float = 30.0) -> None:
+        self._leaves: dict[str, LeafConnection] = {}
+        for spec in leaves:
+            if spec.name in self._leaves:
+                raise FabricError(f"leaf {spec.name} listed twice")
+            self._leaves[spec.name] = LeafConnection(spec, connect_timeout, txn_timeout)
+
+    def _connection(self, leaf: str) -> LeafConnection:
+        try:
+            return self._leaves[leaf]
+        except KeyError:
+            raise FabricError(f"unknown leaf {leaf!r}") from None
+
+    def converge(self, leaf: str,
+                 desired: Mapping[str, NetworkOnLeaf | None]) -> ConvergeResult:
+        conn = self._connection(leaf)
+        api = conn.api()
+        with api.ovsdb_connection.lock:
+            todo = plan(read_view(api.tables, leaf), desired)
+        result = ConvergeResult(leaf=leaf, switch_removal_pending=set(todo.pending))
+        if not todo.changes:
+            LOG.debug("leaf %(leaf)s: %(n)d networks already converged",
+                      {"leaf": leaf, "n": len(desired)})
+            return result
+        started = time.monotonic()
+        sent = self._commit(conn, api, desired)
+        result.transactions = 1
+        if sent is not None:
+            result.changes = sent.changes
+            result.switch_removal_pending = set(sent.pending)
+        LOG.info("leaf %(leaf)s: %(changes)d changes for %(n)d networks in one "
+                 "transaction, %(ms).0f ms", {"leaf": leaf, "changes": result.changes,
+                                              "n": len(desired),
+                                              "ms": (time.monotonic() - started) * 1000})
+        return result
+
+    def _commit(self, conn: LeafConnection, api: Any,
+                desired: Mapping[str, NetworkOnLeaf | None]) -> Plan | None:
+        """Send the one transaction; map ovsdbapp's errors onto the fabric's."""
+        leaf, endpoint = conn.spec.name, conn.spec.ovsdb
+        cmd = _ConvergeCommand(api, leaf, desired)
+        try:
+            with api.transaction(check_error=True, log_errors=False) as txn:
+                txn.add(cmd)
+        except FabricError:
+            raise
+        except ovsdbapp_exc.TimeoutException as exc:
+            raise LeafUnreachable(f"leaf {leaf} at {endpoint}: transaction timed out "
+                                  f"({exc})") from exc
+        except RuntimeError as exc:
+            if "timed out" in str(exc):
+                raise LeafUnreachable(f"leaf {leaf} at {endpoint}: {exc}") from exc
+            LOG.warning("leaf %(leaf)s rejected the transaction: %(err)s",
+                        {"leaf": leaf, "err": exc})
+            raise LeafRejected(f"leaf {leaf} at {endpoint}: {exc}") from exc
+        return cmd.result
+
+    def read(self, leaf: str) -> dict[str, NetworkOnLeaf]:
+        api = self._connection(leaf).api()
+        with api.ovsdb_connection.lock:
+            view = read_view(api.tables, leaf)
+            return {nid: network_on_leaf(view, nid, ls) for nid, ls in view.owned.items()}
+
+    def ports(self, leaf: str) -> set[str]:
+        api = self._connection(leaf).api()
+        with api.ovsdb_connection.lock:
+            return {p.name for p in find_switch(api.tables, leaf).ports}
+
+    def close(self) -> None:
+        for conn in self._leaves.values():
+            conn.close()
+
