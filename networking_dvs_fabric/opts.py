@@ -56,9 +56,55 @@ vsphere_opts = [
 ]
 
 
+FABRIC_GROUP = "ml2_fabric"
+MODES = ("pre_provision", "on_demand")
+MAC_DISTRIBUTIONS = ("controller", "evpn")
+
+fabric_opts = [
+    cfg.StrOpt("topology_file",
+               help="Required by fabric_hwvtep. YAML file naming the leaves (OVSDB endpoint, "
+                    "tunnel IP) and which leaf ports each host is cabled to."),
+    cfg.StrOpt("mode", default="pre_provision", choices=MODES,
+               help="pre_provision: a network bound to a cluster gets its VLAN binding on "
+                    "every leaf port of every host of the cluster. on_demand: only on the "
+                    "leaf ports of hosts that run one of its VMs (needs the vCenter watcher)."),
+    cfg.StrOpt("mac_distribution", default="controller", choices=MAC_DISTRIBUTIONS,
+               help="controller: write remote MACs and flooding lists into the leaves. "
+                    "evpn: the leaves learn MACs by BGP EVPN; write only VLAN-VNI bindings."),
+    cfg.FloatOpt("ovsdb_connect_timeout", default=10.0, min=0.1,
+                 help="Seconds to wait for a leaf's OVSDB server to connect and sync."),
+    cfg.FloatOpt("ovsdb_transaction_timeout", default=30.0, min=1.0,
+                 help="Seconds to wait for one OVSDB transaction on a leaf."),
+    cfg.IntOpt("worker_batch_size", default=200, min=1,
+               help="Networks the fabric worker reconciles together; each leaf gets one "
+                    "transaction per batch."),
+    cfg.FloatOpt("retry_initial_delay", default=1.0, min=0.05,
+                 help="Seconds before a temporarily failed journal entry (a leaf down) is "
+                      "retried; doubled on each failure up to retry_max_delay."),
+    cfg.FloatOpt("retry_max_delay", default=30.0, min=0.1,
+                 help="Longest wait between two retries of a journal entry."),
+    cfg.FloatOpt("claim_timeout", default=300.0, min=1.0,
+                 help="Seconds after which journal entries claimed by a worker that "
+                      "neither finished nor released them are handed to another worker. "
+                      "Claims of dead processes on the same host are released at once."),
+    cfg.IntOpt("completed_retention", default=3600, min=0,
+               help="Seconds completed journal entries are kept before pruning."),
+    cfg.FloatOpt("poll_interval", default=2.0, min=0.05,
+                 help="Longest sleep of an idle journal worker. Wake-ups (below) make it "
+                      "start at once when an API worker records work."),
+    cfg.StrOpt("wakeup_listen", default="127.0.0.1:6651",
+               help="HOST:PORT (UDP) the journal workers listen on for wake-ups. Several "
+                    "worker processes on one host share it. Empty: no listening."),
+    cfg.ListOpt("wakeup_targets", default=["127.0.0.1:6651"],
+                help="HOST:PORT (UDP) list that API workers notify after recording work: "
+                     "the wakeup_listen address of every host that runs journal workers."),
+]
+
+
 def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
     conf.register_opts(vsphere_opts, group=VSPHERE_GROUP)
+    conf.register_opts(fabric_opts, group=FABRIC_GROUP)
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    return [(VSPHERE_GROUP, list(vsphere_opts))]
+    return [(VSPHERE_GROUP, list(vsphere_opts)), (FABRIC_GROUP, list(fabric_opts))]

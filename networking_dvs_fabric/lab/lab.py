@@ -20,7 +20,7 @@ from networking_dvs_fabric.lab.mariadb import MariaDB
 from networking_dvs_fabric.lab.procs import Daemon, LabError, write_json_atomic
 from networking_dvs_fabric.lab.vcsim import VCenterSimulator
 
-DEFAULT_DRIVERS = "vsphere_dvs"
+DEFAULT_DRIVERS = "fabric_hwvtep,vsphere_dvs"
 MODES = ("pre_provision", "on_demand")
 DATABASES = ("sqlite", "mariadb")
 CLOUD_NAME = "dvs-fabric-lab"
@@ -125,7 +125,7 @@ class Lab:
         access = neutron.VCenterAccess(vcsim.url, vcsim.username, vcsim.password,
                                        str(vcsim.ca_file))
         configs = neutron.write_configs(self.dir / "neutron", db_url, access, drivers, mode,
-                                        extra)
+                                        {leaf.name: leaf.ovsdb for leaf in leaves}, extra)
         _progress(f"creating Neutron's schema ({db})")
         neutron.prepare_database(db_url, configs, self.dir / "logs" / "db-manage.log")
 

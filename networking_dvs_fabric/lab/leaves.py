@@ -220,9 +220,7 @@ class LeafSwitch:
 
 def lab_leaves(workdir: Path) -> list[LeafSwitch]:
     """The lab's leaves (not started): one per topology leaf, ports from attachments."""
-    ports: dict[str, list[str]] = {}
-    for att in topology.attachments():
-        ports.setdefault(att.leaf, []).append(att.port)
+    ports = topology.leaf_ports()
     base = Path(workdir) / "leaves"
     return [LeafSwitch(leaf.name, leaf.tunnel_ip, base / leaf.name,
                        ports.get(leaf.name, []))

@@ -20,9 +20,10 @@ class LabError(Exception):
     """A lab component could not be started or reached; the message says which."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def free_port(host: str = "127.0.0.1", udp: bool = False) -> int:
+    """A TCP (or UDP) port that is free on ``host`` right now."""
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

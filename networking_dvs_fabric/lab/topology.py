@@ -16,6 +16,11 @@ CLUSTERS = ("DC0_C0", "DC0_C1")
 HOSTS_PER_CLUSTER = 3
 VLAN_RANGE = (100, 3999)
 LEAF_NAMES = ("leaf1", "leaf2", "leaf3")
+# A KVM host outside vSphere (bottom level: Open vSwitch), on its own physical network,
+# cabled to two leaves (a leaf pair); its ports come after the ESXi hosts' ports.
+KVM_HOST = "kvm-1"
+KVM_PHYSICAL_NETWORK = "physnet-kvm"
+KVM_PORTS = (("leaf2", "swp9"), ("leaf3", "swp9"))
 
 
 def esxi_hosts(cluster: str) -> list[str]:
@@ -56,6 +61,29 @@ def attachments() -> list[Attachment]:
             result.append(Attachment(host, leaf, f"swp{per_leaf[leaf]}"))
             index += 1
     return result
+
+
+def leaf_ports() -> dict[str, list[str]]:
+    """Every leaf's physical ports: the ESXi hosts' and the KVM host's."""
+    ports: dict[str, list[str]] = {name: [] for name in LEAF_NAMES}
+    for att in attachments():
+        ports[att.leaf].append(att.port)
+    for leaf, port in KVM_PORTS:
+        ports[leaf].append(port)
+    return ports
+
+
+def fabric_topology(leaf_endpoints: dict[str, str]) -> dict:
+    """The ``[ml2_fabric] topology_file`` contents for the lab (leaf name -> OVSDB)."""
+    return {
+        "leaves": [{"name": leaf.name, "ovsdb": leaf_endpoints[leaf.name],
+                    "tunnel_ip": leaf.tunnel_ip} for leaf in leaves()],
+        "hosts": [{"name": a.esxi_host,
+                   "attachments": [{"leaf": a.leaf, "port": a.port, "dvs": DVS_NAME}]}
+                  for a in attachments()] + [
+            {"name": KVM_HOST, "physical_network": KVM_PHYSICAL_NETWORK,
+             "attachments": [{"leaf": leaf, "port": port} for leaf, port in KVM_PORTS]}],
+    }
 
 
 def compute_hosts() -> dict[str, dict]:

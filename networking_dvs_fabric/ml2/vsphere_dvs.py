@@ -47,6 +47,35 @@ def _mappings(option: str, values: list[str]) -> dict[str, str]:
         raise ConfigurationError(option=option, reason=str(exc)) from exc
 
 
+def backend_from_conf(group) -> VSphereBackend:
+    """A (not yet started) backend from ``[ml2_vsphere]``; bad options raise, naming them."""
+    dvs_mappings = _mappings("dvs_mappings", group.dvs_mappings)
+    if not dvs_mappings:
+        raise ConfigurationError(option="dvs_mappings",
+                                 reason="map at least one physical_network to a DVS")
+    try:
+        naming.check_format(group.port_group_name_format)
+    except naming.NameFormatError as exc:
+        raise ConfigurationError(option="port_group_name_format", reason=str(exc))
+    missing = [name for name in ("vcenter_url", "username", "password", "datacenter")
+               if not getattr(group, name)]
+    if missing:
+        raise ConfigurationError(option=", ".join(missing), reason="required, not set")
+    if group.ca_file and not group.insecure:
+        try:
+            ssl.create_default_context(cafile=group.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(option="ca_file",
+                                     reason=f"cannot read {group.ca_file!r} as PEM: {exc}")
+    vcenter = config_from_conf(group)
+    settings = BackendSettings(
+        datacenter=group.datacenter, dvs_mappings=dvs_mappings,
+        host_mappings=_mappings("host_mappings", group.host_mappings),
+        name_format=group.port_group_name_format,
+        unreachable_holdoff=group.unreachable_holdoff)
+    return VSphereBackend(settings, lambda: VCenterSession(vcenter))
+
+
 class VSphereDVSMechanismDriver(api.MechanismDriver):
     """Port groups on a VMware DVS for Neutron VLAN segments."""
 
@@ -55,31 +84,7 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
     def initialize(self) -> None:
         opts.register_opts(cfg.CONF)
         group = cfg.CONF[opts.VSPHERE_GROUP]
-        dvs_mappings = _mappings("dvs_mappings", group.dvs_mappings)
-        if not dvs_mappings:
-            raise ConfigurationError(option="dvs_mappings",
-                                     reason="map at least one physical_network to a DVS")
-        try:
-            naming.check_format(group.port_group_name_format)
-        except naming.NameFormatError as exc:
-            raise ConfigurationError(option="port_group_name_format", reason=str(exc))
-        missing = [name for name in ("vcenter_url", "username", "password", "datacenter")
-                   if not getattr(group, name)]
-        if missing:
-            raise ConfigurationError(option=", ".join(missing), reason="required, not set")
-        if group.ca_file and not group.insecure:
-            try:
-                ssl.create_default_context(cafile=group.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigurationError(option="ca_file",
-                                         reason=f"cannot read {group.ca_file!r} as PEM: {exc}")
-        vcenter = config_from_conf(group)
-        settings = BackendSettings(
-            datacenter=group.datacenter, dvs_mappings=dvs_mappings,
-            host_mappings=_mappings("host_mappings", group.host_mappings),
-            name_format=group.port_group_name_format,
-            unreachable_holdoff=group.unreachable_holdoff)
-        self.backend = VSphereBackend(settings, lambda: VCenterSession(vcenter))
+        self.backend = backend_from_conf(group)
         self._sweep_interval = group.cleanup_interval
         try:
             # The port group watch starts with the first bind: processes that never
@@ -89,7 +94,7 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
             self.backend.stop()
             raise StartError(reason=str(exc))
         LOG.info("vsphere_dvs ready: datacenter %(dc)s, DVS mappings %(dvs)s",
-                 {"dc": group.datacenter, "dvs": dvs_mappings})
+                 {"dc": group.datacenter, "dvs": self.backend.settings.dvs_mappings})
 
     @property
     def connectivity(self) -> str:

@@ -1,0 +1,99 @@
+"""What Neutron says the fabric must carry for some networks, read from its database.
+
+For each network: its VXLAN segment (the VNI) and every port binding that went
+through ``fabric_hwvtep`` - the binding host, the VLAN segment allocated below it,
+the port's MAC and whether the binding is the active one.  Inactive bindings (a
+live migration's destination) count for VLAN bindings, so the destination is ready
+before the port moves; MACs are placed only from active bindings.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Iterable
+
+from neutron.db import models_v2
+from neutron.db.models import segment as segment_models
+from neutron.plugins.ml2 import models as ml2_models
+from neutron_lib import constants as n_const
+from neutron_lib.db import api as db_api
+
+FABRIC_DRIVER = "fabric_hwvtep"
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundPort:
+    port_id: str
+    mac: str
+    host: str
+    physical_network: str
+    vlan: int
+    active: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkIntent:
+    network_id: str
+    vni: int
+    ports: tuple[BoundPort, ...]
+
+
+def read_intents(context, network_ids: Iterable[str],
+                 driver: str = FABRIC_DRIVER) -> dict[str, NetworkIntent | None]:
+    """Intent per network; None for a network that is gone or has no VXLAN segment."""
+    ids = sorted(set(network_ids))
+    result: dict[str, NetworkIntent | None] = {i: None for i in ids}
+    if not ids:
+        return result
+    with db_api.CONTEXT_READER.using(context):
+        session = context.session
+        segments = {s.id: s for s in session.query(segment_models.NetworkSegment).filter(
+            segment_models.NetworkSegment.network_id.in_(ids))}
+        ports = {p.id: p for p in session.query(
+            models_v2.Port.id, models_v2.Port.network_id, models_v2.Port.mac_address).filter(
+            models_v2.Port.network_id.in_(ids))}
+        levels = session.query(
+            ml2_models.PortBindingLevel.port_id, ml2_models.PortBindingLevel.host,
+            ml2_models.PortBindingLevel.level, ml2_models.PortBindingLevel.driver,
+            ml2_models.PortBindingLevel.segment_id).join(
+            models_v2.Port, models_v2.Port.id == ml2_models.PortBindingLevel.port_id).filter(
+            models_v2.Port.network_id.in_(ids)).all()
+        statuses = {(b.port_id, b.host): b.status for b in session.query(
+            ml2_models.PortBinding.port_id, ml2_models.PortBinding.host,
+            ml2_models.PortBinding.status).join(
+            models_v2.Port, models_v2.Port.id == ml2_models.PortBinding.port_id).filter(
+            models_v2.Port.network_id.in_(ids))}
+    by_binding: dict[tuple[str, str], list] = defaultdict(list)
+    for row in levels:
+        by_binding[(row.port_id, row.host)].append(row)
+    vnis: dict[str, int] = {}
+    bound: dict[str, list[BoundPort]] = defaultdict(list)
+    for (port_id, host), rows in by_binding.items():
+        rows.sort(key=lambda r: r.level)
+        for upper, lower in zip(rows, rows[1:]):
+            if upper.driver != driver:
+                continue
+            top, bottom = segments.get(upper.segment_id), segments.get(lower.segment_id)
+            if top is None or bottom is None or top.network_type != n_const.TYPE_VXLAN \
+                    or bottom.network_type != n_const.TYPE_VLAN:
+                continue
+            port = ports[port_id]
+            vnis.setdefault(port.network_id, int(top.segmentation_id))
+            bound[port.network_id].append(BoundPort(
+                port_id=port_id, mac=port.mac_address, host=host,
+                physical_network=bottom.physical_network, vlan=int(bottom.segmentation_id),
+                active=statuses.get((port_id, host)) == n_const.ACTIVE))
+            break
+    for network_id in ids:
+        if network_id in vnis:
+            result[network_id] = NetworkIntent(
+                network_id, vnis[network_id],
+                tuple(sorted(bound[network_id], key=lambda b: (b.port_id, b.host))))
+    return result
+
+
+def segment_in_use(context, segment_id: str) -> bool:
+    """Is any port binding (active or not) bound through this segment?"""
+    with db_api.CONTEXT_READER.using(context):
+        return context.session.query(ml2_models.PortBindingLevel.port_id).filter(
+            ml2_models.PortBindingLevel.segment_id == segment_id).first() is not None

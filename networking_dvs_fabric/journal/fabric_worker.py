@@ -1,0 +1,105 @@
+"""The fabric worker: journal entries of networks in, leaves programmed out.
+
+Level-triggered: an entry only names a network.  For a batch of networks the
+worker reads Neutron's intent, computes what every leaf must hold and hands each
+leaf its part in one backend call (one OVSDB transaction per leaf per batch).  A
+leaf that does not answer makes the batch's networks retry later; one that refuses
+is retried network by network, so only the network at fault is marked failed.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Sequence
+
+from oslo_config import cfg
+
+from networking_dvs_fabric import opts
+from networking_dvs_fabric.fabric.api import FabricBackend, FabricError, NetworkOnLeaf
+from networking_dvs_fabric.fabric.desired import desired_state
+from networking_dvs_fabric.fabric.intent import read_intents
+from networking_dvs_fabric.journal import store
+from networking_dvs_fabric.journal.worker import (JournalWorker, PermanentFailure,
+                                                  TemporaryFailure, WorkerSettings)
+from networking_dvs_fabric.vcenter import errors
+
+if TYPE_CHECKING:
+    from networking_dvs_fabric.ml2.fabric_hwvtep import FabricHwvtepMechanismDriver
+
+LOG = logging.getLogger(__name__)
+RESOURCE_NETWORK = "network"
+
+
+class FabricSync:
+    """The handler: converge the leaves for a batch of networks."""
+
+    def __init__(self, driver: "FabricHwvtepMechanismDriver",
+                 backend: FabricBackend | None = None) -> None:
+        self._driver = driver
+        self._backend = backend
+        self.transactions = 0
+
+    @property
+    def backend(self) -> FabricBackend:
+        if self._backend is None:
+            from networking_dvs_fabric.fabric.hwvtep import HwvtepBackend
+            group = cfg.CONF[opts.FABRIC_GROUP]
+            self._backend = HwvtepBackend(list(self._driver.topology.leaves.values()),
+                                          connect_timeout=group.ovsdb_connect_timeout,
+                                          txn_timeout=group.ovsdb_transaction_timeout)
+        return self._backend
+
+    def __call__(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
+        network_ids = [e.resource_id for e in entries]
+        verdicts: dict[str, Exception | None] = {n: None for n in network_ids}
+        try:
+            intents = read_intents(context, network_ids)
+            desired = desired_state(intents, self._driver.topology, self._driver.directory,
+                                    self._driver.mac_distribution)
+        except errors.VCenterError as exc:
+            failure = TemporaryFailure(f"vCenter needed to place cluster hosts: {exc}")
+            return [failure for _ in entries]
+        for leaf, networks in desired.items():
+            for network_id, failure in self._converge(leaf, networks).items():
+                if verdicts.get(network_id) is None or isinstance(failure, PermanentFailure):
+                    verdicts[network_id] = failure
+        return [verdicts[e.resource_id] for e in entries]
+
+    def _converge(self, leaf: str,
+                  networks: dict[str, NetworkOnLeaf | None]) -> dict[str, Exception]:
+        """Failures per network on this leaf (empty: all done)."""
+        try:
+            result = self.backend.converge(leaf, networks)
+        except FabricError as exc:
+            if exc.temporary:
+                return {n: TemporaryFailure(str(exc)) for n in networks}
+            if len(networks) == 1:
+                return {n: PermanentFailure(str(exc)) for n in networks}
+            LOG.warning("fabric: leaf %(leaf)s refused a batch of %(n)d networks (%(err)s); "
+                        "retrying them one by one", {"leaf": leaf, "n": len(networks),
+                                                      "err": exc})
+            failures: dict[str, Exception] = {}
+            for network_id, want in networks.items():
+                failures.update(self._converge(leaf, {network_id: want}))
+            return failures
+        self.transactions += result.transactions
+        if result.changes:
+            LOG.info("fabric: leaf %(leaf)s converged for %(n)d networks: %(c)d changes in "
+                     "%(t)d transaction(s)", {"leaf": leaf, "n": len(networks),
+                                              "c": result.changes, "t": result.transactions})
+        return {n: TemporaryFailure(f"logical switch on {leaf} still referenced by the "
+                                    "switch's local MACs; removal retried")
+                for n in result.switch_removal_pending}
+
+
+class FabricWorker(JournalWorker):
+    def __init__(self, driver: "FabricHwvtepMechanismDriver",
+                 backend: FabricBackend | None = None) -> None:
+        self.sync = FabricSync(driver, backend)
+        super().__init__("fabric_hwvtep journal worker", self.sync,
+                         WorkerSettings.from_conf(cfg.CONF[opts.FABRIC_GROUP]),
+                         resource_types=(RESOURCE_NETWORK,))
+
+    def wait(self) -> None:
+        super().wait()
+        if self.sync._backend is not None:
+            self.sync._backend.close()

@@ -1,0 +1,184 @@
+"""The journal worker loop: claim, handle, settle; wake on a datagram, poll as a fallback.
+
+Runs in ``neutron-periodic-workers`` (a driver's ``get_workers``) as a thread of
+that process.  Several may run on several hosts: the store hands each resource to
+one worker at a time.  What a batch means is the handler's business; this loop only
+turns its verdicts into journal states: done, retry later with backoff (no limit on
+count: a leaf may be down for a day), or failed for good (visible to operators).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Callable, Sequence
+
+from neutron_lib import context as n_context
+from neutron_lib import worker
+
+from networking_dvs_fabric.journal import store
+from networking_dvs_fabric.journal.wakeup import WakeupListener
+
+LOG = logging.getLogger(__name__)
+HOUSEKEEPING_INTERVAL = 10.0
+
+
+class TemporaryFailure(Exception):
+    """Retry this entry later (the backend did not answer, or not yet)."""
+
+
+class PermanentFailure(Exception):
+    """Retrying will not help: mark the entry failed."""
+
+
+# A handler gets a batch and returns, per entry (same order), None for success or
+# the exception that says how it failed.
+Handler = Callable[[object, Sequence[store.Entry]], Sequence[Exception | None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    batch_size: int = 200
+    poll_interval: float = 2.0
+    retry_initial_delay: float = 1.0
+    retry_max_delay: float = 30.0
+    claim_timeout: float = 300.0
+    completed_retention: float = 3600.0
+    wakeup_listen: str | None = None
+
+    @classmethod
+    def from_conf(cls, group) -> "WorkerSettings":
+        return cls(batch_size=group.worker_batch_size, poll_interval=group.poll_interval,
+                   retry_initial_delay=group.retry_initial_delay,
+                   retry_max_delay=group.retry_max_delay, claim_timeout=group.claim_timeout,
+                   completed_retention=group.completed_retention,
+                   wakeup_listen=group.wakeup_listen or None)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class JournalWorker(worker.BaseWorker):
+    def __init__(self, name: str, handler: Handler, settings: WorkerSettings,
+                 resource_types: Sequence[str] | None = None) -> None:
+        super().__init__(worker_process_count=0)
+        self.name = name
+        self._handler = handler
+        self.settings = settings
+        self.resource_types = tuple(resource_types) if resource_types else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listener: WakeupListener | None = None
+        self.worker_id = store.make_worker_id()
+        self._unsettled: list[tuple[store.Entry, Exception | None]] = []
+        self._last_housekeeping = 0.0
+
+    # -- BaseWorker -----------------------------------------------------------
+    def start(self, name: str | None = None, desc: str | None = None) -> None:
+        super().start(name=name or self.name, desc=desc)
+        self._stop.clear()
+        self.worker_id = store.make_worker_id()    # this process's pid, not the parent's
+        self._listener = WakeupListener(self.settings.wakeup_listen)
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self._thread.start()
+        LOG.info("%(name)s started as %(id)s", {"name": self.name, "id": self.worker_id})
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._listener is not None:
+            self._listener.close()
+
+    def reset(self) -> None:
+        pass
+
+    # -- the loop -------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.run_once():
+                    continue
+                self._sleep()
+            except Exception:  # noqa: BLE001 - the database may be restarting
+                LOG.exception("%s: journal pass failed; retrying in 1 s", self.name)
+                self._stop.wait(1.0)
+
+    def _sleep(self) -> None:
+        timeout = self.settings.poll_interval
+        due = store.next_due(n_context.get_admin_context())
+        if due is not None:
+            timeout = min(timeout, max(0.0, (due - store.utcnow()).total_seconds()))
+        # In slices, so stop() is honoured within a second.
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            assert self._listener is not None
+            if self._listener.wait(min(left, 1.0)):
+                return
+
+    def run_once(self) -> bool:
+        """One pass; True when it handled something (so the next pass runs at once)."""
+        context = n_context.get_admin_context()
+        self._settle(context)
+        self._housekeeping(context)
+        entries = store.claim(context, self.worker_id, self.settings.batch_size,
+                              **({"resource_types": self.resource_types}
+                                 if self.resource_types else {}))
+        if not entries:
+            return False
+        try:
+            verdicts = list(self._handler(context, entries))
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not lose the batch
+            LOG.exception("%s: handler failed for %d entries", self.name, len(entries))
+            verdicts = [TemporaryFailure(f"handler error: {exc}")] * len(entries)
+        self._unsettled = list(zip(entries, verdicts))
+        self._settle(context)
+        return True
+
+    def _settle(self, context) -> None:
+        """Write each verdict; kept for the next pass if the database is away."""
+        while self._unsettled:
+            entry, verdict = self._unsettled[0]
+            if verdict is None:
+                store.complete(context, entry)
+            elif isinstance(verdict, PermanentFailure):
+                LOG.error("%(name)s: %(type)s %(id)s failed for good: %(err)s",
+                          {"name": self.name, "type": entry.resource_type,
+                           "id": entry.resource_id, "err": verdict})
+                store.fail(context, entry, str(verdict))
+            else:
+                delay = min(self.settings.retry_max_delay,
+                            self.settings.retry_initial_delay * 2 ** min(entry.attempts, 20))
+                LOG.warning("%(name)s: %(type)s %(id)s not done (%(err)s); retry in "
+                            "%(delay).1f s", {"name": self.name, "type": entry.resource_type,
+                                              "id": entry.resource_id, "err": verdict,
+                                              "delay": delay})
+                store.retry_later(context, entry, str(verdict), delay)
+            self._unsettled.pop(0)
+
+    def _housekeeping(self, context) -> None:
+        now = time.monotonic()
+        if now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
+            return
+        self._last_housekeeping = now
+        released = store.release_stale_claims(context, socket.gethostname(), _pid_alive,
+                                              self.settings.claim_timeout)
+        if released:
+            LOG.warning("%s: took back %d journal entries claimed by workers that died",
+                        self.name, released)
+        store.prune(context, self.settings.completed_retention)

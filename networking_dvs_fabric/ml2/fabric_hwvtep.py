@@ -1,0 +1,179 @@
+"""The ``fabric_hwvtep`` mechanism driver: VXLAN networks on leaves that speak hardware_vtep.
+
+Top level of a hierarchical binding.  For a ``vxlan`` segment and a binding host
+the topology places (a vCenter cluster's compute host, an ESXi host, a KVM or
+SR-IOV host), it allocates a dynamic VLAN segment on the host's physical network
+and lets the next level bind it (``vsphere_dvs`` for vSphere, Open vSwitch for a
+KVM host, ...).  No switch I/O while binding: the network is recorded in the
+journal in precommit, inside Neutron's own transaction, and the fabric worker
+(``get_workers``, in ``neutron-periodic-workers``) programs the leaves.
+"""
+from __future__ import annotations
+
+import logging
+
+from neutron_lib import constants as n_const
+from neutron_lib import exceptions as n_exc
+from neutron_lib.api.definitions import portbindings
+from neutron_lib.db import api as db_api
+from neutron_lib.plugins.ml2 import api
+from oslo_config import cfg
+
+from networking_dvs_fabric import opts
+from networking_dvs_fabric.fabric.intent import segment_in_use
+from networking_dvs_fabric.journal import store
+from networking_dvs_fabric.journal.wakeup import Waker
+from networking_dvs_fabric.topology import HostDirectory, Topology, TopologyError
+from networking_dvs_fabric.vcenter import errors
+
+LOG = logging.getLogger(__name__)
+
+DRIVER_NAME = "fabric_hwvtep"
+RESOURCE_NETWORK = "network"
+
+
+class ConfigurationError(n_exc.NeutronException):
+    message = "[ml2_fabric] %(option)s: %(reason)s"
+
+
+class FabricHwvtepMechanismDriver(api.MechanismDriver):
+    """Hierarchical port binding of VXLAN networks onto leaf switches."""
+
+    topology: Topology
+    directory: HostDirectory | None
+
+    def initialize(self) -> None:
+        opts.register_opts(cfg.CONF)
+        group = cfg.CONF[opts.FABRIC_GROUP]
+        if not group.topology_file:
+            raise ConfigurationError(option="topology_file", reason="required, not set")
+        try:
+            self.topology = Topology.load(group.topology_file)
+        except TopologyError as exc:
+            raise ConfigurationError(option="topology_file", reason=str(exc))
+        self.mode = group.mode
+        self.mac_distribution = group.mac_distribution
+        self.directory = self._vcenter_directory()
+        try:
+            self.waker = Waker(group.wakeup_targets)
+        except ValueError as exc:
+            raise ConfigurationError(option="wakeup_targets", reason=str(exc))
+        LOG.info("fabric_hwvtep ready: %(leaves)d leaves, %(hosts)d hosts in %(file)s, "
+                 "mode %(mode)s, MAC distribution %(macs)s",
+                 {"leaves": len(self.topology.leaves), "hosts": len(self.topology.hosts),
+                  "file": group.topology_file, "mode": self.mode,
+                  "macs": self.mac_distribution})
+
+    def _vcenter_directory(self) -> HostDirectory | None:
+        """vCenter answers for vSphere hosts when ``[ml2_vsphere]`` is configured."""
+        if not cfg.CONF[opts.VSPHERE_GROUP].vcenter_url:
+            LOG.info("fabric_hwvtep: no [ml2_vsphere] vcenter_url; only hosts with a "
+                     "physical_network in the topology file are served")
+            return None
+        # Imported here: a KVM-only deployment needs no pyVmomi at all.
+        from networking_dvs_fabric.ml2.vsphere_dvs import backend_from_conf
+        from networking_dvs_fabric.vcenter.hosts import VCenterHostDirectory
+        return VCenterHostDirectory(backend_from_conf(cfg.CONF[opts.VSPHERE_GROUP]))
+
+    @property
+    def connectivity(self) -> str:
+        return portbindings.CONNECTIVITY_L2
+
+    def get_workers(self) -> list:
+        # Imported here: API processes never run the worker nor load ovsdbapp.
+        from networking_dvs_fabric.journal.fabric_worker import FabricWorker
+        return [FabricWorker(self)]
+
+    # -- binding --------------------------------------------------------------
+    def bind_port(self, context: api.PortContext) -> None:
+        for segment in context.segments_to_bind:
+            if segment.get(api.NETWORK_TYPE) != n_const.TYPE_VXLAN:
+                continue
+            try:
+                placement = self.topology.placement(context.host, self.directory)
+            except errors.VCenterError as exc:
+                LOG.error("fabric_hwvtep: cannot place host %(host)s for port %(port)s: "
+                          "%(err)s", {"host": context.host, "port": context.current["id"],
+                                      "err": exc})
+                return
+            if placement is None:
+                LOG.debug("fabric_hwvtep: host %s not in the fabric topology", context.host)
+                return
+            dynamic = context.allocate_dynamic_segment(
+                {api.NETWORK_TYPE: n_const.TYPE_VLAN,
+                 api.PHYSICAL_NETWORK: placement.physical_network})
+            if dynamic is None:
+                LOG.error("fabric_hwvtep: no VLAN left on physical network %(physnet)s for "
+                          "port %(port)s of network %(net)s",
+                          {"physnet": placement.physical_network,
+                           "port": context.current["id"],
+                           "net": context.network.current["id"]})
+                return
+            LOG.info("fabric_hwvtep: port %(port)s on %(host)s: VNI %(vni)s -> VLAN %(vlan)s "
+                     "on %(physnet)s", {"port": context.current["id"], "host": context.host,
+                                        "vni": segment[api.SEGMENTATION_ID],
+                                        "vlan": dynamic[api.SEGMENTATION_ID],
+                                        "physnet": placement.physical_network})
+            context.continue_binding(segment[api.ID], [dynamic])
+            return
+
+    # -- intent: recorded in Neutron's transaction ----------------------------
+    def _record(self, plugin_context, network_id: str) -> None:
+        with db_api.CONTEXT_WRITER.using(plugin_context):
+            store.record(plugin_context, RESOURCE_NETWORK, network_id)
+
+    def update_port_precommit(self, context: api.PortContext) -> None:
+        if _ours(context.binding_levels) or _ours(context.original_binding_levels):
+            self._record(context._plugin_context, context.current["network_id"])
+
+    def delete_port_precommit(self, context: api.PortContext) -> None:
+        if _ours(context.binding_levels):
+            self._record(context._plugin_context, context.current["network_id"])
+
+    def delete_network_precommit(self, context: api.NetworkContext) -> None:
+        if any(s.get(api.NETWORK_TYPE) == n_const.TYPE_VXLAN
+               for s in context.network_segments or []):
+            self._record(context._plugin_context, context.current["id"])
+
+    # -- after commit: wake the worker, give back unused VLAN segments -----------
+    def update_port_postcommit(self, context: api.PortContext) -> None:
+        if _ours(context.binding_levels) or _ours(context.original_binding_levels):
+            self.waker.wake()
+        old = _segment_below_us(context.original_binding_levels)
+        if old is not None and old != _segment_below_us(context.binding_levels):
+            self._release_if_unused(context, old)
+
+    def delete_port_postcommit(self, context: api.PortContext) -> None:
+        if _ours(context.binding_levels):
+            self.waker.wake()
+        segment = _segment_below_us(context.binding_levels)
+        if segment is not None:
+            self._release_if_unused(context, segment)
+
+    def delete_network_postcommit(self, context: api.NetworkContext) -> None:
+        self.waker.wake()
+
+    def _release_if_unused(self, context: api.PortContext, segment_id: str) -> None:
+        """Release a dynamic segment we allocated once no binding uses it.
+
+        Two ports leaving at once may both find it unused; the second release finds
+        the segment gone, which ML2 tolerates.
+        """
+        if not segment_in_use(context._plugin_context, segment_id):
+            LOG.info("fabric_hwvtep: releasing dynamic segment %s (no port bound through "
+                     "it)", segment_id)
+            context.release_dynamic_segment(segment_id)
+
+
+def _ours(levels: list[dict] | None) -> bool:
+    return any(level.get(api.BOUND_DRIVER) == DRIVER_NAME for level in levels or [])
+
+
+def _segment_below_us(levels: list[dict] | None) -> str | None:
+    """The id of the segment bound at the level under ours (the dynamic VLAN one)."""
+    levels = levels or []
+    for upper, lower in zip(levels, levels[1:]):
+        if upper.get(api.BOUND_DRIVER) == DRIVER_NAME:
+            segment = lower.get(api.BOUND_SEGMENT) or {}
+            return segment.get(api.ID)
+    return None

@@ -1,0 +1,325 @@
+"""fabric_hwvtep on Neutron's ML2 test base: real vCenter simulator, real hardware_vtep leaves.
+
+The driver binds VXLAN segments hierarchically (vsphere_dvs or Open vSwitch below),
+records the network in the journal inside Neutron's transaction, and the fabric
+worker programs the leaves.  What the leaves hold is read back with ``vtep-ctl``,
+independently of the backend under test.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import dvs_ml2_base as base
+import yaml
+from neutron.db import segments_db
+from neutron.plugins.ml2 import db as ml2_db
+from neutron.tests.common import helpers as agent_helpers
+from neutron_lib import constants as n_const
+from neutron_lib import context as n_context
+from neutron_lib.api.definitions import portbindings
+from oslo_config import cfg
+
+from networking_dvs_fabric import opts
+from networking_dvs_fabric.journal import store
+from networking_dvs_fabric.journal.fabric_worker import FabricWorker
+from networking_dvs_fabric.lab import topology as lab_topology
+from networking_dvs_fabric.lab.leaves import LeafSwitch
+
+_SIM = base.SharedSimulator()
+_LEAVES: list[LeafSwitch] = []
+_DIR: list[Path] = []
+KVM_PHYSNET = lab_topology.KVM_PHYSICAL_NETWORK
+
+
+def setUpModule() -> None:
+    _SIM.start()
+    workdir = Path(tempfile.mkdtemp(prefix="fabric-unit-"))
+    _DIR.append(workdir)
+    ports = lab_topology.leaf_ports()
+    for leaf in lab_topology.leaves():
+        _LEAVES.append(LeafSwitch(leaf.name, leaf.tunnel_ip, workdir / leaf.name,
+                                  ports[leaf.name]).start())
+
+
+def tearDownModule() -> None:
+    for leaf in _LEAVES:
+        leaf.stop()
+    _SIM.stop()
+    for workdir in _DIR:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def leaf(name: str) -> LeafSwitch:
+    return next(item for item in _LEAVES if item.name == name)
+
+
+def attachment(esxi_host: str) -> lab_topology.Attachment:
+    return next(a for a in lab_topology.attachments() if a.esxi_host == esxi_host)
+
+
+class LeafView:
+    """What a leaf holds, read with vtep-ctl (not with the code under test)."""
+
+    def __init__(self, switch: LeafSwitch) -> None:
+        self.switch = switch
+
+    def logical_switches(self) -> dict[str, int]:
+        names = self.switch.vtep_ctl("list-ls").split()
+        out = {}
+        for name in names:
+            key = self.switch.vtep_ctl("get", "Logical_Switch", name, "tunnel_key").strip()
+            out[name] = int(key) if key.isdigit() else -1
+        return out
+
+    def bindings(self, port: str) -> dict[int, str]:
+        text = self.switch.vtep_ctl("list-bindings", self.switch.name, port)
+        out = {}
+        for line in text.splitlines():
+            vlan, ls = line.split()
+            out[int(vlan)] = ls
+        return out
+
+    def _remote(self, ls: str) -> dict[str, list[tuple[str, str]]]:
+        """vtep-ctl list-remote-macs, by section: (MAC, tunnel IP) pairs."""
+        sections: dict[str, list[tuple[str, str]]] = {}
+        current = ""
+        for line in self.switch.vtep_ctl("list-remote-macs", ls).splitlines():
+            if line and not line.startswith(" "):
+                current = line.strip()
+                sections[current] = []
+            elif " -> " in line:
+                mac, _, locator = line.strip().partition(" -> ")
+                sections[current].append((mac, locator.split("/")[-1]))
+        return sections
+
+    def remote_macs(self, ls: str) -> dict[str, str]:
+        return dict(self._remote(ls).get("ucast-mac-remote", []))
+
+    def flood(self, ls: str) -> set[str]:
+        return {ip for mac, ip in self._remote(ls).get("mcast-mac-remote", [])
+                if mac == "unknown-dst"}
+
+
+class FabricHwvtepTestCase(base.VSphereDVSTestCase):
+    shared = _SIM
+    _mechanism_drivers = ["fabric_hwvtep", "vsphere_dvs", "openvswitch"]
+    vlan_ranges = [f"{base.PHYSNET}:100:3999", f"{KVM_PHYSNET}:100:3999"]
+    vni_ranges = ["5000:5999"]
+
+    def vsphere_options(self):
+        options = super().vsphere_options()
+        options["host_mappings"] = [f"{base.HOST_C0}:DC0_C0", f"{base.HOST_C1}:DC0_C1"]
+        return options
+
+    def start_plugin(self) -> None:
+        topo = lab_topology.fabric_topology({item.name: item.ovsdb for item in _LEAVES})
+        path = Path(tempfile.mkdtemp(prefix="fabric-topo-")) / "topology.yaml"
+        path.write_text(yaml.safe_dump(topo))
+        self.addCleanup(shutil.rmtree, path.parent, True)
+        opts.register_opts(cfg.CONF)
+        for name, value in {"topology_file": str(path), "wakeup_listen": "",
+                            "wakeup_targets": [], "ovsdb_connect_timeout": 3.0,
+                            "retry_initial_delay": 0.05}.items():
+            cfg.CONF.set_override(name, value, group=opts.FABRIC_GROUP)
+        super().start_plugin()
+        self.fabric = self.driver.mechanism_manager.mech_drivers["fabric_hwvtep"].obj
+        self.worker = FabricWorker(self.fabric)
+        self.addCleanup(self._close_worker)
+        self.addCleanup(self._clean_leaves)
+        self.ctx = n_context.get_admin_context()
+
+    def _close_worker(self) -> None:
+        if self.worker.sync._backend is not None:
+            self.worker.sync._backend.close()
+
+    def _clean_leaves(self) -> None:
+        # Each test starts from empty leaves: remove what the test's networks left.
+        for item in _LEAVES:
+            view = LeafView(item)
+            for port in item.ports:
+                for vlan in view.bindings(port):
+                    item.vtep_ctl("unbind-ls", item.name, port, str(vlan))
+            for ls in view.logical_switches():
+                item.vtep_ctl("clear-remote-macs", ls)
+                item.vtep_ctl("clear-local-macs", ls)
+                item.vtep_ctl("del-ls", ls)
+
+    # -- helpers ----------------------------------------------------------------
+    def vxlan_network(self, name: str = "tenant") -> dict:
+        return self.make_network(name, network_type="vxlan", physnet=None)
+
+    def converge(self) -> int:
+        """Run the worker until the journal has nothing ready; returns passes run."""
+        passes = 0
+        while self.worker.run_once():
+            passes += 1
+            self.assertLess(passes, 20, "the journal never drained")
+        return passes
+
+    def pending(self) -> list[dict]:
+        return store.rows(self.ctx, states=[store.PENDING, store.PROCESSING])
+
+    def dynamic_segments(self, network_id: str) -> list[dict]:
+        return [s for s in segments_db.get_network_segments(self.ctx, network_id,
+                                                              filter_dynamic=True)]
+
+    def cluster_ports(self, cluster: str) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for att in lab_topology.attachments():
+            if att.esxi_host.startswith(cluster + "_"):
+                out.setdefault(att.leaf, set()).add(att.port)
+        return out
+
+
+class TestBinding(FabricHwvtepTestCase):
+
+    def test_cluster_port_binds_two_levels_and_programs_every_port_of_the_cluster(self):
+        net = self.vxlan_network()
+        vni = net["provider:segmentation_id"]
+        port = self.make_port(net["id"], host=base.HOST_C0)
+        dynamic = self.dynamic_segments(net["id"])
+        self.assertEqual(1, len(dynamic))
+        vlan = dynamic[0]["segmentation_id"]
+        self.assertEqual(base.PHYSNET, dynamic[0]["physical_network"])
+        self.assertBoundToPortGroup(port, net, vlan=vlan)
+        levels = ml2_db.get_binding_level_objs(self.ctx, port["id"], base.HOST_C0)
+        self.assertEqual(["fabric_hwvtep", "vsphere_dvs"], [lv.driver for lv in levels])
+        # Intent is in the journal before any switch is touched.
+        self.assertIn(net["id"], {r["resource_id"] for r in self.pending()})
+        for item in _LEAVES:
+            self.assertEqual({}, LeafView(item).logical_switches())
+
+        self.converge()
+        ls = f"dvsf-{net['id']}"
+        expected = self.cluster_ports("DC0_C0")
+        self.assertGreaterEqual(len(expected), 2)
+        for item in _LEAVES:
+            view = LeafView(item)
+            if item.name in expected:
+                self.assertEqual({ls: vni}, view.logical_switches())
+                for port_name in item.ports:
+                    want = {vlan: ls} if port_name in expected[item.name] else {}
+                    self.assertEqual(want, view.bindings(port_name), (item.name, port_name))
+                # A cluster-bound port's host is not known: no MAC, only flooding.
+                self.assertEqual({}, view.remote_macs(ls))
+                others = {leaf(o).tunnel_ip for o in expected if o != item.name}
+                self.assertEqual(others, view.flood(ls))
+            else:
+                self.assertEqual({}, view.logical_switches())
+        self.assertEqual([], self.pending())
+
+    def test_ports_on_esxi_hosts_get_remote_macs_on_the_other_leaves(self):
+        net = self.vxlan_network()
+        h_a, h_b = "DC0_C0_H0", "DC0_C0_H1"
+        att_a, att_b = attachment(h_a), attachment(h_b)
+        self.assertNotEqual(att_a.leaf, att_b.leaf)
+        port_a = self.make_port(net["id"], host=h_a)
+        port_b = self.make_port(net["id"], host=h_b)
+        self.assertEqual("dvs", port_a[portbindings.VIF_TYPE])
+        self.converge()
+        ls = f"dvsf-{net['id']}"
+        view_a, view_b = LeafView(leaf(att_a.leaf)), LeafView(leaf(att_b.leaf))
+        self.assertEqual({port_b["mac_address"]: leaf(att_b.leaf).tunnel_ip},
+                         view_a.remote_macs(ls))
+        self.assertEqual({port_a["mac_address"]: leaf(att_a.leaf).tunnel_ip},
+                         view_b.remote_macs(ls))
+        self.assertEqual({leaf(att_b.leaf).tunnel_ip}, view_a.flood(ls))
+
+        # One port leaves: its MAC goes from the other leaf, and so does its leaf.
+        self.delete_port(port_b["id"])
+        self.converge()
+        self.assertEqual({}, view_a.remote_macs(ls))
+        self.assertEqual(set(), view_a.flood(ls))
+        self.assertEqual({}, view_b.logical_switches())
+
+    def test_kvm_host_is_bound_by_open_vswitch_below_the_fabric(self):
+        agent_helpers.register_ovs_agent(host=lab_topology.KVM_HOST,
+                                         bridge_mappings={KVM_PHYSNET: "br-phys"})
+        net = self.vxlan_network()
+        port = self.make_port(net["id"], host=lab_topology.KVM_HOST)
+        self.assertEqual(portbindings.VIF_TYPE_OVS, port[portbindings.VIF_TYPE])
+        levels = ml2_db.get_binding_level_objs(self.ctx, port["id"], lab_topology.KVM_HOST)
+        self.assertEqual(["fabric_hwvtep", "openvswitch"], [lv.driver for lv in levels])
+        dynamic = self.dynamic_segments(net["id"])
+        self.assertEqual([KVM_PHYSNET], [s["physical_network"] for s in dynamic])
+        self.converge()
+        vlan = dynamic[0]["segmentation_id"]
+        ls = f"dvsf-{net['id']}"
+        for leaf_name, port_name in lab_topology.KVM_PORTS:
+            self.assertEqual({vlan: ls}, LeafView(leaf(leaf_name)).bindings(port_name))
+
+    def test_hosts_the_topology_does_not_know_are_left_to_others(self):
+        net = self.vxlan_network()
+        port = self.make_port(net["id"], host="somewhere-else")
+        self.assertNotBound(port)
+        self.assertEqual([], self.dynamic_segments(net["id"]))
+
+
+class TestCleanUp(FabricHwvtepTestCase):
+
+    def test_last_port_gone_releases_segment_port_group_and_leaves(self):
+        net = self.vxlan_network()
+        p1 = self.make_port(net["id"], host=base.HOST_C0)
+        p2 = self.make_port(net["id"], host=base.HOST_C0)
+        pg_key = p1[portbindings.VIF_DETAILS]["pg_id"]
+        self.converge()
+        self.delete_port(p1["id"])
+        self.assertEqual(1, len(self.dynamic_segments(net["id"])))    # p2 still uses it
+        self.delete_port(p2["id"])
+        self.assertEqual([], self.dynamic_segments(net["id"]))
+        self.assertPortGroupGone(pg_key)
+        self.converge()
+        for item in _LEAVES:
+            view = LeafView(item)
+            self.assertEqual({}, view.logical_switches(), item.name)
+
+    def test_network_delete_removes_its_logical_switches(self):
+        net = self.vxlan_network()
+        port = self.make_port(net["id"], host=base.HOST_C1)
+        self.converge()
+        self.assertTrue(any(LeafView(item).logical_switches() for item in _LEAVES))
+        self.delete_port(port["id"])
+        self.delete_network(net["id"])
+        self.converge()
+        for item in _LEAVES:
+            self.assertEqual({}, LeafView(item).logical_switches())
+
+    def test_rebinding_to_another_cluster_moves_the_leaf_bindings(self):
+        net = self.vxlan_network()
+        port = self.make_port(net["id"], host=base.HOST_C0)
+        self.converge()
+        self.update_port_host(port["id"], base.HOST_C1)
+        self.converge()
+        ls = f"dvsf-{net['id']}"
+        c1 = self.cluster_ports("DC0_C1")
+        for item in _LEAVES:
+            view = LeafView(item)
+            for port_name in item.ports:
+                bound = view.bindings(port_name)
+                if port_name in c1.get(item.name, set()):
+                    self.assertEqual([ls], list(bound.values()))
+                else:
+                    self.assertEqual({}, bound, (item.name, port_name))
+
+
+class TestLeafDown(FabricHwvtepTestCase):
+
+    def test_leaf_down_is_retried_until_it_answers(self):
+        net = self.vxlan_network()
+        down = leaf("leaf1")
+        down.stop()
+        try:
+            self.make_port(net["id"], host=base.HOST_C0)
+            self.worker.run_once()
+            rows = [r for r in store.rows(self.ctx) if r["resource_id"] == net["id"]]
+            self.assertTrue(rows)
+            self.assertTrue(all(r["state"] == store.PENDING for r in rows), rows)
+            self.assertTrue(any("leaf1" in (r["last_error"] or "") for r in rows), rows)
+        finally:
+            down.start()
+        self.assertTrue(base.wait_for(lambda: not self.worker.run_once()
+                                      and not self.pending(), timeout=30))
+        ls = f"dvsf-{net['id']}"
+        self.assertIn(ls, LeafView(down).logical_switches())
