@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping
 
+import yaml
+
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.procs import Daemon, LabError, free_port, wait_until
 
@@ -38,10 +40,15 @@ def _write_ini(path: Path, sections: Mapping[str, Mapping[str, str]]) -> None:
 
 
 def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
-                  mechanism_drivers: str, mode: str,
+                  mechanism_drivers: str, mode: str, leaf_endpoints: Mapping[str, str],
                   extra: Mapping[str, Mapping[str, str]] | None = None) -> list[Path]:
-    """neutron.conf and ml2_conf.ini for the lab; returns the config file paths."""
+    """neutron.conf, ml2_conf.ini and the fabric topology; returns the config file paths."""
     workdir.mkdir(parents=True, exist_ok=True)
+    topology_file = workdir / "fabric-topology.yaml"
+    topology_file.write_text(yaml.safe_dump(topology.fabric_topology(dict(leaf_endpoints)),
+                                            sort_keys=False))
+    fabric = "fabric_hwvtep" in mechanism_drivers.split(",")
+    wakeup = f"127.0.0.1:{free_port(udp=True)}"
     neutron_conf = workdir / "neutron.conf"
     ml2_conf = workdir / "ml2_conf.ini"
     _write_ini(neutron_conf, {
@@ -57,12 +64,14 @@ def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
     })
     compute_hosts = topology.compute_hosts()
     sections: dict[str, dict[str, str]] = {
-        "ml2": {"type_drivers": "flat,vlan,vxlan", "project_network_types": "vlan",
+        "ml2": {"type_drivers": "flat,vlan,vxlan",
+                "project_network_types": "vxlan" if fabric else "vlan",
                 "mechanism_drivers": mechanism_drivers,
                 "extension_drivers": "port_security"},
         "ml2_type_vlan": {"network_vlan_ranges":
                           f"{topology.PHYSICAL_NETWORK}:{topology.VLAN_RANGE[0]}:"
-                          f"{topology.VLAN_RANGE[1]}"},
+                          f"{topology.VLAN_RANGE[1]},{topology.KVM_PHYSICAL_NETWORK}:"
+                          f"{topology.VLAN_RANGE[0]}:{topology.VLAN_RANGE[1]}"},
         "ml2_type_vxlan": {"vni_ranges": "5000:5999"},
         "ml2_vsphere": {
             "vcenter_url": vcenter.url, "username": vcenter.username,
@@ -72,7 +81,8 @@ def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
             "host_mappings": ",".join(f"{host}:{info['cluster']}"
                                       for host, info in compute_hosts.items()),
             "cleanup_interval": "5"},
-        "dvs_fabric_lab": {"mode": mode},
+        "ml2_fabric": {"topology_file": str(topology_file), "mode": mode,
+                       "wakeup_listen": wakeup, "wakeup_targets": wakeup},
     }
     for section, values in (extra or {}).items():
         sections.setdefault(section, {}).update(values)
