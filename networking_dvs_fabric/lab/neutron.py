@@ -72,7 +72,7 @@ def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
                           f"{topology.PHYSICAL_NETWORK}:{topology.VLAN_RANGE[0]}:"
                           f"{topology.VLAN_RANGE[1]},{topology.KVM_PHYSICAL_NETWORK}:"
                           f"{topology.VLAN_RANGE[0]}:{topology.VLAN_RANGE[1]}"},
-        "ml2_type_vxlan": {"vni_ranges": "5000:5999"},
+        "ml2_type_vxlan": {"vni_ranges": "5000:24999"},
         "ml2_vsphere": {
             "vcenter_url": vcenter.url, "username": vcenter.username,
             "password": vcenter.password, "ca_file": vcenter.ca_file,
