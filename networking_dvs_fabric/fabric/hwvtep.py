@@ -105,6 +105,7 @@ def read_view(tables: Mapping[str, Any], leaf: str) -> LeafView:
 
 
 def flood_ips(row: Row) -> set[str]:
+    """Tunnel IPs in a flooding row's locator set."""
     return {loc.dst_ip for loc in row.locator_set.locators}
 
 
@@ -119,21 +120,25 @@ def network_on_leaf(view: LeafView, network_id: str, ls: Row) -> NetworkOnLeaf:
                                    for ip in flood_ips(r)))
 
 
+def _empty() -> Any:
+    """A dataclass field starting as a new empty list."""
+    return dataclasses.field(default_factory=list)
+
+
 @dataclasses.dataclass
 class Plan:
     """The changes one converge makes, grouped in the order they are written."""
 
-    new_ls: list[tuple[str, int]] = dataclasses.field(default_factory=list)
-    vni_updates: list[tuple[Row, int]] = dataclasses.field(default_factory=list)
-    bind_sets: list[tuple[Row, int, str]] = dataclasses.field(default_factory=list)
-    ucast_new: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
-    ucast_moves: list[tuple[Row, str]] = dataclasses.field(default_factory=list)
-    flood_sets: list[tuple[str, Row | None, tuple[str, ...]]] = dataclasses.field(
-        default_factory=list)
-    ucast_dels: list[Row] = dataclasses.field(default_factory=list)
-    flood_dels: list[Row] = dataclasses.field(default_factory=list)
-    bind_dels: list[tuple[Row, int]] = dataclasses.field(default_factory=list)
-    ls_dels: list[Row] = dataclasses.field(default_factory=list)
+    new_ls: list[tuple[str, int]] = _empty()
+    vni_updates: list[tuple[Row, int]] = _empty()
+    bind_sets: list[tuple[Row, int, str]] = _empty()
+    ucast_new: list[tuple[str, str, str]] = _empty()
+    ucast_moves: list[tuple[Row, str]] = _empty()
+    flood_sets: list[tuple[str, Row | None, tuple[str, ...]]] = _empty()
+    ucast_dels: list[Row] = _empty()
+    flood_dels: list[Row] = _empty()
+    bind_dels: list[tuple[Row, int]] = _empty()
+    ls_dels: list[Row] = _empty()
     pending: set[str] = dataclasses.field(default_factory=set)
 
     @property

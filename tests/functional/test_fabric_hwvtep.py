@@ -16,10 +16,10 @@ from typing import Any, Iterator
 import pytest
 
 from networking_dvs_fabric.fabric.api import (LeafRejected, LeafSpec, LeafUnreachable,
-                                              NetworkOnLeaf)
+                                              NetworkOnLeaf, SslFiles)
 from networking_dvs_fabric.fabric.hwvtep import HwvtepBackend
 from networking_dvs_fabric.lab import leaves as lab_leaves
-from networking_dvs_fabric.lab.procs import free_port, pid_alive
+from networking_dvs_fabric.lab.procs import Daemon, free_port, pid_alive, port_open
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("ovsdb-server") or shutil.which("/usr/sbin/ovsdb-server"))
@@ -389,3 +389,78 @@ def test_thousand_networks_in_one_transaction(make_leaf, make_backend):
     started = time.monotonic()
     assert backend.converge("leaf-a", desired).transactions == 0
     print(f"second converge (no change): {time.monotonic() - started:.2f} s")
+
+
+def test_transaction_error_becomes_leaf_rejected_with_ovsdb_text(leaf_a, backend_a):
+    backend_a.converge("leaf-a", {"n1": net("n1", 5000, [("eth1", 100)], [(MAC1, IP_B)])})
+    # Someone attached our logical switch to a router: the server refuses to delete it.
+    leaf_a.vtep_ctl("--", "--id=@ls", "get", "Logical_Switch", "dvsf-n1", "_uuid",
+                    "--", "create", "Logical_Router", "name=lr1",
+                    'switch_binding:"10.0.0.0/24"=@ls')
+    before = _dump(leaf_a)
+    with pytest.raises(LeafRejected, match="leaf-a.*referential integrity violation"):
+        backend_a.converge("leaf-a", {"n1": None})
+    assert _dump(leaf_a) == before   # all or nothing: the MAC and binding are still there
+
+
+def _self_signed_for_both_ends(directory: Path) -> SslFiles:
+    """One RSA key and a self-signed CA certificate usable by server and client."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return SslFiles(str(key_path), str(cert_path), str(cert_path))
+
+
+def test_ssl_endpoint(make_leaf, tmp_path):
+    # The lab leaf builds the database (switch, ports); then the same database is
+    # served over SSL only, and read back over TCP afterwards.
+    leaf = make_leaf("leaf-a", IP_A, ["eth1"])
+    leaf.stop()
+    files = _self_signed_for_both_ends(tmp_path)
+    port = free_port()
+    server = Daemon(name="ovsdb-server-ssl", log_path=tmp_path / "ssl-server.log",
+                    cwd=tmp_path, argv=[
+                        shutil.which("ovsdb-server") or "/usr/sbin/ovsdb-server",
+                        f"--remote=pssl:{port}:127.0.0.1", f"--private-key={files.private_key}",
+                        f"--certificate={files.certificate}", f"--ca-cert={files.ca_cert}",
+                        f"--unixctl={tmp_path / 'ssl.ctl'}", "--no-chdir", "-vfile:off",
+                        str(leaf.db_path)]).start()
+    backend = HwvtepBackend([LeafSpec("leaf-a", f"ssl:127.0.0.1:{port}", IP_A, ssl=files)],
+                            connect_timeout=5)
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        res = backend.converge("leaf-a", {"n1": net("n1", 5000, [("eth1", 100)])})
+        assert res.transactions == 1
+        assert backend.read("leaf-a") == {"n1": net("n1", 5000, [("eth1", 100)])}
+    finally:
+        backend.close()
+        server.stop()
+    assert not pid_alive(server.pid)
+    again = make_leaf("leaf-a", IP_A, ["eth1"], workdir=leaf.workdir)
+    assert fabric_state(again)["dvsf-n1"]["bindings"] == {("eth1", 100)}
