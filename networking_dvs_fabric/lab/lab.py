@@ -8,8 +8,10 @@ it down, so running it again restarts cleanly.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -112,7 +114,10 @@ class Lab:
 
         if db == "mariadb":
             _progress("starting/using MariaDB")
-            mariadb = MariaDB(self.dir / "mariadb")
+            # Own database and user per lab dir: two labs may share the system server.
+            tag = hashlib.sha1(str(self.dir.resolve()).encode()).hexdigest()[:8]
+            mariadb = MariaDB(self.dir / "mariadb", database=f"dvs_fabric_lab_{tag}",
+                              user=f"dvsf_lab_{tag}")
             self._record(state, "mariadb", mariadb)
             mariadb.start(fresh=True)
             self._record(state, "mariadb", mariadb)
@@ -182,6 +187,61 @@ class Lab:
         if data:
             VCenterSimulator.from_json(data).stop()
 
+    # -- fault controls (tests, benchmarks) ---------------------------------------
+    def periodic_workers(self) -> list[Daemon]:
+        state = self.state() or {}
+        return [Daemon.from_json(d) for d in state.get("daemons", [])
+                if d["name"].startswith("neutron-periodic-workers")]
+
+    def kill_periodic_workers(self) -> list[int]:
+        """SIGKILL every periodic-workers process group of the lab, as a crash would."""
+        killed = []
+        for daemon in self.periodic_workers():
+            if daemon.running() and daemon.pid is not None:
+                try:
+                    os.killpg(daemon.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                killed.append(daemon.pid)
+                daemon.stop()          # reaps; nothing left to terminate
+        return killed
+
+    def start_periodic_worker(self) -> Daemon:
+        """Start one more neutron-periodic-workers process (recorded, so ``down`` stops it)."""
+        state = self.state()
+        if state is None or "config_files" not in state:
+            raise LabError("no lab is running")
+        configs = [Path(p) for p in state["config_files"]]
+        index = len(self.periodic_workers())
+        daemon = neutron.periodic_daemon(self.dir, configs, suffix=f"-{index}" if index else "")
+        daemon.start()
+        state["daemons"].append(daemon.to_json())
+        self._save(state)
+        return daemon
+
+    def leaf(self, name: str) -> LeafSwitch:
+        state = self.state() or {}
+        for data in state.get("services", {}).get("leaves", []):
+            if data["name"] == name:
+                return LeafSwitch.from_json(data)
+        raise LabError(f"no leaf named {name!r} in this lab")
+
+    def stop_leaf(self, name: str) -> None:
+        self.leaf(name).stop()
+
+    def start_leaf(self, name: str, empty: bool = False) -> LeafSwitch:
+        """Start a stopped leaf again on its port; ``empty`` starts it with a new database."""
+        leaf = self.leaf(name)
+        leaf.stop()
+        if empty:
+            leaf.db_path.unlink(missing_ok=True)
+        leaf.start()
+        state = self.state() or {}
+        state["services"]["leaves"] = [leaf.to_json() if d["name"] == name else d
+                                       for d in state["services"]["leaves"]]
+        self._save(state)
+        return leaf
+
     def down(self) -> list[str]:
         """Stop every process this lab started, by pid; returns what was stopped."""
         state = self.state()
@@ -198,6 +258,7 @@ class Lab:
             mariadb = MariaDB.from_json(services["mariadb"])
             if mariadb.pid is not None and mariadb.running():
                 stopped.append("mariadb")
+            mariadb.drop()
             mariadb.stop()
         for data in services.get("leaves", []):
             leaf = LeafSwitch.from_json(data)

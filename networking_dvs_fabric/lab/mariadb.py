@@ -281,6 +281,18 @@ class MariaDB:
             raise LabError(f"MariaDB: cannot log in as {self.user} on "
                            f"127.0.0.1:{self.port}: {exc}") from exc
 
+    def drop(self) -> None:
+        """Remove the lab's database and user from a system server (nothing else)."""
+        if self.mode != MODE_SYSTEM:
+            return
+        try:
+            with self.admin_connect() as conn, conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
+                for host in _USER_HOSTS:
+                    cur.execute("DROP USER IF EXISTS %s@%s", (self.user, host))
+        except (pymysql.MySQLError, LabError, OSError):
+            pass     # the server is away: nothing of ours can be reached to drop
+
     # -- state file ------------------------------------------------------------
     def to_json(self) -> dict:
         return {

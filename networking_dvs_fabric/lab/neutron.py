@@ -142,10 +142,11 @@ def api_daemon(workdir: Path, config_files: list[Path], port: int, processes: in
                   env=_env(config_files))
 
 
-def periodic_daemon(workdir: Path, config_files: list[Path]) -> Daemon:
+def periodic_daemon(workdir: Path, config_files: list[Path], suffix: str = "") -> Daemon:
     argv = [str(BIN / "neutron-periodic-workers"), *_config_args(config_files)]
-    return Daemon("neutron-periodic-workers", argv,
-                  workdir / "logs" / "neutron-periodic-workers.log", env=_env(config_files))
+    return Daemon(f"neutron-periodic-workers{suffix}", argv,
+                  workdir / "logs" / f"neutron-periodic-workers{suffix}.log",
+                  env=_env(config_files))
 
 
 def api_answers(url: str) -> bool:

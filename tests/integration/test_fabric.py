@@ -1,0 +1,240 @@
+"""fabric_hwvtep on the lab's real Neutron (MariaDB, several API processes) and real leaves.
+
+Ports are created through openstacksdk as Nova would; what the leaves hold is read
+with ``vtep-ctl`` against each leaf's ovsdb-server.  Faults are real: a leaf's
+server stopped and started, the periodic worker killed with SIGKILL in the middle
+of a batch, a second worker process on the same database.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+import time
+from typing import Iterator
+
+import pytest
+
+from networking_dvs_fabric.lab import topology
+from networking_dvs_fabric.lab.lab import Lab
+from networking_dvs_fabric.lab.leaves import LeafSwitch
+from tests.integration.conftest import connect, start_lab, unique
+
+HOST_C0 = topology.compute_host("DC0_C0")
+CONVERGE_TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def fabric_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    directory = tmp_path_factory.mktemp("lab-fabric")
+    lab = start_lab(directory, "mariadb", "fabric_hwvtep,vsphere_dvs")
+    try:
+        yield lab
+    finally:
+        lab.down()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def neutron(fabric_lab: Lab):
+    return connect(fabric_lab)
+
+
+def leaves(lab: Lab) -> dict[str, LeafSwitch]:
+    return {d["name"]: LeafSwitch.from_json(d) for d in lab.state()["services"]["leaves"]}
+
+
+def snapshot(lab: Lab) -> dict[str, dict]:
+    """Everything on every leaf that vtep-ctl shows: switches, VNIs, bindings, MACs."""
+    out: dict[str, dict] = {}
+    for name, leaf in leaves(lab).items():
+        switches = {}
+        for ls in leaf.vtep_ctl("list-ls").split():
+            switches[ls] = {
+                "vni": leaf.vtep_ctl("get", "Logical_Switch", ls, "tunnel_key").strip(),
+                "macs": sorted(line.strip() for line in
+                               leaf.vtep_ctl("list-remote-macs", ls).splitlines()
+                               if " -> " in line)}
+        bindings = {port: leaf.vtep_ctl("list-bindings", name, port).split()
+                    for port in leaf.ports}
+        rows = {table: leaf.vtep_ctl("--columns=_uuid", "list", table).count("_uuid")
+                for table in ("Logical_Switch", "Ucast_Macs_Remote", "Mcast_Macs_Remote",
+                              "Physical_Locator")}
+        out[name] = {"switches": switches, "bindings": bindings, "rows": rows}
+    return out
+
+
+def wait_converged(lab: Lab, check, timeout: float = CONVERGE_TIMEOUT) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = snapshot(lab)
+        if check(state):
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"leaves did not converge in {timeout} s: {state}")
+        time.sleep(0.2)
+
+
+def cluster_ports(cluster: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for att in topology.attachments():
+        if att.esxi_host.startswith(cluster + "_"):
+            out.setdefault(att.leaf, set()).add(att.port)
+    return out
+
+
+def has_network(network_id: str, vlan_ports: dict[str, set[str]]):
+    ls = f"dvsf-{network_id}"
+
+    def check(state: dict) -> bool:
+        for leaf, view in state.items():
+            wanted = vlan_ports.get(leaf, set())
+            if bool(wanted) != (ls in view["switches"]):
+                return False
+            for port, binding in view["bindings"].items():
+                if (port in wanted) != (ls in binding):
+                    return False
+        return True
+    return check
+
+
+def nothing_of(network_id: str):
+    ls = f"dvsf-{network_id}"
+    return lambda state: all(ls not in view["switches"] for view in state.values())
+
+
+def dynamic_vlan(neutron, network_id: str) -> int:
+    segments = list(neutron.network.segments(network_id=network_id))
+    vlans = [s.segmentation_id for s in segments if s.network_type == "vlan"]
+    assert len(vlans) == 1, segments
+    return vlans[0]
+
+
+def test_cluster_port_programs_exactly_the_clusters_leaf_ports(fabric_lab, neutron):
+    net = neutron.network.create_network(name=unique("fab"))
+    assert net.provider_network_type == "vxlan"
+    port = neutron.network.create_port(network_id=net.id, binding_host_id=HOST_C0)
+    assert port.binding_vif_type == "dvs"
+    assert port.binding_vif_details["bound_drivers"] == {"0": "fabric_hwvtep",
+                                                          "1": "vsphere_dvs"}
+    state = wait_converged(fabric_lab, has_network(net.id, cluster_ports("DC0_C0")))
+    vlan = dynamic_vlan(neutron, net.id)
+    ls = f"dvsf-{net.id}"
+    for leaf, ports in cluster_ports("DC0_C0").items():
+        assert state[leaf]["switches"][ls]["vni"] == str(net.provider_segmentation_id)
+        for port_name in ports:
+            assert state[leaf]["bindings"][port_name] == [str(vlan), ls]
+    neutron.network.delete_port(port)
+    wait_converged(fabric_lab, nothing_of(net.id))
+    assert list(s for s in neutron.network.segments(network_id=net.id)
+                if s.network_type == "vlan") == []
+
+
+def test_ports_on_esxi_hosts_announce_their_macs(fabric_lab, neutron):
+    a, b = topology.attachments()[0], topology.attachments()[1]
+    assert a.leaf != b.leaf
+    net = neutron.network.create_network(name=unique("macs"))
+    pa = neutron.network.create_port(network_id=net.id, binding_host_id=a.esxi_host)
+    pb = neutron.network.create_port(network_id=net.id, binding_host_id=b.esxi_host)
+    ips = {leaf.name: leaf.tunnel_ip for leaf in topology.leaves()}
+    ls = f"dvsf-{net.id}"
+
+    def macs_in_place(state):
+        try:
+            on_a = state[a.leaf]["switches"][ls]["macs"]
+            on_b = state[b.leaf]["switches"][ls]["macs"]
+        except KeyError:
+            return False
+        return (f"{pb.mac_address} -> vxlan_over_ipv4/{ips[b.leaf]}" in on_a
+                and f"{pa.mac_address} -> vxlan_over_ipv4/{ips[a.leaf]}" in on_b
+                and f"unknown-dst -> vxlan_over_ipv4/{ips[b.leaf]}" in on_a)
+    wait_converged(fabric_lab, macs_in_place)
+    for port in (pa, pb):
+        neutron.network.delete_port(port)
+    neutron.network.delete_network(net)
+    wait_converged(fabric_lab, nothing_of(net.id))
+
+
+def test_two_ports_leaving_at_once_release_the_dynamic_segment(fabric_lab, neutron):
+    net = neutron.network.create_network(name=unique("pair"))
+    ports = [neutron.network.create_port(network_id=net.id, binding_host_id=HOST_C0)
+             for _ in range(2)]
+    dynamic_vlan(neutron, net.id)
+
+    def delete(port):
+        connect(fabric_lab).network.delete_port(port)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(delete, ports))
+    assert [s for s in neutron.network.segments(network_id=net.id)
+            if s.network_type == "vlan"] == []
+    wait_converged(fabric_lab, nothing_of(net.id))
+
+
+def test_leaf_down_for_30_s_then_back_converges(fabric_lab, neutron):
+    net = neutron.network.create_network(name=unique("down"))
+    ls = f"dvsf-{net.id}"
+    fabric_lab.stop_leaf("leaf1")
+    try:
+        started = time.monotonic()
+        neutron.network.create_port(network_id=net.id, binding_host_id=HOST_C0)
+        # The leaves that answer are programmed meanwhile; leaf1 is retried.
+        others = [leaf for leaf in cluster_ports("DC0_C0") if leaf != "leaf1"]
+
+        def others_done(state):
+            return all(ls in state[leaf]["switches"] for leaf in others)
+        deadline = time.monotonic() + CONVERGE_TIMEOUT
+        while True:
+            view = {name: leaf for name, leaf in leaves(fabric_lab).items() if name != "leaf1"}
+            done = all(ls in view[leaf].vtep_ctl("list-ls").split() for leaf in others)
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert done, "the leaves that answer were not programmed while leaf1 was down"
+        time.sleep(max(0.0, 30 - (time.monotonic() - started)))
+    finally:
+        fabric_lab.start_leaf("leaf1")
+    wait_converged(fabric_lab, has_network(net.id, cluster_ports("DC0_C0")))
+
+
+def test_worker_killed_mid_batch_converges_without_duplicates(fabric_lab, neutron):
+    nets = [neutron.network.create_network(name=unique("kill")) for _ in range(30)]
+    conns = [connect(fabric_lab) for _ in range(4)]
+
+    def bind(i):
+        return conns[i % 4].network.create_port(network_id=nets[i].id,
+                                                binding_host_id=HOST_C0)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(bind, i) for i in range(len(nets))]
+        time.sleep(1.0)
+        killed = fabric_lab.kill_periodic_workers()
+        results = [f.result() for f in futures]
+    assert killed
+    assert all(p.binding_vif_type == "dvs" for p in results)
+    fabric_lab.start_periodic_worker()
+    wanted = cluster_ports("DC0_C0")
+    state = wait_converged(fabric_lab, lambda s: all(
+        has_network(n.id, wanted)(s) for n in nets), timeout=60)
+    # No duplicate rows: one logical switch per network and leaf, one locator per IP.
+    for leaf, view in state.items():
+        names = [ls for ls in view["switches"] if ls.startswith("dvsf-")]
+        assert len(names) == len(set(names))
+        assert view["rows"]["Logical_Switch"] == len(view["switches"])
+        assert view["rows"]["Physical_Locator"] <= len(topology.leaves())
+
+
+def test_two_worker_processes_reach_the_same_end_state(fabric_lab, neutron):
+    fabric_lab.start_periodic_worker()
+    nets = [neutron.network.create_network(name=unique("two")) for _ in range(20)]
+    ports = []
+    for i, net in enumerate(nets):
+        ports.append(neutron.network.create_port(network_id=net.id, binding_host_id=HOST_C0))
+    wanted = cluster_ports("DC0_C0")
+    wait_converged(fabric_lab, lambda s: all(has_network(n.id, wanted)(s) for n in nets),
+                   timeout=60)
+    for port in ports[::2]:
+        neutron.network.delete_port(port)
+    gone = [n for i, n in enumerate(nets) if i % 2 == 0]
+    kept = [n for i, n in enumerate(nets) if i % 2 == 1]
+    state = wait_converged(fabric_lab, lambda s: all(nothing_of(n.id)(s) for n in gone)
+                           and all(has_network(n.id, wanted)(s) for n in kept), timeout=60)
+    for view in state.values():
+        assert view["rows"]["Logical_Switch"] == len(view["switches"])
