@@ -11,7 +11,10 @@ Guarantees, with any number of workers on any number of hosts:
   in ``processing`` is never claimed again until that claim is settled
   (``complete``/``retry_later``/``fail``) or released as stale;
 * a resource's rows are handled in ``id`` order: rows recorded after a claim
-  stay pending and come with the next claim, after this one is settled.
+  stay pending and come with the next claim, after this one is settled; a
+  claim takes the resource's pending rows from the oldest up to the first
+  one not yet due, so a row put off by ``retry_later`` also holds back the
+  newer rows of its resource (they come together when it falls due).
 
 How: each resource is claimed in its own short transaction that first locks
 all the resource's live rows (``SELECT ... FOR UPDATE NOWAIT`` on MariaDB; a
@@ -23,6 +26,11 @@ the compare-and-set, run by SQLite's single writer, is what protects.
 Per-row ``SKIP LOCKED`` is not used for the resource: it would show a claimer
 the unlocked newer rows of a resource whose older rows another worker is
 claiming, and it would claim them out of order.
+
+Deadlocks: ``claim`` skips a resource that hits one (the next claim looks
+again); the other writers are retried by Neutron's
+``retry_if_session_inactive`` when called outside a transaction (inside one,
+e.g. ``record`` in precommit, the caller's own retry covers it).
 
 Times are naive UTC (``oslo_utils.timeutils.utcnow()``), as stored.  Every
 function takes a neutron_lib context; ``record`` joins the caller's open
@@ -92,6 +100,7 @@ def parse_worker_id(worker_id: str) -> tuple[str, int] | None:
     return parts[0], int(parts[1])
 
 
+@db_api.retry_if_session_inactive()
 def record(context, resource_type: str, resource_id: str,
            operation: str = "sync") -> None:
     """Note that a resource needs reconciling (joins the caller's transaction)."""
@@ -137,6 +146,7 @@ def claim(context, worker_id: str, limit: int, *,
     return entries
 
 
+@db_api.retry_if_session_inactive()
 def complete(context, entry: Entry) -> bool:
     """Mark the entry's rows completed (kept until :func:`prune`).
 
@@ -146,6 +156,7 @@ def complete(context, entry: Entry) -> bool:
     return _settle(context, entry, state=COMPLETED)
 
 
+@db_api.retry_if_session_inactive()
 def retry_later(context, entry: Entry, error: str, delay: float) -> bool:
     """Put the entry's rows back to pending, due in ``delay`` seconds."""
     due = utcnow() + datetime.timedelta(seconds=max(0.0, delay))
@@ -154,11 +165,13 @@ def retry_later(context, entry: Entry, error: str, delay: float) -> bool:
                    claimed_by=None, claimed_at=None)
 
 
+@db_api.retry_if_session_inactive()
 def fail(context, entry: Entry, error: str) -> bool:
     """Mark the entry's rows failed: permanent, kept and visible."""
     return _settle(context, entry, state=FAILED, last_error=_clip(error))
 
 
+@db_api.retry_if_session_inactive()
 def release_stale_claims(context, host: str, alive: Callable[[int], bool],
                          timeout: float) -> int:
     """Give up claims whose worker is gone; returns the number of rows released.
@@ -205,6 +218,7 @@ def release_stale_claims(context, host: str, alive: Callable[[int], bool],
     return released
 
 
+@db_api.retry_if_session_inactive()
 def prune(context, older_than: float) -> int:
     """Delete completed rows settled more than ``older_than`` seconds ago."""
     cutoff = utcnow() - datetime.timedelta(seconds=older_than)
@@ -215,10 +229,18 @@ def prune(context, older_than: float) -> int:
 
 
 def next_due(context) -> datetime.datetime | None:
-    """The earliest ``next_attempt_at`` of pending rows (naive UTC), or None."""
+    """When a claim can next take something (naive UTC), or None.
+
+    The earliest ``next_attempt_at`` of the pending rows that head their
+    resource's queue, leaving out resources a worker holds right now (their
+    rows wait for that claim to settle, which is the moment to look again):
+    an idle worker sleeping until then neither spins nor oversleeps.
+    """
     with db_api.CONTEXT_READER.using(context):
         return (context.session.query(sa.func.min(Journal.next_attempt_at))
-                .filter(Journal.state == PENDING).scalar())
+                .filter(Journal.state == PENDING, ~_processing_exists(Journal),
+                        ~_earlier_pending(Journal))
+                .scalar())
 
 
 def rows(context, states: Collection[str] | None = None,
@@ -248,7 +270,8 @@ def _candidates(context, now: datetime.datetime, limit: int,
         query = (context.session.query(Journal.resource_type, Journal.resource_id,
                                        first_id)
                  .filter(Journal.state == PENDING, Journal.next_attempt_at <= now,
-                         ~_processing_exists(Journal)))
+                         ~_processing_exists(Journal),
+                         ~_earlier_pending(Journal, not_due_at=now)))
         if resource_types is not None:
             query = query.filter(Journal.resource_type.in_(list(resource_types)))
         found = (query.group_by(Journal.resource_type, Journal.resource_id)
@@ -271,6 +294,18 @@ def _processing_exists(outer, besides: Collection[int] = ()) -> sa.ColumnElement
     return sa.exists().where(*clauses)
 
 
+def _earlier_pending(outer, not_due_at: datetime.datetime | None = None
+                     ) -> sa.ColumnElement[bool]:
+    """EXISTS an older pending row of ``outer``'s resource (not due at a time)."""
+    other = orm.aliased(Journal)
+    clauses = [other.resource_type == outer.resource_type,
+               other.resource_id == outer.resource_id,
+               other.state == PENDING, other.id < outer.id]
+    if not_due_at is not None:
+        clauses.append(other.next_attempt_at > not_due_at)
+    return sa.exists().where(*clauses)
+
+
 def _claim_one(context, worker_id: str, resource_type: str, resource_id: str,
                now: datetime.datetime) -> Entry | None:
     with db_api.CONTEXT_WRITER.using(context):
@@ -283,7 +318,11 @@ def _claim_one(context, worker_id: str, resource_type: str, resource_id: str,
                 .with_for_update(nowait=True).all())
         if any(state == PROCESSING for _, state, _ in live):
             return None
-        ready = [row_id for row_id, _, due in live if due <= now]
+        ready = []
+        for row_id, _, due in live:       # id order; stop at the first not due
+            if due > now:
+                break
+            ready.append(row_id)
         if not ready:
             return None
         table = Journal.__table__

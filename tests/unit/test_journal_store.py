@@ -14,8 +14,6 @@ import os
 
 from alembic import command as alembic_command
 from alembic import config as alembic_config
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from neutron.db.migration import cli as migration_cli
 from neutron.tests.unit import testlib_api
 from neutron_lib import context as n_context
@@ -24,26 +22,13 @@ from oslo_config import cfg
 from oslo_db import options as db_options
 import sqlalchemy as sa
 
+from networking_dvs_fabric.db import migration
 from networking_dvs_fabric.db import models
 from networking_dvs_fabric.journal import store
 
 TABLE = models.JournalEntry.__tablename__
 SUBPROJECT = "networking-dvs-fabric"
 SCRIPT_LOCATION = "networking_dvs_fabric.db.migration:alembic_migrations"
-
-
-def schema_diff(connection: sa.Connection) -> list:
-    """alembic's differences between the database and our model, our table only."""
-    metadata = sa.MetaData()
-    models.JournalEntry.__table__.to_metadata(metadata)
-
-    def ours(object_, name, type_, reflected, compare_to) -> bool:
-        return type_ != "table" or name == TABLE
-
-    mc = MigrationContext.configure(connection, opts={
-        "include_object": ours, "compare_type": True,
-        "compare_server_default": True})
-    return compare_metadata(mc, metadata)
 
 
 def upgrade_in_process(url: str) -> None:
@@ -70,20 +55,10 @@ def test_migration_matches_model_on_sqlite(tmp_path):
                 "ix_dvs_fabric_journal_state_due", "ix_dvs_fabric_journal_resource"}
             versions = {row[0] for row in conn.execute(
                 sa.text("SELECT version_num FROM alembic_version_dvs_fabric"))}
-            assert versions == _heads_files()
-            assert schema_diff(conn) == []
+            assert versions == migration.head_revisions()
+            assert migration.schema_diff(conn) == []
     finally:
         engine.dispose()
-
-
-def _heads_files() -> set[str]:
-    versions = os.path.join(os.path.dirname(models.__file__), "migration",
-                            "alembic_migrations", "versions")
-    heads = set()
-    for name in ("EXPAND_HEAD", "CONTRACT_HEAD"):
-        with open(os.path.join(versions, name)) as f:
-            heads.add(f.read().strip())
-    return heads
 
 
 class JournalStoreTestCase(testlib_api.SqlTestCase):
@@ -111,7 +86,7 @@ class JournalStoreTestCase(testlib_api.SqlTestCase):
     # -- tests -----------------------------------------------------------------
     def test_table_is_in_neutrons_test_schema(self):
         self.assertIn(TABLE, sa.inspect(self.engine).get_table_names())
-        self.assertEqual([], schema_diff(self.engine.connect()))
+        self.assertEqual([], migration.schema_diff(self.engine.connect()))
 
     def test_record_joins_the_callers_transaction(self):
         class Boom(Exception):
@@ -170,6 +145,22 @@ class JournalStoreTestCase(testlib_api.SqlTestCase):
         self.assertEqual(store.PENDING, self._all()[later].state)
         self.assertEqual([], store.claim(self.ctx, self.worker, limit=5))
         self.assertEqual([], store.claim(self.ctx, self.worker, limit=0))
+
+    def test_a_put_off_row_holds_back_newer_rows_of_its_resource(self):
+        a1 = self._record("network", "A")
+        (entry,) = store.claim(self.ctx, self.worker, limit=5)
+        store.retry_later(self.ctx, entry, "switch down", delay=60)
+        a2 = self._record("network", "A", "update")
+        self._record("network", "B")
+        (entry,) = store.claim(self.ctx, self.worker, limit=5)
+        self.assertEqual("B", entry.resource_id)
+        # B is held: only A's head row counts, and it is not due for a minute.
+        self.assertEqual(self._all()[a1].next_attempt_at, store.next_due(self.ctx))
+        self.assertEqual([], store.claim(self.ctx, self.worker, limit=5))
+        self._set([a1], next_attempt_at=store.utcnow())
+        (entry,) = store.claim(self.ctx, self.worker, limit=5)
+        self.assertEqual(((a1, a2), 1), (entry.row_ids, entry.attempts))
+        self.assertIsNone(store.next_due(self.ctx))
 
     def test_claim_by_resource_type(self):
         self._record("network", "A")

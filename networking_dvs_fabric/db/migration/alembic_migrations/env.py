@@ -17,9 +17,10 @@ from oslo_config import cfg
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from networking_dvs_fabric.db import migration
 from networking_dvs_fabric.db import models
 
-VERSION_TABLE = "alembic_version_dvs_fabric"
+VERSION_TABLE = migration.VERSION_TABLE
 OUR_TABLES = frozenset({models.JournalEntry.__tablename__})
 
 config = context.config
