@@ -59,6 +59,21 @@ def cmd_bench_bind(args: argparse.Namespace) -> int:
     return 0 if result.get("targets_met", True) else 3
 
 
+def cmd_bench_fabric(args: argparse.Namespace) -> int:
+    from networking_dvs_fabric.cmd import bench_fabric
+    result = bench_fabric.bench_fabric(networks=args.networks, bulk=args.bulk,
+                                       lab_dir=Path(args.lab_dir) if args.lab_dir else None)
+    print(json.dumps(result, indent=2) if args.json else bench_fabric.format_text(result))
+    return 0 if result.get("targets_met", True) else 3
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dvs-fabric", description=__doc__)
     parser.add_argument("--lab-dir", help="where the lab keeps its state, configs and logs "
@@ -97,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="networks per driver (first-port samples)")
     bind.add_argument("--ports", type=int, default=2, help="later ports per network")
     bind.set_defaults(func=cmd_bench_bind)
+    fabric = bench_sub.add_parser(
+        "fabric", help="fabric_hwvtep: API latency vs a baseline Neutron, convergence to "
+                       "the leaves, bulk batching; runs two labs of its own on MariaDB")
+    fabric.add_argument("--json", action="store_true", help="print the result as JSON")
+    fabric.add_argument("--networks", type=_positive, default=1000,
+                        help="networks measured one by one (latency and convergence)")
+    fabric.add_argument("--bulk", type=int, default=1000,
+                        help="networks created while the worker is stopped (0: skip)")
+    fabric.set_defaults(func=cmd_bench_fabric)
     return parser
 
 

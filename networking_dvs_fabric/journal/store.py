@@ -11,10 +11,10 @@ Guarantees, with any number of workers on any number of hosts:
   in ``processing`` is never claimed again until that claim is settled
   (``complete``/``retry_later``/``fail``) or released as stale;
 * a resource's rows are handled in ``id`` order: rows recorded after a claim
-  stay pending and come with the next claim, after this one is settled; a
-  claim takes the resource's pending rows from the oldest up to the first
-  one not yet due, so a row put off by ``retry_later`` also holds back the
-  newer rows of its resource (they come together when it falls due).
+  stay pending and come with the next claim, after this one is settled; once
+  any pending row of a resource is due, a claim takes *all* its pending rows
+  (one handling covers them all).  So a new row cuts short the back-off of
+  older ones: new intent is tried at once, not after a leaf's retry delay.
 
 How: each resource is claimed in its own short transaction that first locks
 all the resource's live rows (``SELECT ... FOR UPDATE NOWAIT`` on MariaDB; a
@@ -22,7 +22,9 @@ resource another worker is claiming at this moment is skipped, not waited
 for), checks that none is ``processing``, and then flips the ready pending
 ones with a compare-and-set ``UPDATE ... WHERE state='pending' AND NOT EXISTS
 (processing row of the resource)``.  On SQLite the lock clause is a no-op and
-the compare-and-set, run by SQLite's single writer, is what protects.
+the compare-and-set, run by SQLite's single writer, is what protects; there
+the UPDATE comes first in its transaction (a read first would hold a shared lock
+that SQLite cannot upgrade while an API process writes: "database is locked").
 Per-row ``SKIP LOCKED`` is not used for the resource: it would show a claimer
 the unlocked newer rows of a resource whose older rows another worker is
 claiming, and it would claim them out of order.
@@ -231,15 +233,14 @@ def prune(context, older_than: float) -> int:
 def next_due(context) -> datetime.datetime | None:
     """When a claim can next take something (naive UTC), or None.
 
-    The earliest ``next_attempt_at`` of the pending rows that head their
-    resource's queue, leaving out resources a worker holds right now (their
-    rows wait for that claim to settle, which is the moment to look again):
-    an idle worker sleeping until then neither spins nor oversleeps.
+    The earliest ``next_attempt_at`` of pending rows, leaving out resources a
+    worker holds right now (their rows wait for that claim to settle, which is
+    the moment to look again): an idle worker sleeping until then neither spins
+    nor oversleeps.
     """
     with db_api.CONTEXT_READER.using(context):
         return (context.session.query(sa.func.min(Journal.next_attempt_at))
-                .filter(Journal.state == PENDING, ~_processing_exists(Journal),
-                        ~_earlier_pending(Journal))
+                .filter(Journal.state == PENDING, ~_processing_exists(Journal))
                 .scalar())
 
 
@@ -270,8 +271,7 @@ def _candidates(context, now: datetime.datetime, limit: int,
         query = (context.session.query(Journal.resource_type, Journal.resource_id,
                                        first_id)
                  .filter(Journal.state == PENDING, Journal.next_attempt_at <= now,
-                         ~_processing_exists(Journal),
-                         ~_earlier_pending(Journal, not_due_at=now)))
+                         ~_processing_exists(Journal)))
         if resource_types is not None:
             query = query.filter(Journal.resource_type.in_(list(resource_types)))
         found = (query.group_by(Journal.resource_type, Journal.resource_id)
@@ -294,56 +294,79 @@ def _processing_exists(outer, besides: Collection[int] = ()) -> sa.ColumnElement
     return sa.exists().where(*clauses)
 
 
-def _earlier_pending(outer, not_due_at: datetime.datetime | None = None
-                     ) -> sa.ColumnElement[bool]:
-    """EXISTS an older pending row of ``outer``'s resource (not due at a time)."""
-    other = orm.aliased(Journal)
-    clauses = [other.resource_type == outer.resource_type,
-               other.resource_id == outer.resource_id,
-               other.state == PENDING, other.id < outer.id]
-    if not_due_at is not None:
-        clauses.append(other.next_attempt_at > not_due_at)
-    return sa.exists().where(*clauses)
-
-
 def _claim_one(context, worker_id: str, resource_type: str, resource_id: str,
                now: datetime.datetime) -> Entry | None:
     with db_api.CONTEXT_WRITER.using(context):
         session = context.session
-        live = (session.query(Journal.id, Journal.state, Journal.next_attempt_at)
-                .filter(Journal.resource_type == resource_type,
-                        Journal.resource_id == resource_id,
-                        Journal.state.in_([PENDING, PROCESSING]))
-                .order_by(Journal.id)
-                .with_for_update(nowait=True).all())
-        if any(state == PROCESSING for _, state, _ in live):
+        if session.get_bind().dialect.name == "sqlite":
+            claimed_ids = _flip_sqlite(session, worker_id, resource_type, resource_id, now)
+        else:
+            claimed_ids = _flip_locked(session, worker_id, resource_type, resource_id, now)
+        if not claimed_ids:
             return None
-        ready = []
-        for row_id, _, due in live:       # id order; stop at the first not due
-            if due > now:
-                break
-            ready.append(row_id)
-        if not ready:
-            return None
-        table = Journal.__table__
-        result = session.execute(
-            table.update()
-            .where(table.c.id.in_(ready), table.c.state == PENDING,
-                   ~_processing_exists(table.c, besides=ready))
-            .values(state=PROCESSING, claimed_by=worker_id, claimed_at=now,
-                    updated_at=now))
-        if result.rowcount != len(ready):
-            # Someone else got there first: undo this resource entirely.
-            raise _Lost()
         claimed = (session.query(Journal.id, Journal.operation, Journal.attempts,
                                  Journal.created_at)
-                   .filter(Journal.id.in_(ready)).order_by(Journal.id).all())
+                   .filter(Journal.id.in_(claimed_ids)).order_by(Journal.id).all())
     return Entry(resource_type=resource_type, resource_id=resource_id,
                  row_ids=tuple(row.id for row in claimed),
                  operations=tuple(row.operation for row in claimed),
                  attempts=max(row.attempts for row in claimed),
                  first_created_at=min(row.created_at for row in claimed),
                  worker_id=worker_id)
+
+
+def _flip_locked(session, worker_id: str, resource_type: str, resource_id: str,
+                 now: datetime.datetime) -> list[int]:
+    """MariaDB: lock the resource's live rows (NOWAIT), then compare-and-set them."""
+    live = (session.query(Journal.id, Journal.state, Journal.next_attempt_at)
+            .filter(Journal.resource_type == resource_type,
+                    Journal.resource_id == resource_id,
+                    Journal.state.in_([PENDING, PROCESSING]))
+            .order_by(Journal.id)
+            .with_for_update(nowait=True).all())
+    if any(state == PROCESSING for _, state, _ in live):
+        return []
+    if not any(due <= now for _, _, due in live):
+        return []
+    ready = [row_id for row_id, _, _ in live]
+    table = Journal.__table__
+    result = session.execute(
+        table.update()
+        .where(table.c.id.in_(ready), table.c.state == PENDING,
+               ~_processing_exists(table.c, besides=ready))
+        .values(state=PROCESSING, claimed_by=worker_id, claimed_at=now, updated_at=now))
+    if result.rowcount != len(ready):
+        # Someone else got there first: undo this resource entirely.
+        raise _Lost()
+    return ready
+
+
+def _flip_sqlite(session, worker_id: str, resource_type: str, resource_id: str,
+                 now: datetime.datetime) -> list[int]:
+    """SQLite: one compare-and-set UPDATE first (the single writer makes it atomic)."""
+    table = Journal.__table__
+    other = table.alias("other")
+    mine = sa.and_(other.c.claimed_by == worker_id, other.c.claimed_at == now)
+    held = sa.exists().where(other.c.resource_type == table.c.resource_type,
+                             other.c.resource_id == table.c.resource_id,
+                             other.c.state == PROCESSING, ~mine)
+    # Rows this UPDATE already flipped still count as due (SQLite's UPDATE sees its
+    # own earlier changes while it runs).
+    due = sa.exists().where(other.c.resource_type == table.c.resource_type,
+                            other.c.resource_id == table.c.resource_id,
+                            sa.or_(other.c.state == PENDING, mine),
+                            other.c.next_attempt_at <= now)
+    result = session.execute(
+        table.update()
+        .where(table.c.resource_type == resource_type, table.c.resource_id == resource_id,
+               table.c.state == PENDING, ~held, due)
+        .values(state=PROCESSING, claimed_by=worker_id, claimed_at=now, updated_at=now))
+    if not result.rowcount:
+        return []
+    return [row.id for row in session.query(Journal.id).filter(
+        Journal.resource_type == resource_type, Journal.resource_id == resource_id,
+        Journal.state == PROCESSING, Journal.claimed_by == worker_id,
+        Journal.claimed_at == now)]
 
 
 def _settle(context, entry: Entry, **values: Any) -> bool:

@@ -11,8 +11,8 @@ so a lost wake-up only costs latency, never work.
 from __future__ import annotations
 
 import logging
-import select
 import socket
+import threading
 
 LOG = logging.getLogger(__name__)
 MESSAGE = b"dvs-fabric-journal"
@@ -45,12 +45,61 @@ class Waker:
 
 
 class WakeupListener:
-    """A worker's end: wait up to a timeout for a wake-up, swallowing any backlog."""
+    """A worker's end: wait up to a timeout for a wake-up.
+
+    Every journal worker of a process (fabric, port groups) needs every wake-up,
+    but the kernel hands a datagram to one socket only.  So a process binds the
+    address once (a hub with one reader thread) and the hub sets the event of each
+    worker listening through it.
+    """
+
+    _hubs: dict[str, "_Hub"] = {}
+    _hubs_lock = threading.Lock()
 
     def __init__(self, address: str | None) -> None:
-        self._sock: socket.socket | None = None
+        self._event = threading.Event()
+        self._hub: _Hub | None = None
         if not address:
             return
+        with WakeupListener._hubs_lock:
+            hub = WakeupListener._hubs.get(address)
+            if hub is None or not hub.alive:
+                hub = _Hub.open(address)
+                if hub is not None:
+                    WakeupListener._hubs[address] = hub
+        if hub is not None:
+            hub.subscribe(self._event)
+            self._hub = hub
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return self._hub.address if self._hub is not None else None
+
+    def wait(self, timeout: float) -> bool:
+        """True when woken, False on timeout."""
+        woken = self._event.wait(max(0.0, timeout))
+        self._event.clear()
+        return woken
+
+    def close(self) -> None:
+        if self._hub is not None:
+            self._hub.unsubscribe(self._event)
+            self._hub = None
+
+
+class _Hub:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._events: set[threading.Event] = set()
+        self._lock = threading.Lock()
+        self.address = sock.getsockname()
+        self.alive = True
+        self._thread = threading.Thread(target=self._read, name="journal-wakeup",
+                                         daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, address: str) -> "_Hub | None":
         host, port = parse_address(address)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -59,31 +108,26 @@ class WakeupListener:
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
-            LOG.warning("journal worker cannot listen for wake-ups on %s (%s); it will "
+            LOG.warning("journal workers cannot listen for wake-ups on %s (%s); they will "
                         "poll only", address, exc)
-            return
-        sock.setblocking(False)
-        self._sock = sock
+            return None
+        return cls(sock)
 
-    @property
-    def address(self) -> tuple[str, int] | None:
-        return self._sock.getsockname() if self._sock is not None else None
+    def subscribe(self, event: threading.Event) -> None:
+        with self._lock:
+            self._events.add(event)
 
-    def wait(self, timeout: float) -> bool:
-        """True when woken, False on timeout."""
-        if self._sock is None:
-            select.select([], [], [], max(0.0, timeout))
-            return False
-        ready, _, _ = select.select([self._sock], [], [], max(0.0, timeout))
-        if not ready:
-            return False
+    def unsubscribe(self, event: threading.Event) -> None:
+        with self._lock:
+            self._events.discard(event)
+
+    def _read(self) -> None:
         while True:
             try:
                 self._sock.recv(64)
-            except BlockingIOError:
-                return True
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+            except OSError:
+                self.alive = False
+                return
+            with self._lock:
+                for event in self._events:
+                    event.set()

@@ -124,16 +124,16 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
 
     def update_port_precommit(self, context: api.PortContext) -> None:
         if _ours(context.binding_levels) or _ours(context.original_binding_levels):
-            self._record(context._plugin_context, context.current["network_id"])
+            self._record(context.plugin_context, context.current["network_id"])
 
     def delete_port_precommit(self, context: api.PortContext) -> None:
         if _ours(context.binding_levels):
-            self._record(context._plugin_context, context.current["network_id"])
+            self._record(context.plugin_context, context.current["network_id"])
 
     def delete_network_precommit(self, context: api.NetworkContext) -> None:
         if any(s.get(api.NETWORK_TYPE) == n_const.TYPE_VXLAN
                for s in context.network_segments or []):
-            self._record(context._plugin_context, context.current["id"])
+            self._record(context.plugin_context, context.current["id"])
 
     # -- after commit: wake the worker, give back unused VLAN segments -----------
     def update_port_postcommit(self, context: api.PortContext) -> None:
@@ -159,7 +159,7 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         Two ports leaving at once may both find it unused; the second release finds
         the segment gone, which ML2 tolerates.
         """
-        if not segment_in_use(context._plugin_context, segment_id):
+        if not segment_in_use(context.plugin_context, segment_id):
             LOG.info("fabric_hwvtep: releasing dynamic segment %s (no port bound through "
                      "it)", segment_id)
             context.release_dynamic_segment(segment_id)

@@ -15,11 +15,14 @@ import time
 from neutron_lib import constants as n_const
 from neutron_lib import exceptions as n_exc
 from neutron_lib.api.definitions import portbindings
+from neutron_lib.db import api as db_api
 from neutron_lib.plugins.ml2 import api
 from neutron_lib.utils import helpers
 from oslo_config import cfg
 
 from networking_dvs_fabric import opts
+from networking_dvs_fabric.journal import store
+from networking_dvs_fabric.journal.wakeup import Waker
 from networking_dvs_fabric.ml2 import db
 from networking_dvs_fabric.ml2.sweeper import PortGroupSweeper
 from networking_dvs_fabric.vcenter import errors, naming
@@ -30,6 +33,7 @@ LOG = logging.getLogger(__name__)
 
 DRIVER_NAME = "vsphere_dvs"
 VIF_TYPE_DVS = "dvs"
+RESOURCE_PORT_GROUP = "port_group"
 
 
 class ConfigurationError(n_exc.NeutronException):
@@ -86,6 +90,7 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
         group = cfg.CONF[opts.VSPHERE_GROUP]
         self.backend = backend_from_conf(group)
         self._sweep_interval = group.cleanup_interval
+        self.waker = Waker(cfg.CONF[opts.FABRIC_GROUP].wakeup_targets)
         try:
             # The port group watch starts with the first bind: processes that never
             # bind (neutron-periodic-workers) do not follow vCenter for nothing.
@@ -101,7 +106,8 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
         return portbindings.CONNECTIVITY_L2
 
     def get_workers(self) -> list:
-        return [PortGroupSweeper(self, self._sweep_interval)]
+        from networking_dvs_fabric.ml2.port_group_worker import PortGroupWorker
+        return [PortGroupWorker(self), PortGroupSweeper(self, self._sweep_interval)]
 
     # -- binding --------------------------------------------------------------
     def bind_port(self, context: api.PortContext) -> None:
@@ -138,48 +144,58 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
                       "ms": (time.perf_counter() - started) * 1000})
             return
 
-    # -- clean-up -------------------------------------------------------------
-    def update_port_postcommit(self, context: api.PortContext) -> None:
+    # -- clean-up: recorded in Neutron's transaction, done by the journal worker --
+    # The release itself runs in neutron-periodic-workers (PortGroupWorker), so a
+    # vCenter that is down or slow never holds up a port delete, and nothing is
+    # forgotten when a process dies: the row stays until the port group is gone.
+    def _record_release(self, plugin_context, network_id: str, dvs_name: str) -> None:
+        with db_api.CONTEXT_WRITER.using(plugin_context):
+            store.record(plugin_context, RESOURCE_PORT_GROUP,
+                         port_group_resource(network_id, dvs_name))
+
+    def update_port_precommit(self, context: api.PortContext) -> None:
         old = _our_segment(context.original_binding_levels)
         if old is None:
             return
         new = _our_segment(context.binding_levels)
         if new is not None and new.get(api.PHYSICAL_NETWORK) == old.get(api.PHYSICAL_NETWORK):
             return
-        self._release(context.plugin_context, context.network.current["id"], old,
-                      exclude_port_id=None)
+        dvs_name = self.backend.dvs_for(old.get(api.PHYSICAL_NETWORK))
+        if dvs_name is not None:
+            self._record_release(context.plugin_context, context.current["network_id"],
+                                 dvs_name)
+
+    def delete_port_precommit(self, context: api.PortContext) -> None:
+        segment = _our_segment(context.binding_levels)
+        dvs_name = self.backend.dvs_for((segment or {}).get(api.PHYSICAL_NETWORK))
+        if dvs_name is not None:
+            self._record_release(context.plugin_context, context.current["network_id"],
+                                 dvs_name)
+
+    def delete_network_precommit(self, context: api.NetworkContext) -> None:
+        for dvs_name in sorted(set(self.backend.settings.dvs_mappings.values())):
+            self._record_release(context.plugin_context, context.current["id"], dvs_name)
+
+    def update_port_postcommit(self, context: api.PortContext) -> None:
+        if _our_segment(context.original_binding_levels) is not None:
+            self.waker.wake()
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
-        segment = _our_segment(context.binding_levels)
-        if segment is not None:
-            self._release(context.plugin_context, context.network.current["id"], segment,
-                          exclude_port_id=context.current["id"])
+        if _our_segment(context.binding_levels) is not None:
+            self.waker.wake()
 
     def delete_network_postcommit(self, context: api.NetworkContext) -> None:
-        network_id = context.current["id"]
-        for dvs_name in sorted(set(self.backend.settings.dvs_mappings.values())):
-            try:
-                self.backend.release_port_group(dvs_name, network_id, lambda: False)
-            except errors.VCenterError as exc:
-                LOG.warning("vsphere_dvs: port group of deleted network %(net)s on DVS "
-                            "%(dvs)s not removed now (%(err)s); the sweep retries",
-                            {"net": network_id, "dvs": dvs_name, "err": exc})
+        self.waker.wake()
 
-    def _release(self, plugin_context, network_id: str, segment: dict,
-                 exclude_port_id: str | None) -> None:
-        dvs_name = self.backend.dvs_for(segment.get(api.PHYSICAL_NETWORK))
-        if dvs_name is None:
-            return
-        try:
-            hosts = self.backend.binding_hosts(dvs_name)
-            self.backend.release_port_group(
-                dvs_name, network_id,
-                lambda: bool(db.ports_on_hosts(plugin_context, network_id, hosts,
-                                               exclude_port_id)))
-        except errors.VCenterError as exc:
-            LOG.warning("vsphere_dvs: port group of network %(net)s on DVS %(dvs)s not "
-                        "removed now (%(err)s); the sweep retries",
-                        {"net": network_id, "dvs": dvs_name, "err": exc})
+
+def port_group_resource(network_id: str, dvs_name: str) -> str:
+    """Journal resource id of a (network, DVS) port group; network ids hold no ':'."""
+    return f"{network_id}:{dvs_name}"
+
+
+def parse_port_group_resource(resource_id: str) -> tuple[str, str]:
+    network_id, _, dvs_name = resource_id.partition(":")
+    return network_id, dvs_name
 
 
 def _our_segment(levels: list[dict] | None) -> dict | None:

@@ -42,6 +42,9 @@ from pyVim.task import WaitForTask  # noqa: E402
 from pyVmomi import vim  # noqa: E402
 
 from networking_dvs_fabric import opts  # noqa: E402
+# Our tables must be in Neutron's model metadata before the test fixture creates the
+# schema (once per process, from that metadata).
+import networking_dvs_fabric.db.models  # noqa: E402,F401
 from networking_dvs_fabric.lab.vcsim import VCenterSimulator  # noqa: E402
 
 LOGGER = "networking_dvs_fabric"
@@ -347,14 +350,29 @@ class VSphereDVSTestCase(test_plugin.Ml2PluginV2TestCase):
         return self._show("ports", port_id, as_admin=True)["port"]
 
     def update_port_host(self, port_id: str, host: str) -> dict[str, Any]:
-        return self._update("ports", port_id, {"port": {portbindings.HOST_ID: host}},
+        port = self._update("ports", port_id, {"port": {portbindings.HOST_ID: host}},
                             as_admin=True)["port"]
+        self.drain_journal()
+        return port
 
     def delete_port(self, port_id: str) -> None:
         self._delete("ports", port_id, as_admin=True)
+        self.drain_journal()
 
     def delete_network(self, network_id: str) -> None:
         self._delete("networks", network_id, as_admin=True)
+        self.drain_journal()
+
+    def drain_journal(self) -> int:
+        """Run the port group journal worker (as neutron-periodic-workers would) until
+        nothing is ready; returns how many passes handled something."""
+        from networking_dvs_fabric.ml2.port_group_worker import PortGroupWorker
+        worker = PortGroupWorker(self.mech)
+        passes = 0
+        while worker.run_once():
+            passes += 1
+            self.assertLess(passes, 20, "the journal never drained")
+        return passes
 
     # -- assertions -------------------------------------------------------------
     def assertBoundToPortGroup(self, port: dict[str, Any], network: dict[str, Any],

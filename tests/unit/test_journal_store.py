@@ -139,27 +139,29 @@ class JournalStoreTestCase(testlib_api.SqlTestCase):
                              (rows[row_id].state, rows[row_id].claimed_by))
             self.assertIsNotNone(rows[row_id].claimed_at)
 
-        # C: only its ready row; the future one stays pending.
+        # C: one row is due, so all of C's pending rows come (level-triggered: one
+        # handling covers the later one too).
         (c,) = store.claim(self.ctx, "other:1:x", limit=5)
-        self.assertEqual(("C", (c1,)), (c.resource_id, c.row_ids))
-        self.assertEqual(store.PENDING, self._all()[later].state)
+        self.assertEqual(("C", (c1, later)), (c.resource_id, c.row_ids))
+        self.assertEqual(store.PROCESSING, self._all()[later].state)
         self.assertEqual([], store.claim(self.ctx, self.worker, limit=5))
         self.assertEqual([], store.claim(self.ctx, self.worker, limit=0))
 
-    def test_a_put_off_row_holds_back_newer_rows_of_its_resource(self):
+    def test_a_new_row_cuts_short_the_back_off_of_its_resource(self):
         a1 = self._record("network", "A")
         (entry,) = store.claim(self.ctx, self.worker, limit=5)
         store.retry_later(self.ctx, entry, "switch down", delay=60)
-        a2 = self._record("network", "A", "update")
-        self._record("network", "B")
+        b1 = self._record("network", "B")
         (entry,) = store.claim(self.ctx, self.worker, limit=5)
         self.assertEqual("B", entry.resource_id)
-        # B is held: only A's head row counts, and it is not due for a minute.
+        # B is held: only A counts, and it is not due for a minute.
         self.assertEqual(self._all()[a1].next_attempt_at, store.next_due(self.ctx))
         self.assertEqual([], store.claim(self.ctx, self.worker, limit=5))
-        self._set([a1], next_attempt_at=store.utcnow())
+        # New intent for A: tried now, together with the row that was backing off.
+        a2 = self._record("network", "A", "update")
         (entry,) = store.claim(self.ctx, self.worker, limit=5)
         self.assertEqual(((a1, a2), 1), (entry.row_ids, entry.attempts))
+        self.assertEqual(store.PROCESSING, self._all()[b1].state)
         self.assertIsNone(store.next_due(self.ctx))
 
     def test_claim_by_resource_type(self):

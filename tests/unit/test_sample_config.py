@@ -44,7 +44,7 @@ def test_generator_config_names_our_namespace() -> None:
 
 def test_every_option_has_help() -> None:
     groups = opts.list_opts()
-    assert [group for group, _ in groups] == [opts.VSPHERE_GROUP]
+    assert [group for group, _ in groups] == [opts.VSPHERE_GROUP, opts.FABRIC_GROUP]
     for group, options in groups:
         assert options, f"[{group}] has no options"
         for opt in options:

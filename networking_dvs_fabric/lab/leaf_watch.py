@@ -1,0 +1,88 @@
+"""An independent observer of the lab's leaves: when did a VLAN binding appear?
+
+Used by ``dvs-fabric bench fabric`` to time convergence without trusting the code
+under test: one python-ovs IDL per leaf (not the project's backend), following
+``Physical_Port.vlan_bindings`` and the logical switches they point at, and noting
+the monotonic time each (leaf, port, logical switch name) binding was first seen.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import ovs.db.idl
+import ovs.poller
+
+VTEP_SCHEMA = Path("/usr/share/openvswitch/vtep.ovsschema")
+
+
+class LeafWatch:
+    def __init__(self, leaves: dict[str, str]) -> None:
+        """``leaves``: leaf name -> OVSDB endpoint (tcp:HOST:PORT)."""
+        self._leaves = dict(leaves)
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str, str], float] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._synced = {name: threading.Event() for name in leaves}
+
+    def start(self, timeout: float = 15.0) -> "LeafWatch":
+        for name, endpoint in self._leaves.items():
+            thread = threading.Thread(target=self._follow, args=(name, endpoint),
+                                      name=f"leaf-watch-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        for name, event in self._synced.items():
+            if not event.wait(timeout):
+                self.stop()
+                raise TimeoutError(f"leaf {name}: no OVSDB sync within {timeout} s")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def first_seen(self, leaf: str, port: str, switch: str) -> float | None:
+        with self._lock:
+            return self._seen.get((leaf, port, switch))
+
+    def all_seen(self, wanted: list[tuple[str, str, str]]) -> float | None:
+        """Time the last of ``wanted`` bindings appeared; None while one is missing."""
+        with self._lock:
+            times = [self._seen.get(key) for key in wanted]
+        if any(t is None for t in times):
+            return None
+        return max(t for t in times if t is not None)
+
+    def _follow(self, name: str, endpoint: str) -> None:
+        helper = ovs.db.idl.SchemaHelper(location=str(VTEP_SCHEMA))
+        helper.register_columns("Logical_Switch", ["name"])
+        helper.register_columns("Physical_Port", ["name", "vlan_bindings"])
+        idl = ovs.db.idl.Idl(endpoint, helper)
+        seqno = idl.change_seqno
+        try:
+            while not self._stop.is_set():
+                idl.run()
+                if idl.change_seqno != seqno:
+                    seqno = idl.change_seqno
+                    now = time.monotonic()
+                    self._note(name, idl, now)
+                    if idl.has_ever_connected():
+                        self._synced[name].set()
+                poller = ovs.poller.Poller()
+                idl.wait(poller)
+                poller.timer_wait(100)
+                poller.block()
+        finally:
+            idl.close()
+
+    def _note(self, leaf: str, idl: ovs.db.idl.Idl, now: float) -> None:
+        found = []
+        for port in idl.tables["Physical_Port"].rows.values():
+            for switch in port.vlan_bindings.values():
+                found.append((leaf, port.name, switch.name))
+        with self._lock:
+            for key in found:
+                self._seen.setdefault(key, now)

@@ -1,0 +1,67 @@
+"""Port group releases from the journal: the vsphere_dvs half of the journal worker.
+
+An entry names a (network, DVS).  Level-triggered like the fabric: if any port of
+the network is still bound (or being bound) on a host of that DVS, the port group
+stays and the entry is done; otherwise it is deleted.  vCenter unreachable, or
+VMs Neutron does not know still using the port group, make the entry retry later
+with backoff - the port group is kept meanwhile and the reason logged.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Sequence
+
+from oslo_config import cfg
+
+from networking_dvs_fabric import opts
+from networking_dvs_fabric.journal import store
+from networking_dvs_fabric.journal.worker import (JournalWorker, TemporaryFailure,
+                                                  WorkerSettings)
+from networking_dvs_fabric.ml2 import db
+from networking_dvs_fabric.vcenter import errors
+
+if TYPE_CHECKING:
+    from networking_dvs_fabric.ml2.vsphere_dvs import VSphereDVSMechanismDriver
+
+LOG = logging.getLogger(__name__)
+
+
+class PortGroupRelease:
+    def __init__(self, driver: "VSphereDVSMechanismDriver") -> None:
+        self._driver = driver
+
+    def __call__(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
+        return [self._one(context, entry) for entry in entries]
+
+    def _one(self, context, entry: store.Entry) -> Exception | None:
+        from networking_dvs_fabric.ml2.vsphere_dvs import parse_port_group_resource
+        network_id, dvs_name = parse_port_group_resource(entry.resource_id)
+        backend = self._driver.backend
+        if dvs_name not in set(backend.settings.dvs_mappings.values()):
+            LOG.info("vsphere_dvs: DVS %s no longer mapped; port group of network %s left "
+                     "alone", dvs_name, network_id)
+            return None
+        try:
+            hosts = backend.binding_hosts(dvs_name)
+
+            def still_used() -> bool:
+                return db.network_exists(context, network_id) and \
+                    bool(db.ports_on_hosts(context, network_id, hosts))
+            if still_used():
+                return None
+            if backend.release_port_group(dvs_name, network_id, still_used):
+                return None
+            if still_used():        # bound again meanwhile: nothing to do
+                return None
+            return TemporaryFailure(f"port group of network {network_id} on {dvs_name} is "
+                                    "still used by VMs Neutron does not know; kept")
+        except errors.VCenterError as exc:
+            return TemporaryFailure(str(exc))
+
+
+class PortGroupWorker(JournalWorker):
+    def __init__(self, driver: "VSphereDVSMechanismDriver") -> None:
+        from networking_dvs_fabric.ml2.vsphere_dvs import RESOURCE_PORT_GROUP
+        super().__init__("vsphere_dvs journal worker", PortGroupRelease(driver),
+                         WorkerSettings.from_conf(cfg.CONF[opts.FABRIC_GROUP]),
+                         resource_types=(RESOURCE_PORT_GROUP,))
