@@ -102,10 +102,25 @@ def nothing_of(network_id: str):
     return lambda state: all(ls not in view["switches"] for view in state.values())
 
 
-def dynamic_vlan(neutron, network_id: str) -> int:
-    segments = list(neutron.network.segments(network_id=network_id))
-    vlans = [s.segmentation_id for s in segments if s.network_type == "vlan"]
-    assert len(vlans) == 1, segments
+def dynamic_vlans(lab: Lab, network_id: str) -> list[int]:
+    """The network's dynamic VLAN segments, from Neutron's database (the API hides them)."""
+    import pymysql
+    import sqlalchemy.engine
+    url = sqlalchemy.engine.make_url(lab.state()["services"]["mariadb"]["url"])
+    conn = pymysql.connect(host=url.host, port=url.port, user=url.username,
+                           password=url.password, database=url.database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT segmentation_id FROM networksegments WHERE network_id=%s "
+                        "AND is_dynamic=1 AND network_type='vlan'", (network_id,))
+            return sorted(row[0] for row in cur.fetchall())
+    finally:
+        conn.close()
+
+
+def dynamic_vlan(lab: Lab, network_id: str) -> int:
+    vlans = dynamic_vlans(lab, network_id)
+    assert len(vlans) == 1, vlans
     return vlans[0]
 
 
@@ -117,7 +132,7 @@ def test_cluster_port_programs_exactly_the_clusters_leaf_ports(fabric_lab, neutr
     assert port.binding_vif_details["bound_drivers"] == {"0": "fabric_hwvtep",
                                                           "1": "vsphere_dvs"}
     state = wait_converged(fabric_lab, has_network(net.id, cluster_ports("DC0_C0")))
-    vlan = dynamic_vlan(neutron, net.id)
+    vlan = dynamic_vlan(fabric_lab, net.id)
     ls = f"dvsf-{net.id}"
     for leaf, ports in cluster_ports("DC0_C0").items():
         assert state[leaf]["switches"][ls]["vni"] == str(net.provider_segmentation_id)
@@ -125,8 +140,7 @@ def test_cluster_port_programs_exactly_the_clusters_leaf_ports(fabric_lab, neutr
             assert state[leaf]["bindings"][port_name] == [str(vlan), ls]
     neutron.network.delete_port(port)
     wait_converged(fabric_lab, nothing_of(net.id))
-    assert list(s for s in neutron.network.segments(network_id=net.id)
-                if s.network_type == "vlan") == []
+    assert dynamic_vlans(fabric_lab, net.id) == []
 
 
 def test_ports_on_esxi_hosts_announce_their_macs(fabric_lab, neutron):
@@ -158,14 +172,13 @@ def test_two_ports_leaving_at_once_release_the_dynamic_segment(fabric_lab, neutr
     net = neutron.network.create_network(name=unique("pair"))
     ports = [neutron.network.create_port(network_id=net.id, binding_host_id=HOST_C0)
              for _ in range(2)]
-    dynamic_vlan(neutron, net.id)
+    dynamic_vlan(fabric_lab, net.id)
 
     def delete(port):
         connect(fabric_lab).network.delete_port(port)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(delete, ports))
-    assert [s for s in neutron.network.segments(network_id=net.id)
-            if s.network_type == "vlan"] == []
+    assert dynamic_vlans(fabric_lab, net.id) == []
     wait_converged(fabric_lab, nothing_of(net.id))
 
 
