@@ -1,0 +1,216 @@
+"""SR-IOV below the fabric: fabric_hwvtep on top, Neutron's sriovnicswitch at the bottom.
+
+The topology's KVM host (``lab_topology.KVM_HOST``, on its own physical network,
+cabled to a leaf pair) runs an SR-IOV NIC agent.  A ``direct`` port of a VXLAN
+network bound to it gets a dynamic VLAN segment on the KVM physical network from
+fabric_hwvtep and a VF (``vif_type hw_veb``, the VLAN in ``vif_details``) from
+sriovnicswitch; the fabric worker puts the VLAN-VNI binding on the KVM host's leaf
+ports.  The port's ``binding:profile`` is what Nova's PCI code writes for a VF.
+
+Real parts as in test_fabric_driver.py: the module's own vCenter simulator (the
+vsphere_dvs driver and the fabric's host directory need one), hardware_vtep leaves
+read back with ``vtep-ctl``.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import dvs_ml2_base as base
+import pytest
+import yaml
+from neutron.db import segments_db
+from neutron.plugins.ml2 import db as ml2_db
+from neutron.tests.common import helpers as agent_helpers
+from neutron_lib import constants as n_const
+from neutron_lib import context as n_context
+from neutron_lib.api.definitions import portbindings
+from oslo_config import cfg
+
+from networking_dvs_fabric import opts
+from networking_dvs_fabric.journal.fabric_worker import FabricWorker
+from networking_dvs_fabric.lab import topology as lab_topology
+from networking_dvs_fabric.lab.leaves import LeafSwitch
+
+KVM_HOST = lab_topology.KVM_HOST
+KVM_PHYSNET = lab_topology.KVM_PHYSICAL_NETWORK
+PF = "eth1"
+# What Nova's PCI manager writes into binding:profile for a VF it claimed
+# (nova.network.neutron._populate_pci_binding_profile); a VXLAN network is
+# "tunneled" to Nova, so the VF's physical_network is None.
+VF_PROFILE = {"pci_vendor_info": "8086:154c", "pci_slot": "0000:81:10.2",
+              "physical_network": None}
+
+_SIM = base.SharedSimulator()
+_LEAVES: list[LeafSwitch] = []
+_DIR: list[Path] = []
+
+
+def setUpModule() -> None:
+    _SIM.start()
+    workdir = Path(tempfile.mkdtemp(prefix="fabric-sriov-"))
+    _DIR.append(workdir)
+    ports = lab_topology.leaf_ports()
+    for item in lab_topology.leaves():
+        _LEAVES.append(LeafSwitch(item.name, item.tunnel_ip, workdir / item.name,
+                                  ports[item.name]).start())
+
+
+def tearDownModule() -> None:
+    for item in _LEAVES:
+        item.stop()
+    _SIM.stop()
+    for workdir in _DIR:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def leaf(name: str) -> LeafSwitch:
+    return next(item for item in _LEAVES if item.name == name)
+
+
+def logical_switches(switch: LeafSwitch) -> dict[str, int]:
+    out = {}
+    for name in switch.vtep_ctl("list-ls").split():
+        key = switch.vtep_ctl("get", "Logical_Switch", name, "tunnel_key").strip()
+        out[name] = int(key) if key.isdigit() else -1
+    return out
+
+
+def bindings(switch: LeafSwitch, port: str) -> dict[int, str]:
+    out = {}
+    for line in switch.vtep_ctl("list-bindings", switch.name, port).splitlines():
+        vlan, ls = line.split()
+        out[int(vlan)] = ls
+    return out
+
+
+class FabricSriovTestCase(base.VSphereDVSTestCase):
+    shared = _SIM
+    _mechanism_drivers = ["fabric_hwvtep", "vsphere_dvs", "sriovnicswitch"]
+    vlan_ranges = [f"{base.PHYSNET}:100:3999", f"{KVM_PHYSNET}:100:3999"]
+    vni_ranges = ["5000:5999"]
+
+    def start_plugin(self) -> None:
+        topo = lab_topology.fabric_topology({item.name: item.ovsdb for item in _LEAVES})
+        path = Path(tempfile.mkdtemp(prefix="fabric-sriov-topo-")) / "topology.yaml"
+        path.write_text(yaml.safe_dump(topo))
+        self.addCleanup(shutil.rmtree, path.parent, True)
+        opts.register_opts(cfg.CONF)
+        for name, value in {"topology_file": str(path), "wakeup_listen": "",
+                            "wakeup_targets": [], "ovsdb_connect_timeout": 3.0,
+                            "retry_initial_delay": 0.05}.items():
+            cfg.CONF.set_override(name, value, group=opts.FABRIC_GROUP)
+        super().start_plugin()
+        self.fabric = self.driver.mechanism_manager.mech_drivers["fabric_hwvtep"].obj
+        self.worker = FabricWorker(self.fabric)
+        self.addCleanup(self._close_worker)
+        self.addCleanup(self._clean_leaves)
+        self.ctx = n_context.get_admin_context()
+
+    def _close_worker(self) -> None:
+        if self.worker.sync._backend is not None:
+            self.worker.sync._backend.close()
+
+    def _clean_leaves(self) -> None:
+        for item in _LEAVES:
+            for port in item.ports:
+                for vlan in bindings(item, port):
+                    item.vtep_ctl("unbind-ls", item.name, port, str(vlan))
+            for ls in logical_switches(item):
+                item.vtep_ctl("clear-remote-macs", ls)
+                item.vtep_ctl("clear-local-macs", ls)
+                item.vtep_ctl("del-ls", ls)
+
+    def converge(self) -> int:
+        passes = 0
+        while self.worker.run_once():
+            passes += 1
+            self.assertLess(passes, 20, "the journal never drained")
+        return passes
+
+    def dynamic_segments(self, network_id: str) -> list[dict]:
+        return list(segments_db.get_network_segments(self.ctx, network_id,
+                                                     filter_dynamic=True))
+
+    def vxlan_network(self, name: str = "tenant") -> dict:
+        return self.make_network(name, network_type="vxlan", physnet=None)
+
+    def vf_port(self, network_id: str, host: str = KVM_HOST) -> dict:
+        """A direct port as Nova creates it: binding:profile is writable by the service
+        role only (Neutron's policy), which is how Nova talks to Neutron."""
+        kwargs = {portbindings.HOST_ID: host, portbindings.VNIC_TYPE: portbindings.VNIC_DIRECT,
+                  portbindings.PROFILE: dict(VF_PROFILE)}
+        res = self._create_port(self.fmt, network_id, is_service=True,
+                                arg_list=tuple(kwargs), **kwargs)
+        self.assertEqual(201, res.status_int, res.body)
+        return self.deserialize(self.fmt, res)["port"]
+
+    def register_sriov_agent(self) -> None:
+        # The SR-IOV NIC agent reports physical_network -> [PF devices].
+        agent_helpers.register_sriovnicswitch_agent(host=KVM_HOST,
+                                                    device_mappings={KVM_PHYSNET: [PF]})
+
+
+class TestSriovBelowFabric(FabricSriovTestCase):
+
+    def test_direct_port_binds_fabric_then_sriov_and_programs_the_kvm_leaf_ports(self):
+        self.register_sriov_agent()
+        net = self.vxlan_network()
+        port = self.vf_port(net["id"])
+
+        self.assertEqual(portbindings.VIF_TYPE_HW_VEB, port[portbindings.VIF_TYPE], port)
+        self.assertEqual(portbindings.VNIC_DIRECT, port[portbindings.VNIC_TYPE])
+        levels = ml2_db.get_binding_level_objs(self.ctx, port["id"], KVM_HOST)
+        self.assertEqual(["fabric_hwvtep", "sriovnicswitch"], [lv.driver for lv in levels])
+        dynamic = self.dynamic_segments(net["id"])
+        self.assertEqual([KVM_PHYSNET], [s["physical_network"] for s in dynamic])
+        vlan = dynamic[0]["segmentation_id"]
+        self.assertEqual(dynamic[0]["id"], levels[1].segment_id)
+        # Nova's libvirt driver programs the VF with this VLAN.
+        self.assertEqual(str(vlan), port[portbindings.VIF_DETAILS][portbindings.VIF_DETAILS_VLAN])
+        # Agent-based: DOWN until the SR-IOV agent reports the VF up.
+        self.assertEqual(n_const.PORT_STATUS_DOWN, port["status"])
+        # No port group for a KVM host's network.
+        self.assertEqual([], self.vc.port_groups_of(net["id"]))
+
+        self.converge()
+        ls = f"dvsf-{net['id']}"
+        kvm_ports = set(lab_topology.KVM_PORTS)
+        for item in _LEAVES:
+            for port_name in item.ports:
+                want = {vlan: ls} if (item.name, port_name) in kvm_ports else {}
+                self.assertEqual(want, bindings(item, port_name), (item.name, port_name))
+            want_ls = ({ls: net["provider:segmentation_id"]}
+                       if any(item.name == name for name, _ in kvm_ports) else {})
+            self.assertEqual(want_ls, logical_switches(item), item.name)
+
+        # The VF goes: segment released, leaf ports cleared.
+        self.delete_port(port["id"])
+        self.assertEqual([], self.dynamic_segments(net["id"]))
+        self.converge()
+        for item in _LEAVES:
+            self.assertEqual({}, logical_switches(item), item.name)
+            for port_name in item.ports:
+                self.assertEqual({}, bindings(item, port_name), (item.name, port_name))
+
+    def test_without_an_sriov_agent_the_direct_port_is_not_bound_nor_programmed(self):
+        net = self.vxlan_network()
+        port = self.vf_port(net["id"])
+        self.assertNotBound(port)
+        self.assertEqual([], ml2_db.get_binding_level_objs(self.ctx, port["id"], KVM_HOST))
+        self.converge()
+        for item in _LEAVES:
+            self.assertEqual({}, logical_switches(item), item.name)
+
+    # Product bug (same as test_fabric_two_dvs.TestFailedBottomLevel): fabric_hwvtep
+    # allocates the dynamic VLAN segment in bind_port and nothing gives it back when
+    # the level below does not bind (here: no SR-IOV agent on the host), not even when
+    # the failed port is deleted.  Remove the mark when fixed.
+    @pytest.mark.xfail(strict=True, reason="dynamic segment kept after a failed binding")
+    def test_without_an_sriov_agent_no_vlan_is_kept(self):
+        net = self.vxlan_network()
+        port = self.vf_port(net["id"])
+        self.assertNotBound(port)
+        self.delete_port(port["id"])             # Nova gives up on the instance
+        self.assertEqual([], self.dynamic_segments(net["id"]))
