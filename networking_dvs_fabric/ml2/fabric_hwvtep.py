@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from neutron.db import segments_db
 from neutron_lib import constants as n_const
 from neutron_lib import exceptions as n_exc
 from neutron_lib.api.definitions import portbindings
@@ -142,6 +143,7 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         old = _segment_below_us(context.original_binding_levels)
         if old is not None and old != _segment_below_us(context.binding_levels):
             self._release_if_unused(context, old)
+        self._release_after_failed_binding(context)
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
         if _ours(context.binding_levels):
@@ -149,6 +151,24 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         segment = _segment_below_us(context.binding_levels)
         if segment is not None:
             self._release_if_unused(context, segment)
+        self._release_after_failed_binding(context)
+
+    def _release_after_failed_binding(self, context: api.PortContext) -> None:
+        """A binding that failed below us leaves no binding levels, so ML2 keeps the
+        dynamic segment we allocated for it: give it back if nothing uses it."""
+        if context.vif_type != portbindings.VIF_TYPE_BINDING_FAILED or not context.host:
+            return
+        try:
+            placement = self.topology.placement(context.host, self.directory)
+        except errors.VCenterError:
+            return
+        if placement is None:
+            return
+        segment = segments_db.get_dynamic_segment(
+            context.plugin_context, context.current["network_id"],
+            physical_network=placement.physical_network)
+        if segment is not None:
+            self._release_if_unused(context, segment[api.ID])
 
     def delete_network_postcommit(self, context: api.NetworkContext) -> None:
         self.waker.wake()

@@ -112,6 +112,11 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
     # -- binding --------------------------------------------------------------
     def bind_port(self, context: api.PortContext) -> None:
         host = context.host
+        vnic_type = context.current.get(portbindings.VNIC_TYPE, portbindings.VNIC_NORMAL)
+        if vnic_type != portbindings.VNIC_NORMAL:
+            # Nova's VMware driver plugs only vNICs on port groups (no SR-IOV, no
+            # passthrough): other kinds are for other drivers.
+            return
         for segment in context.segments_to_bind:
             physnet = segment.get(api.PHYSICAL_NETWORK)
             if segment.get(api.NETWORK_TYPE) != n_const.TYPE_VLAN or \

@@ -197,7 +197,16 @@ class VSphereBackend:
             if pg is None:
                 name = self.port_group_name(dvs_name, physical_network, network_id,
                                             network_name)
-                pg = manager.create(name, network_id, vlan)
+                try:
+                    pg = manager.create(name, network_id, vlan)
+                except errors.PortGroupNameTaken as exc:
+                    # E.g. the same network on a second DVS: names are per datacenter.
+                    name = naming.port_group_name(
+                        naming.DVS_QUALIFIED_FORMAT, network_name=network_name,
+                        network_id=network_id, dvs_name=dvs_name,
+                        physical_network=physical_network)
+                    LOG.info("%s; using %r instead", exc, name)
+                    pg = manager.create(name, network_id, vlan)
             elif pg.vlan != vlan:
                 pg = manager.set_vlan(pg, vlan)
             if cache is not None:

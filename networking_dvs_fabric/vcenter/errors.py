@@ -34,6 +34,11 @@ class PortGroupNotOwned(VCenterError):
     """A port group with the wanted name exists but was not made by this project."""
 
 
+class PortGroupNameTaken(VCenterError):
+    """vCenter refused the name (DuplicateName) but this DVS has no such port group:
+    the name is used elsewhere in the datacenter (another DVS, a standard network)."""
+
+
 class PortGroupInUse(VCenterError):
     """A port group is still used by VMs, so it is kept for now."""
 

@@ -12,6 +12,9 @@ import unicodedata
 
 MAX_NAME = 80
 DEFAULT_FORMAT = "{network_name}-{network_id}"
+# Used when the configured name is taken in the datacenter by a port group of
+# another DVS (port group names are unique per datacenter, not per DVS).
+DVS_QUALIFIED_FORMAT = "{network_name}-{dvs_name}-{network_id}"
 MARKER_PREFIX = "managed-by=networking-dvs-fabric"
 _MARKER_RE = re.compile(re.escape(MARKER_PREFIX) + r" network-id=([0-9a-fA-F-]{36})")
 # vCenter escapes these in names ("%2f"), so a name with them reads back different.

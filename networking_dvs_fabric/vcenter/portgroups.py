@@ -126,7 +126,7 @@ class PortGroupManager:
     def create(self, name: str, network_id: str, vlan: int) -> PortGroup:
         """Create our port group, or adopt ours if a concurrent creator won the race."""
         what = f"create port group {name!r} (VLAN {vlan}) on DVS {self.dvs.name}"
-        created = False
+        created = duplicate = False
         try:
             task = self.session.invoke(
                 lambda si: self._dvs(si).AddDVPortgroup_Task([_spec(name, network_id, vlan)]),
@@ -136,11 +136,15 @@ class PortGroupManager:
             LOG.info("Created port group %(name)s VLAN %(vlan)s on DVS %(dvs)s",
                      {"name": name, "vlan": vlan, "dvs": self.dvs.name})
         except vim.fault.DuplicateName:
+            duplicate = True
             LOG.info("Port group %(name)s already exists on DVS %(dvs)s (created "
                      "concurrently); adopting it", {"name": name, "dvs": self.dvs.name})
         entries = self.list()
         existing = next((pg for pg in entries if pg.network_id == network_id), None) or \
             next((pg for pg in entries if pg.name == name), None)
+        if existing is None and duplicate:
+            raise errors.PortGroupNameTaken(
+                f"{what}: the name is taken elsewhere in the datacenter")
         if existing is None:
             raise errors.VCenterNotFound(f"{what}: port group missing right after creation")
         if existing.network_id != network_id:

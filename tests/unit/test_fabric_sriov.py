@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 import dvs_ml2_base as base
-import pytest
 import yaml
 from neutron.db import segments_db
 from neutron.plugins.ml2 import db as ml2_db
@@ -203,11 +202,9 @@ class TestSriovBelowFabric(FabricSriovTestCase):
         for item in _LEAVES:
             self.assertEqual({}, logical_switches(item), item.name)
 
-    # Product bug (same as test_fabric_two_dvs.TestFailedBottomLevel): fabric_hwvtep
-    # allocates the dynamic VLAN segment in bind_port and nothing gives it back when
-    # the level below does not bind (here: no SR-IOV agent on the host), not even when
-    # the failed port is deleted.  Remove the mark when fixed.
-    @pytest.mark.xfail(strict=True, reason="dynamic segment kept after a failed binding")
+    # As in test_fabric_two_dvs.TestFailedBottomLevel: the dynamic VLAN segment
+    # allocated in bind_port is given back when the level below does not bind (here:
+    # no SR-IOV agent on the host).
     def test_without_an_sriov_agent_no_vlan_is_kept(self):
         net = self.vxlan_network()
         port = self.vf_port(net["id"])

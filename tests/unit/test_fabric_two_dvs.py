@@ -13,9 +13,9 @@ administrator would, C1's VMs' NICs are first moved to a port group of DVS1, sin
 vCenter refuses to take a host off a DVS while VMs on it use its port groups), the
 leaves are ovsdb-servers with the hardware_vtep schema, read back with ``vtep-ctl``.
 
-Two tests are strict xfails that show product bugs (see their comments): one network
-on both DVSs (port group names collide across DVSs) and the dynamic VLAN segment kept
-after a binding whose lower level failed.
+Two tests guard fixed bugs: one network on both DVSs (port group names are unique
+per datacenter, so the second DVS's port group gets a DVS-qualified name) and the
+dynamic VLAN segment given back after a binding whose lower level failed.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import dvs_ml2_base as base
-import pytest
 import yaml
 from neutron.db import segments_db
 from neutron.plugins.ml2 import db as ml2_db
@@ -332,13 +331,10 @@ class TestSameVlanTwoDVS(TwoDVSTestCase):
 
 class TestOneNetworkOnBothDVS(TwoDVSTestCase):
 
-    # Product bug, see the module's report: the default port_group_name_format
-    # "{network_name}-{network_id}" gives the network's port groups on DVS0 and DVS1 the
-    # same name; names are unique per datacenter network folder, so the second
-    # AddDVPortgroup_Task fails with DuplicateName and PortGroupManager.create() reads
-    # that as "a concurrent creator won", finds nothing on DVS1 and the binding fails
-    # ("port group missing right after creation").  Remove the mark when fixed.
-    @pytest.mark.xfail(strict=True, reason="same port group name on two DVSs (DuplicateName)")
+    # The default port_group_name_format "{network_name}-{network_id}" gives the
+    # network's port groups on DVS0 and DVS1 the same name; names are unique per
+    # datacenter, so the second AddDVPortgroup_Task fails with DuplicateName.  The
+    # backend then retries with the DVS in the name (it used to fail the binding).
     def test_one_network_on_both_clusters_gets_a_port_group_on_each_dvs(self):
         net = self.vxlan_network("net-both")
         port_0 = self.make_port(net["id"], host=base.HOST_C0)
@@ -367,12 +363,10 @@ class TestOneNetworkOnBothDVS(TwoDVSTestCase):
 
 class TestFailedBottomLevel(TwoDVSTestCase):
 
-    # Product bug: fabric_hwvtep.bind_port allocates the dynamic VLAN segment, and when
-    # no driver binds the level below, nothing releases it (a failed binding has no
-    # binding levels, so neither update_port_postcommit nor delete_port_postcommit find
-    # it); the VLAN stays reserved until the network is deleted.  Remove the mark when
-    # fixed.
-    @pytest.mark.xfail(strict=True, reason="dynamic segment kept after a failed binding")
+    # fabric_hwvtep.bind_port allocates the dynamic VLAN segment; when no driver binds
+    # the level below, the failed binding has no binding levels to find it by, so the
+    # driver looks it up by the host's physical network and gives it back (it used to
+    # stay reserved until the network was deleted).
     def test_failed_bottom_level_gives_back_the_dynamic_segment(self):
         # vsphere_dvs refuses to bind on C1 because a port group with the name it would
         # use exists on DVS1 and is not ours (documented: left alone, binding fails).
