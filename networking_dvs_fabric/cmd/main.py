@@ -1,4 +1,4 @@
-"""``dvs-fabric``: the project's command line (lab, demo, bench)."""
+"""``dvs-fabric``: the project's command line (lab, demo, journal, bench)."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +51,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(_lab(args))
 
 
+def cmd_journal(args: argparse.Namespace) -> int:
+    from networking_dvs_fabric.cmd import journal_cmd
+    files = [Path(p) for p in args.config_file]
+    if not files:
+        state = _lab(args).state()
+        if state is None or "config_files" not in state:
+            raise LabError("no --config-file given and no lab running: name Neutron's "
+                           "config files, e.g. --config-file /etc/neutron/neutron.conf")
+        files = [Path(p) for p in state["config_files"]]
+    found = journal_cmd.rows(files, args.state or None, args.limit)
+    print(journal_cmd.to_json(found) if args.json else journal_cmd.format_rows(found))
+    return 0
+
+
 def cmd_bench_bind(args: argparse.Namespace) -> int:
     from networking_dvs_fabric.cmd import bench
     result = bench.bench_bind(Path(args.lab_dir) if args.lab_dir else None,
@@ -101,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="lab up, a network and a port on a cluster, lab down")
     demo.set_defaults(func=cmd_demo)
+
+    journal = sub.add_parser("journal", help="the journal: pending, failed and recent work")
+    journal.add_argument("--config-file", action="append", default=[],
+                         help="Neutron config file naming the database (repeatable; "
+                              "default: the running lab's)")
+    journal.add_argument("--state", action="append", choices=("pending", "processing",
+                                                              "failed", "completed"),
+                         help="only rows in this state (repeatable)")
+    journal.add_argument("--limit", type=_positive, default=100, help="newest N rows")
+    journal.add_argument("--json", action="store_true", help="print the rows as JSON")
+    journal.set_defaults(func=cmd_journal)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON out)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

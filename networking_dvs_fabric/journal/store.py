@@ -222,8 +222,17 @@ def release_stale_claims(context, host: str, alive: Callable[[int], bool],
 
 @db_api.retry_if_session_inactive()
 def prune(context, older_than: float) -> int:
-    """Delete completed rows settled more than ``older_than`` seconds ago."""
+    """Delete completed rows settled more than ``older_than`` seconds ago.
+
+    Looks first, in a read-only transaction: an idle worker must not take SQLite's
+    write lock every few seconds (an API transaction that read and then wants to
+    write fails at once with "database is locked" while another process holds it).
+    """
     cutoff = utcnow() - datetime.timedelta(seconds=older_than)
+    with db_api.CONTEXT_READER.using(context):
+        if context.session.query(Journal.id).filter(
+                Journal.state == COMPLETED, Journal.updated_at < cutoff).first() is None:
+            return 0
     with db_api.CONTEXT_WRITER.using(context):
         return (context.session.query(Journal)
                 .filter(Journal.state == COMPLETED, Journal.updated_at < cutoff)

@@ -135,8 +135,10 @@ class Lab:
         neutron.prepare_database(db_url, configs, self.dir / "logs" / "db-manage.log")
 
         _progress(f"starting Neutron (uWSGI API + periodic workers; drivers {drivers})")
-        api, periodic, url = neutron.start_neutron(self.dir, configs,
-                                                   api_processes=1 if db == "sqlite" else 4)
+        names = drivers.split(",")
+        api, periodic, url = neutron.start_neutron(
+            self.dir, configs, api_processes=1 if db == "sqlite" else 4,
+            journal_workers=sum(d in names for d in ("fabric_hwvtep", "vsphere_dvs")))
         state["daemons"] = [api.to_json(), periodic.to_json()]
         state["status"] = self._status_doc(url, vcsim, leaves, mode)
         state["config_files"] = [str(p) for p in configs]

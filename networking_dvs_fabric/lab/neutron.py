@@ -155,8 +155,12 @@ def api_answers(url: str) -> bool:
         return response.status == 200 and "networks" in json.loads(response.read())
 
 
+JOURNAL_STARTED = "journal worker started"
+
+
 def start_neutron(workdir: Path, config_files: list[Path], api_processes: int,
-                  timeout: float = 180.0) -> tuple[Daemon, Daemon, str]:
+                  timeout: float = 180.0, journal_workers: int = 0
+                  ) -> tuple[Daemon, Daemon, str]:
     """Start the API and the periodic workers; wait until the API answers.
 
     SQLite cannot take writes from several processes at once (Neutron does not
@@ -166,11 +170,23 @@ def start_neutron(workdir: Path, config_files: list[Path], api_processes: int,
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     api = api_daemon(workdir, config_files, port, api_processes).start()
+    periodic = None
     try:
         wait_until(lambda: api_answers(url), timeout, f"Neutron API at {url}", alive=api,
                    interval=0.5)
+        # After the API: both sync the type drivers' allocations at start, and SQLite
+        # does not take two writers.
         periodic = periodic_daemon(workdir, config_files).start()
+        if journal_workers:
+            # Work recorded before the journal workers run would wait for them: a lab
+            # that says it is up must converge at once.
+            wait_until(lambda: periodic.log_path.read_text(errors="replace").count(
+                JOURNAL_STARTED) >= journal_workers, timeout,
+                f"{journal_workers} journal worker(s) in neutron-periodic-workers",
+                alive=periodic, interval=0.2)
     except BaseException:
         api.stop()
+        if periodic is not None:
+            periodic.stop()
         raise
     return api, periodic, url

@@ -251,3 +251,31 @@ def test_two_worker_processes_reach_the_same_end_state(fabric_lab, neutron):
                            and all(has_network(n.id, wanted)(s) for n in kept), timeout=60)
     for view in state.values():
         assert view["rows"]["Logical_Switch"] == len(view["switches"])
+
+
+def test_a_leaf_refusing_is_failed_for_good_and_shown_by_dvs_fabric_journal(fabric_lab, neutron):
+    """A foreign logical switch already holds our name on leaf1: never overwritten; the
+    network's entry is marked failed and `dvs-fabric journal` shows why."""
+    import json
+    import subprocess
+    import sys
+
+    net = neutron.network.create_network(name=unique("clash"))
+    leaf1 = leaves(fabric_lab)["leaf1"]
+    leaf1.vtep_ctl("add-ls", f"dvsf-{net.id}")          # no ownership marker
+    neutron.network.create_port(network_id=net.id, binding_host_id=HOST_C0)
+    command = [sys.executable, "-m", "networking_dvs_fabric.cmd.main", "--lab-dir",
+               str(fabric_lab.dir), "journal", "--state", "failed", "--json"]
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    while True:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        failed = [r for r in json.loads(out.stdout) if r["resource_id"] == net.id]
+        if failed or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert failed, "the refused network never showed up as failed"
+    assert "leaf1" in failed[0]["last_error"]
+    # The foreign switch is untouched (no marker added, no binding to it).
+    assert leaf1.vtep_ctl("get", "Logical_Switch", f"dvsf-{net.id}",
+                          "other_config").strip() == "{}"
