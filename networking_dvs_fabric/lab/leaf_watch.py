@@ -23,6 +23,7 @@ class LeafWatch:
         self._leaves = dict(leaves)
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str, str], float] = {}
+        self._present: dict[str, set[tuple[str, str, str]]] = {name: set() for name in leaves}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._synced = {name: threading.Event() for name in leaves}
@@ -56,6 +57,11 @@ class LeafWatch:
             return None
         return max(t for t in times if t is not None)
 
+    def all_gone(self, wanted: list[tuple[str, str, str]]) -> bool:
+        """True once none of ``wanted`` bindings is on its leaf any more."""
+        with self._lock:
+            return not any(key in self._present[key[0]] for key in wanted)
+
     def _follow(self, name: str, endpoint: str) -> None:
         helper = ovs.db.idl.SchemaHelper(location=str(VTEP_SCHEMA))
         helper.register_columns("Logical_Switch", ["name"])
@@ -86,3 +92,4 @@ class LeafWatch:
         with self._lock:
             for key in found:
                 self._seen.setdefault(key, now)
+            self._present[leaf] = set(found)

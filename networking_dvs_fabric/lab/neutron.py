@@ -126,9 +126,17 @@ def _run(argv: list[str], log: Path, what: str) -> None:
 
 def _env(config_files: list[Path]) -> dict[str, str]:
     import os
+
+    from networking_dvs_fabric.lab.sqlite_immediate import ENV_VAR
     env = dict(os.environ)
     env["OS_NEUTRON_CONFIG_DIR"] = str(config_files[0].parent)
     env["OS_NEUTRON_CONFIG_FILES"] = ";".join(p.name for p in config_files)
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config_files[0])
+    if parser.get("database", "connection", fallback="").startswith("sqlite"):
+        env[ENV_VAR] = "1"      # API and periodic workers both write: see sqlite_immediate
+    else:
+        env.pop(ENV_VAR, None)
     return env
 
 
