@@ -323,3 +323,28 @@ class TestLeafDown(FabricHwvtepTestCase):
                                       and not self.pending(), timeout=30))
         ls = f"dvsf-{net['id']}"
         self.assertIn(ls, LeafView(down).logical_switches())
+
+
+class TestEvpnMode(FabricHwvtepTestCase):
+    """mac_distribution = evpn: the leaves learn MACs by BGP EVPN; only bindings are written."""
+
+    def start_plugin(self) -> None:
+        opts.register_opts(cfg.CONF)
+        cfg.CONF.set_override("mac_distribution", "evpn", group=opts.FABRIC_GROUP)
+        super().start_plugin()
+
+    def test_no_macs_and_no_flooding_lists_only_bindings(self):
+        net = self.vxlan_network()
+        h_a, h_b = "DC0_C0_H0", "DC0_C0_H1"
+        att_a, att_b = attachment(h_a), attachment(h_b)
+        self.make_port(net["id"], host=h_a)
+        port_b = self.make_port(net["id"], host=h_b)
+        self.converge()
+        ls = f"dvsf-{net['id']}"
+        vlan = self.dynamic_segments(net["id"])[0]["segmentation_id"]
+        for att in (att_a, att_b):
+            view = LeafView(leaf(att.leaf))
+            self.assertEqual({vlan: ls}, view.bindings(att.port))
+            self.assertEqual({}, view.remote_macs(ls))
+            self.assertEqual(set(), view.flood(ls))
+        self.assertNotIn(port_b["mac_address"], leaf(att_a.leaf).vtep_ctl("list-remote-macs", ls))
