@@ -1,4 +1,4 @@
-"""``dvs-fabric``: the project's command line (lab, demo, journal, bench)."""
+"""``dvs-fabric``: the project's command line (lab, demo, journal, ports, bench)."""
 from __future__ import annotations
 
 import argparse
@@ -52,16 +52,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
-    from networking_dvs_fabric.cmd import journal_cmd
-    files = [Path(p) for p in args.config_file]
-    if not files:
-        state = _lab(args).state()
-        if state is None or "config_files" not in state:
-            raise LabError("no --config-file given and no lab running: name Neutron's "
-                           "config files, e.g. --config-file /etc/neutron/neutron.conf")
-        files = [Path(p) for p in state["config_files"]]
+    from networking_dvs_fabric.cmd import journal_cmd, neutron_db
+    files = neutron_db.config_files(args.config_file, _lab(args).state())
     found = journal_cmd.rows(files, args.state or None, args.limit)
     print(journal_cmd.to_json(found) if args.json else journal_cmd.format_rows(found))
+    return 0
+
+
+def cmd_ports(args: argparse.Namespace) -> int:
+    from networking_dvs_fabric.cmd import neutron_db, ports_cmd
+    files = neutron_db.config_files(args.config_file, _lab(args).state())
+    found = ports_cmd.rows(files, args.network)
+    print(ports_cmd.to_json(found) if args.json else ports_cmd.format_rows(found))
     return 0
 
 
@@ -126,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     journal.add_argument("--limit", type=_positive, default=100, help="newest N rows")
     journal.add_argument("--json", action="store_true", help="print the rows as JSON")
     journal.set_defaults(func=cmd_journal)
+
+    ports = sub.add_parser("ports", help="where each port's VM runs (the vCenter watcher)")
+    ports.add_argument("--network", help="only this network's ports (its UUID)")
+    ports.add_argument("--config-file", action="append", default=[],
+                       help="Neutron config file naming the database (repeatable; "
+                            "default: the running lab's)")
+    ports.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ports.set_defaults(func=cmd_ports)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON out)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

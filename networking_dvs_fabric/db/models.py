@@ -55,3 +55,38 @@ class JournalEntry(model_base.BASEV2):
                  "resource_type", "resource_id", "state"),
         model_base.BASEV2.__table_args__,
     )
+
+
+class PortLocation(model_base.BASEV2):
+    """Where vCenter says a Neutron port's VM is (written by the vCenter watcher).
+
+    ``esxi_host`` is the ESXi host the VM runs on; ``destination_host`` is set when a
+    migration-start event named where the VM is going (make before break) and cleared
+    when the VM arrives.  One row per port; no row: not seen (powered off, gone).
+    """
+
+    __tablename__ = "dvs_fabric_port_locations"
+
+    port_id = sa.Column(sa.String(36), primary_key=True)
+    network_id = sa.Column(sa.String(36), nullable=False, index=True)
+    vm_moid = sa.Column(sa.String(64), nullable=False, index=True)
+    vm_name = sa.Column(sa.String(255), nullable=False)
+    esxi_host = sa.Column(sa.String(255), nullable=False)
+    mac = sa.Column(sa.String(32), nullable=False)
+    port_group = sa.Column(sa.String(255), nullable=True)
+    destination_host = sa.Column(sa.String(255), nullable=True)
+    seen_at = sa.Column(TIMESTAMP, nullable=False)
+
+
+class Lease(model_base.BASEV2):
+    """A named lease: at most one holder at a time, until ``expires_at`` (UTC)."""
+
+    __tablename__ = "dvs_fabric_leases"
+
+    name = sa.Column(sa.String(255), primary_key=True)
+    holder = sa.Column(sa.String(255), nullable=False)
+    expires_at = sa.Column(TIMESTAMP, nullable=False)
+
+
+OUR_TABLES = frozenset({JournalEntry.__tablename__, PortLocation.__tablename__,
+                        Lease.__tablename__})

@@ -12,8 +12,8 @@ from collections import defaultdict
 from typing import Mapping
 
 from networking_dvs_fabric.fabric.api import NetworkOnLeaf
-from networking_dvs_fabric.fabric.intent import NetworkIntent
-from networking_dvs_fabric.topology import HostDirectory, Topology
+from networking_dvs_fabric.fabric.intent import BoundPort, NetworkIntent
+from networking_dvs_fabric.topology import HostDirectory, Placement, Topology
 
 LOG = logging.getLogger(__name__)
 
@@ -22,7 +22,8 @@ DesiredByLeaf = dict[str, dict[str, NetworkOnLeaf | None]]
 
 def desired_state(intents: Mapping[str, NetworkIntent | None], topology: Topology,
                   directory: HostDirectory | None,
-                  mac_distribution: str = "controller") -> DesiredByLeaf:
+                  mac_distribution: str = "controller",
+                  mode: str = "pre_provision") -> DesiredByLeaf:
     """Per leaf, per network: what the leaf must hold (None: nothing).
 
     Raises whatever the directory raises (vCenter unreachable): an unknown host must
@@ -30,14 +31,23 @@ def desired_state(intents: Mapping[str, NetworkIntent | None], topology: Topolog
     """
     result: DesiredByLeaf = {leaf: {} for leaf in topology.leaves}
     for network_id, intent in intents.items():
-        per_leaf = _network(intent, topology, directory, mac_distribution) if intent else {}
+        per_leaf = _network(intent, topology, directory, mac_distribution, mode) \
+            if intent else {}
         for leaf in topology.leaves:
             result[leaf][network_id] = per_leaf.get(leaf)
     return result
 
 
+def _vm_leaf_ports(port: BoundPort, topology: Topology, directory: HostDirectory | None,
+                   host: str | None) -> Placement | None:
+    """Placement of the ESXi host a cluster-bound port's VM runs on (or goes to)."""
+    if host is None:
+        return None
+    return topology.placement(host, directory, port.physical_network)
+
+
 def _network(intent: NetworkIntent, topology: Topology, directory: HostDirectory | None,
-             mac_distribution: str) -> dict[str, NetworkOnLeaf]:
+             mac_distribution: str, mode: str) -> dict[str, NetworkOnLeaf]:
     bindings: dict[str, set[tuple[str, int]]] = defaultdict(set)
     macs: dict[str, str] = {}        # MAC -> leaf it lives behind
     for port in intent.ports:
@@ -49,19 +59,64 @@ def _network(intent: NetworkIntent, topology: Topology, directory: HostDirectory
                                               "host": port.host,
                                               "physnet": port.physical_network})
             continue
-        for leaf_port in placement.leaf_ports:
-            bindings[leaf_port.leaf].add((leaf_port.port, port.vlan))
-        if port.active and placement.location is not None:
-            macs[port.mac] = placement.location
+        where = placement
+        if placement.location is None:
+            # Bound to a cluster: the VM's real host, as the vCenter watcher saw it.
+            where = _vm_leaf_ports(port, topology, directory, port.vm_host)
+            going = _vm_leaf_ports(port, topology, directory, port.vm_destination)
+            if mode == "on_demand":
+                # Only where a VM runs, plus where one is going (make before break).
+                for seat in (where, going):
+                    for leaf_port in (seat.leaf_ports if seat else ()):
+                        bindings[leaf_port.leaf].add((leaf_port.port, port.vlan))
+            else:
+                for leaf_port in placement.leaf_ports:
+                    bindings[leaf_port.leaf].add((leaf_port.port, port.vlan))
+        else:
+            for leaf_port in placement.leaf_ports:
+                bindings[leaf_port.leaf].add((leaf_port.port, port.vlan))
+        if port.active and where is not None and where.leaf_ports:
+            macs[port.mac] = where.location or sorted(where.leaf_ports)[0].leaf
     controller = mac_distribution == "controller"
     result: dict[str, NetworkOnLeaf] = {}
     for leaf, leaf_bindings in bindings.items():
         own_ip = topology.tunnel_ip(leaf)
-        remote = frozenset((mac, topology.tunnel_ip(where)) for mac, where in macs.items()
-                           if where != leaf) if controller else frozenset()
+        remote = frozenset((mac, topology.tunnel_ip(at)) for mac, at in macs.items()
+                           if at != leaf) if controller else frozenset()
         flood = frozenset(topology.tunnel_ip(other) for other in bindings
                           if other != leaf and topology.tunnel_ip(other) != own_ip) \
             if controller else frozenset()
         result[leaf] = NetworkOnLeaf(intent.network_id, intent.vni, frozenset(leaf_bindings),
                                      remote, flood)
     return result
+
+
+def make_before_break(desired: DesiredByLeaf,
+                      current: dict[str, dict[str, NetworkOnLeaf]]) -> DesiredByLeaf:
+    """The first of two steps towards ``desired``: everything added, nothing taken away.
+
+    Bindings and flooding entries are the union of what the leaf has and what it must
+    have; remote MACs are already the new ones (a moved VM's MAC points at its new
+    leaf); a network that must leave a leaf stays there for now.  A binding another
+    network now wants (a VLAN given back and handed out again) is not kept.  The
+    second step is ``desired`` itself.  So traffic always has a path while a VM moves.
+    """
+    step: DesiredByLeaf = {}
+    for leaf, networks in desired.items():
+        wanted = {b for want in networks.values() if want is not None for b in want.bindings}
+        step[leaf] = {}
+        for network_id, want in networks.items():
+            have = current.get(leaf, {}).get(network_id)
+            if have is None:
+                step[leaf][network_id] = want
+                continue
+            own = want.bindings if want is not None else frozenset()
+            kept = frozenset(b for b in have.bindings if b in own or b not in wanted)
+            if want is None:
+                step[leaf][network_id] = NetworkOnLeaf(
+                    network_id, have.vni, kept, have.remote_macs, have.flood_tunnel_ips)
+            else:
+                step[leaf][network_id] = NetworkOnLeaf(
+                    network_id, want.vni, want.bindings | kept, want.remote_macs,
+                    want.flood_tunnel_ips | have.flood_tunnel_ips)
+    return step

@@ -18,6 +18,8 @@ from neutron.plugins.ml2 import models as ml2_models
 from neutron_lib import constants as n_const
 from neutron_lib.db import api as db_api
 
+from networking_dvs_fabric.watcher import locations
+
 FABRIC_DRIVER = "fabric_hwvtep"
 
 
@@ -29,6 +31,10 @@ class BoundPort:
     physical_network: str
     vlan: int
     active: bool
+    # Where vCenter says the port's VM runs (the watcher), and where a started
+    # migration takes it; None when not seen (powered off, not a vSphere VM).
+    vm_host: str | None = None
+    vm_destination: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +69,7 @@ def read_intents(context, network_ids: Iterable[str],
             ml2_models.PortBinding.status).join(
             models_v2.Port, models_v2.Port.id == ml2_models.PortBinding.port_id).filter(
             models_v2.Port.network_id.in_(ids))}
+    seen = locations.of_networks(context, ids)
     by_binding: dict[tuple[str, str], list] = defaultdict(list)
     for row in levels:
         by_binding[(row.port_id, row.host)].append(row)
@@ -79,10 +86,13 @@ def read_intents(context, network_ids: Iterable[str],
                 continue
             port = ports[port_id]
             vnis.setdefault(port.network_id, int(top.segmentation_id))
+            active = statuses.get((port_id, host)) == n_const.ACTIVE
+            where = seen.get(port_id) if active else None
             bound[port.network_id].append(BoundPort(
                 port_id=port_id, mac=port.mac_address, host=host,
                 physical_network=bottom.physical_network, vlan=int(bottom.segmentation_id),
-                active=statuses.get((port_id, host)) == n_const.ACTIVE))
+                active=active, vm_host=where.esxi_host if where else None,
+                vm_destination=where.destination_host if where else None))
             break
     for network_id in ids:
         if network_id in vnis:

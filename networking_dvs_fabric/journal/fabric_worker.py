@@ -15,7 +15,7 @@ from oslo_config import cfg
 
 from networking_dvs_fabric import opts
 from networking_dvs_fabric.fabric.api import FabricBackend, FabricError, NetworkOnLeaf
-from networking_dvs_fabric.fabric.desired import desired_state
+from networking_dvs_fabric.fabric.desired import desired_state, make_before_break
 from networking_dvs_fabric.fabric.intent import read_intents
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.journal.worker import (JournalWorker, PermanentFailure,
@@ -54,14 +54,33 @@ class FabricSync:
         try:
             intents = read_intents(context, network_ids)
             desired = desired_state(intents, self._driver.topology, self._driver.directory,
-                                    self._driver.mac_distribution)
+                                    self._driver.mac_distribution, self._driver.mode)
         except errors.VCenterError as exc:
             failure = TemporaryFailure(f"vCenter needed to place cluster hosts: {exc}")
             return [failure for _ in entries]
-        for leaf, networks in desired.items():
-            for network_id, failure in self._converge(leaf, networks).items():
+
+        def note(failures: dict[str, Exception]) -> None:
+            for network_id, failure in failures.items():
                 if verdicts.get(network_id) is None or isinstance(failure, PermanentFailure):
                     verdicts[network_id] = failure
+        # Make before break: every leaf first gets what is added (and moved MACs), and
+        # only then does any leaf lose what is no longer needed.
+        first: dict[str, dict[str, NetworkOnLeaf | None]] = {}
+        for leaf in desired:
+            try:
+                current = self.backend.read(leaf)
+            except FabricError as exc:
+                note({n: TemporaryFailure(str(exc)) for n in desired[leaf]})
+                continue
+            first[leaf] = make_before_break({leaf: desired[leaf]}, {leaf: current})[leaf]
+        for leaf, networks in first.items():
+            if networks != desired[leaf]:
+                note(self._converge(leaf, networks))
+        for leaf, networks in desired.items():
+            # Networks whose first step failed somewhere keep everything for now.
+            ready = {n: want for n, want in networks.items() if verdicts.get(n) is None}
+            if ready and leaf in first:
+                note(self._converge(leaf, ready))
         return [verdicts[e.resource_id] for e in entries]
 
     def _converge(self, leaf: str,

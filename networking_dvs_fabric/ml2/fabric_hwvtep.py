@@ -83,7 +83,11 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
     def get_workers(self) -> list:
         # Imported here: API processes never run the worker nor load ovsdbapp.
         from networking_dvs_fabric.journal.fabric_worker import FabricWorker
-        return [FabricWorker(self)]
+        workers = [FabricWorker(self)]
+        if self.directory is not None:
+            from networking_dvs_fabric.watcher.worker import VCenterWatcher
+            workers.append(VCenterWatcher(self))
+        return workers
 
     # -- binding --------------------------------------------------------------
     def bind_port(self, context: api.PortContext) -> None:

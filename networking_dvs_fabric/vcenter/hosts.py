@@ -18,12 +18,12 @@ LOG = logging.getLogger(__name__)
 
 class VCenterHostDirectory:
     def __init__(self, backend: VSphereBackend) -> None:
-        self._backend = backend
+        self.backend = backend
         self._last: Inventory | None = None
 
     def _inventory(self) -> Inventory:
         try:
-            self._last = self._backend.inventory()
+            self._last = self.backend.inventory()
         except errors.VCenterError as exc:
             if self._last is None:
                 raise
@@ -33,12 +33,12 @@ class VCenterHostDirectory:
 
     def esxi_hosts(self, binding_host: str) -> list[str] | None:
         inventory = self._inventory()
-        moids = inventory.host_ids(binding_host, self._backend.settings.host_mappings)
+        moids = inventory.host_ids(binding_host, self.backend.settings.host_mappings)
         names = sorted(name for name, moid in inventory.hosts.items() if moid in moids)
         return names or None
 
     def physical_networks(self, esxi_host: str) -> dict[str, str]:
         inventory = self._inventory()
         moid = inventory.hosts.get(esxi_host)
-        return {physnet: dvs for physnet, dvs in self._backend.settings.dvs_mappings.items()
+        return {physnet: dvs for physnet, dvs in self.backend.settings.dvs_mappings.items()
                 if dvs in inventory.dvs and moid in inventory.dvs[dvs].host_ids}

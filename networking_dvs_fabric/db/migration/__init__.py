@@ -42,7 +42,7 @@ def schema_diff(connection: sa.Connection) -> list:
     from networking_dvs_fabric.db import models
 
     metadata = sa.MetaData()
-    ours = {models.JournalEntry.__tablename__}
+    ours = set(models.OUR_TABLES)
     for table in ours:
         models.JournalEntry.metadata.tables[table].to_metadata(metadata)
 

@@ -21,7 +21,7 @@ from networking_dvs_fabric.db import migration
 from networking_dvs_fabric.db import models
 
 VERSION_TABLE = migration.VERSION_TABLE
-OUR_TABLES = frozenset({models.JournalEntry.__tablename__})
+OUR_TABLES = models.OUR_TABLES
 
 config = context.config
 neutron_config = config.neutron_config  # type: ignore[attr-defined]

@@ -1,0 +1,236 @@
+"""The vCenter watcher on the lab (on_demand mode): VMs found, followed through vMotion.
+
+Acting as Nova would (``lab/nova.py``): a port bound to the cluster's compute host,
+then a VM created in the simulator on one ESXi host with a vNIC on the port group
+from ``vif_details``, the port's MAC and ``nvp.iface-id.0``.  The simulator emits no
+migration events; the tests post them as vCenter would.  Leaves are read with
+``vtep-ctl``, locations with ``dvs-fabric ports --json``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+import pytest
+
+from networking_dvs_fabric.lab import topology
+from networking_dvs_fabric.lab.lab import Lab
+from networking_dvs_fabric.lab.leaves import LeafSwitch
+from networking_dvs_fabric.lab.nova import FakeNova
+from tests.integration.conftest import connect, unique
+
+HOST_C0 = topology.compute_host("DC0_C0")
+HOST_C1 = topology.compute_host("DC0_C1")
+TIMEOUT = 20.0
+
+
+def attachment(esxi_host: str) -> topology.Attachment:
+    return next(a for a in topology.attachments() if a.esxi_host == esxi_host)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    directory = tmp_path_factory.mktemp("lab-watcher")
+    lab = Lab(directory)
+    lab.up(mechanism_drivers="fabric_hwvtep,vsphere_dvs", mode="on_demand", db="mariadb")
+    try:
+        yield lab
+    finally:
+        lab.down()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def neutron(lab: Lab):
+    return connect(lab)
+
+
+@pytest.fixture
+def nova(lab: Lab) -> Iterator[FakeNova]:
+    with FakeNova(lab.status()["vcenter"]) as fake:
+        yield fake
+
+
+def leaf(lab: Lab, name: str) -> LeafSwitch:
+    return lab.leaf(name)
+
+
+def bindings(lab: Lab, network_id: str) -> set[tuple[str, str]]:
+    """(leaf, port) pairs carrying the network's logical switch."""
+    ls = f"dvsf-{network_id}"
+    found = set()
+    for name in topology.LEAF_NAMES:
+        sw = leaf(lab, name)
+        for port in sw.ports:
+            if ls in sw.vtep_ctl("list-bindings", name, port):
+                found.add((name, port))
+    return found
+
+
+def remote_macs(lab: Lab, leaf_name: str, network_id: str) -> dict[str, str]:
+    ls = f"dvsf-{network_id}"
+    sw = leaf(lab, leaf_name)
+    if ls not in sw.vtep_ctl("list-ls").split():
+        return {}
+    out = {}
+    section = ""
+    for line in sw.vtep_ctl("list-remote-macs", ls).splitlines():
+        if line and not line.startswith(" "):
+            section = line.strip()
+        elif " -> " in line and section == "ucast-mac-remote":
+            mac, _, loc = line.strip().partition(" -> ")
+            out[mac] = loc.split("/")[-1]
+    return out
+
+
+def located(lab: Lab) -> dict[str, dict]:
+    out = subprocess.run([sys.executable, "-m", "networking_dvs_fabric.cmd.main",
+                          "--lab-dir", str(lab.dir), "ports", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return {row["port_id"]: row for row in json.loads(out.stdout)}
+
+
+def wait_for(check, timeout: float = TIMEOUT, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.2)
+
+
+def boot(lab: Lab, neutron, nova: FakeNova, esxi_host: str, network=None):
+    """A network (or the given one), a port bound to the host's cluster, a VM on the host."""
+    net = network or neutron.network.create_network(name=unique("w"))
+    cluster = esxi_host.rsplit("_", 1)[0]
+    port = neutron.network.create_port(network_id=net.id,
+                                       binding_host_id=topology.compute_host(cluster))
+    assert port.binding_vif_type == "dvs"
+    raw = {"id": port.id, "mac_address": port.mac_address,
+           "binding:vif_details": port.binding_vif_details}
+    vm_name = unique("vm")
+    nova.boot(vm_name, esxi_host, [raw])
+    return net, port, vm_name
+
+
+def test_location_found_and_on_demand_binding_only_behind_the_vms_host(lab, neutron, nova):
+    net, port, vm = boot(lab, neutron, nova, "DC0_C0_H0")
+    att = attachment("DC0_C0_H0")
+    row = wait_for(lambda: located(lab).get(port.id), what="port location")
+    assert (row["esxi_host"], row["vm"], row["mac"]) == ("DC0_C0_H0", vm, port.mac_address)
+    assert row["network_id"] == net.id
+    # on_demand: only the leaf port facing the VM's host, not the whole cluster.
+    wait_for(lambda: bindings(lab, net.id) == {(att.leaf, att.port)}, what="binding")
+
+
+def test_vmotion_moves_binding_and_macs(lab, neutron, nova):
+    src, dst = "DC0_C0_H0", "DC0_C0_H1"
+    a_src, a_dst = attachment(src), attachment(dst)
+    assert a_src.leaf != a_dst.leaf
+    net, port, vm = boot(lab, neutron, nova, src)
+    # A second VM of the network stays on the third host: it sees the MAC move.
+    other_host = "DC0_C0_H2"
+    _, other_port, _ = boot(lab, neutron, nova, other_host, network=net)
+    watcher_leaf = attachment(other_host).leaf
+    ips = {item.name: item.tunnel_ip for item in topology.leaves()}
+    wait_for(lambda: remote_macs(lab, watcher_leaf, net.id).get(port.mac_address)
+             == ips[a_src.leaf], what="MAC at the source leaf")
+    nova.vmotion(vm, dst)
+    wait_for(lambda: remote_macs(lab, watcher_leaf, net.id).get(port.mac_address)
+             == ips[a_dst.leaf], what="MAC moved to the destination leaf")
+    wait_for(lambda: (a_dst.leaf, a_dst.port) in bindings(lab, net.id)
+             and (a_src.leaf, a_src.port) not in bindings(lab, net.id),
+             what="binding moved")
+    assert located(lab)[port.id]["esxi_host"] == dst
+
+
+def test_start_event_prepares_the_destination_before_the_host_changes(lab, neutron, nova):
+    src, dst = "DC0_C1_H0", "DC0_C1_H1"
+    a_src, a_dst = attachment(src), attachment(dst)
+    net, port, vm = boot(lab, neutron, nova, src)
+    wait_for(lambda: bindings(lab, net.id) == {(a_src.leaf, a_src.port)}, what="source")
+    nova.announce_migration(vm, dst)
+    # Make before break: both while the VM is still on the source.
+    wait_for(lambda: bindings(lab, net.id) == {(a_src.leaf, a_src.port),
+                                               (a_dst.leaf, a_dst.port)},
+             what="destination prepared")
+    assert located(lab)[port.id]["destination_host"] == dst
+    assert located(lab)[port.id]["esxi_host"] == src
+    nova.vmotion(vm, dst)
+    wait_for(lambda: bindings(lab, net.id) == {(a_dst.leaf, a_dst.port)}, what="source freed")
+
+
+def test_power_off_clears_location_and_on_demand_binding(lab, neutron, nova):
+    net, port, vm = boot(lab, neutron, nova, "DC0_C1_H2")
+    wait_for(lambda: port.id in located(lab), what="location")
+    nova.power_off(vm)
+    wait_for(lambda: port.id not in located(lab), what="location cleared")
+    wait_for(lambda: not bindings(lab, net.id), what="binding gone")
+
+
+def test_cross_cluster_host_change(lab, neutron, nova):
+    net, port, vm = boot(lab, neutron, nova, "DC0_C0_H2")
+    wait_for(lambda: port.id in located(lab), what="location")
+    # Nova's cold/live migration to the other cluster: the binding moves, the VM too.
+    neutron.network.update_port(port, binding_host_id=HOST_C1)
+    nova.vmotion(vm, "DC0_C1_H2")
+    att = attachment("DC0_C1_H2")
+    wait_for(lambda: bindings(lab, net.id) == {(att.leaf, att.port)}, what="new cluster")
+
+
+def test_move_while_no_watcher_runs_is_caught_at_start(lab, neutron, nova):
+    src, dst = "DC0_C0_H1", "DC0_C0_H2"
+    net, port, vm = boot(lab, neutron, nova, src)
+    wait_for(lambda: located(lab).get(port.id, {}).get("esxi_host") == src, what="seen")
+    lab.kill_periodic_workers()
+    nova.vmotion(vm, dst)
+    time.sleep(1.0)
+    assert located(lab)[port.id]["esxi_host"] == src       # nobody watching
+    lab.start_periodic_worker()
+    # A dead holder's lease runs out first (10 s), then the full read catches the move.
+    wait_for(lambda: located(lab).get(port.id, {}).get("esxi_host") == dst, timeout=40,
+             what="move caught at start")
+    att = attachment(dst)
+    wait_for(lambda: bindings(lab, net.id) == {(att.leaf, att.port)}, what="leaves right")
+
+
+def test_the_holder_killed_another_takes_over_within_15_s(lab, neutron, nova):
+    # Two periodic worker processes: one holds the lease, the other stands by.
+    if sum(d.running() for d in lab.periodic_workers()) < 2:
+        lab.start_periodic_worker()
+    net, port, vm = boot(lab, neutron, nova, "DC0_C1_H0")
+    wait_for(lambda: port.id in located(lab), timeout=40, what="watched")
+    import os
+    import signal
+    holder = _lease_holder_pid(lab)
+    group = os.getpgid(holder)          # the worker may be a child of the daemon
+    victim = next(d for d in lab.periodic_workers() if d.pid == group)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.stop()
+    killed_at = time.monotonic()
+    nova.vmotion(vm, "DC0_C1_H1")
+    wait_for(lambda: located(lab).get(port.id, {}).get("esxi_host") == "DC0_C1_H1",
+             timeout=30, what="the other watcher saw the move")
+    assert time.monotonic() - killed_at <= 15.0 + 2.0     # +2 s: this test's polling
+
+
+def _lease_holder_pid(lab: Lab) -> int:
+    import pymysql
+    import sqlalchemy.engine
+    url = sqlalchemy.engine.make_url(lab.state()["services"]["mariadb"]["url"])
+    conn = pymysql.connect(host=url.host, port=url.port, user=url.username,
+                           password=url.password, database=url.database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT holder FROM dvs_fabric_leases")
+            (holder,) = cur.fetchone()
+    finally:
+        conn.close()
+    return int(holder.split(":")[1])
