@@ -83,6 +83,14 @@ def cmd_bench_fabric(args: argparse.Namespace) -> int:
     return 0 if result.get("targets_met", True) else 3
 
 
+def cmd_bench_vmotion(args: argparse.Namespace) -> int:
+    from networking_dvs_fabric.cmd import bench_vmotion
+    result = bench_vmotion.bench_vmotion(
+        moves=args.moves, lab_dir=Path(args.lab_dir) if args.lab_dir else None)
+    print(json.dumps(result, indent=2) if args.json else bench_vmotion.format_text(result))
+    return 0 if result.get("targets_met", True) else 3
+
+
 def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -156,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     fabric.add_argument("--bulk", type=int, default=1000,
                         help="networks created while the worker is stopped (0: skip)")
     fabric.set_defaults(func=cmd_bench_fabric)
+    vmotion = bench_sub.add_parser(
+        "vmotion", help="how fast the leaves follow vMotions, in both modes; runs labs of "
+                        "its own")
+    vmotion.add_argument("--json", action="store_true", help="print the result as JSON")
+    vmotion.add_argument("--moves", type=_positive, default=100,
+                         help="relocations per mode")
+    vmotion.set_defaults(func=cmd_bench_vmotion)
     return parser
 
 

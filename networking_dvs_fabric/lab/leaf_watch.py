@@ -1,9 +1,9 @@
-"""An independent observer of the lab's leaves: when did a VLAN binding appear?
+"""An independent observer of the lab's leaves: when did a binding or a MAC change?
 
-Used by ``dvs-fabric bench fabric`` to time convergence without trusting the code
-under test: one python-ovs IDL per leaf (not the project's backend), following
-``Physical_Port.vlan_bindings`` and the logical switches they point at, and noting
-the monotonic time each (leaf, port, logical switch name) binding was first seen.
+Used by the benchmarks to time convergence without trusting the code under test:
+one python-ovs IDL per leaf (not the project's backend), following
+``Physical_Port.vlan_bindings``, the logical switches they point at, and the remote
+MACs with their locators, noting the monotonic time of each change.
 """
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ class LeafWatch:
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str, str], float] = {}
         self._present: dict[str, set[tuple[str, str, str]]] = {name: set() for name in leaves}
+        self._appeared: dict[tuple[str, str, str], float] = {}
+        self._vanished: dict[tuple[str, str, str], float] = {}
+        # (leaf, switch, MAC) -> (tunnel IP it points at, since when)
+        self._macs: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._synced = {name: threading.Event() for name in leaves}
@@ -62,10 +66,31 @@ class LeafWatch:
         with self._lock:
             return not any(key in self._present[key[0]] for key in wanted)
 
+    def present(self, key: tuple[str, str, str]) -> bool:
+        with self._lock:
+            return key in self._present[key[0]]
+
+    def appeared_at(self, key: tuple[str, str, str]) -> float | None:
+        """When the binding last appeared (None: never, or absent now)."""
+        with self._lock:
+            return self._appeared.get(key) if key in self._present[key[0]] else None
+
+    def vanished_at(self, key: tuple[str, str, str]) -> float | None:
+        """When the binding last went away (None: never, or present now)."""
+        with self._lock:
+            return None if key in self._present[key[0]] else self._vanished.get(key)
+
+    def mac(self, leaf: str, switch: str, mac: str) -> tuple[str, float] | None:
+        """(tunnel IP, since) of a remote MAC on a leaf, or None."""
+        with self._lock:
+            return self._macs.get((leaf, switch, mac.lower()))
+
     def _follow(self, name: str, endpoint: str) -> None:
         helper = ovs.db.idl.SchemaHelper(location=str(VTEP_SCHEMA))
         helper.register_columns("Logical_Switch", ["name"])
         helper.register_columns("Physical_Port", ["name", "vlan_bindings"])
+        helper.register_columns("Ucast_Macs_Remote", ["MAC", "logical_switch", "locator"])
+        helper.register_columns("Physical_Locator", ["dst_ip"])
         idl = ovs.db.idl.Idl(endpoint, helper)
         seqno = idl.change_seqno
         try:
@@ -85,11 +110,30 @@ class LeafWatch:
             idl.close()
 
     def _note(self, leaf: str, idl: ovs.db.idl.Idl, now: float) -> None:
-        found = []
+        found = set()
         for port in idl.tables["Physical_Port"].rows.values():
             for switch in port.vlan_bindings.values():
-                found.append((leaf, port.name, switch.name))
+                found.add((leaf, port.name, switch.name))
+        macs = {}
+        for row in idl.tables["Ucast_Macs_Remote"].rows.values():
+            switch, locator = _one(row.logical_switch).name, _one(row.locator).dst_ip
+            macs[(leaf, switch, row.MAC.lower())] = locator
         with self._lock:
+            before = self._present[leaf]
+            for key in found - before:
+                self._appeared[key] = now
+            for key in before - found:
+                self._vanished[key] = now
             for key in found:
                 self._seen.setdefault(key, now)
-            self._present[leaf] = set(found)
+            self._present[leaf] = found
+            for key in [k for k in self._macs if k[0] == leaf and k not in macs]:
+                del self._macs[key]
+            for key, ip in macs.items():
+                if self._macs.get(key, ("", 0.0))[0] != ip:
+                    self._macs[key] = (ip, now)
+
+
+def _one(value):
+    """A required single reference is a Row; tolerate the list form too."""
+    return value[0] if isinstance(value, list) else value
