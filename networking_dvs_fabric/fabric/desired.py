@@ -64,8 +64,10 @@ def _network(intent: NetworkIntent, topology: Topology, directory: HostDirectory
             # Bound to a cluster: the VM's real host, as the vCenter watcher saw it.
             where = _vm_leaf_ports(port, topology, directory, port.vm_host)
             going = _vm_leaf_ports(port, topology, directory, port.vm_destination)
-            if mode == "on_demand":
+            if mode == "on_demand" and port.active:
                 # Only where a VM runs, plus where one is going (make before break).
+                # (An inactive binding - a live migration's destination cluster - is
+                # prepared on all its hosts below: which one DRS picks is not known.)
                 for seat in (where, going):
                     for leaf_port in (seat.leaf_ports if seat else ()):
                         bindings[leaf_port.leaf].add((leaf_port.port, port.vlan))

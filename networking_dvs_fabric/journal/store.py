@@ -104,8 +104,12 @@ def parse_worker_id(worker_id: str) -> tuple[str, int] | None:
 
 @db_api.retry_if_session_inactive()
 def record(context, resource_type: str, resource_id: str,
-           operation: str = "sync") -> None:
-    """Note that a resource needs reconciling (joins the caller's transaction)."""
+           operation: str = "sync", delay: float = 0.0) -> None:
+    """Note that a resource needs reconciling (joins the caller's transaction).
+
+    ``delay``: not before that many seconds (for intent that becomes visible in the
+    database a moment after it can be recorded).
+    """
     _check_length("resource_type", resource_type, 36)
     _check_length("resource_id", resource_id, 255)
     _check_length("operation", operation, 36)
@@ -114,7 +118,8 @@ def record(context, resource_type: str, resource_id: str,
         context.session.add(Journal(
             resource_type=resource_type, resource_id=resource_id,
             operation=operation, state=PENDING, attempts=0,
-            next_attempt_at=now, created_at=now, updated_at=now))
+            next_attempt_at=now + datetime.timedelta(seconds=delay), created_at=now,
+            updated_at=now))
 
 
 def claim(context, worker_id: str, limit: int, *,

@@ -21,7 +21,7 @@ from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
 
 from networking_dvs_fabric import opts
-from networking_dvs_fabric.fabric.intent import segment_in_use
+from networking_dvs_fabric.fabric.intent import active_binding_host, segment_in_use
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.journal.wakeup import Waker
 from networking_dvs_fabric.topology import HostDirectory, Topology, TopologyError
@@ -31,6 +31,7 @@ LOG = logging.getLogger(__name__)
 
 DRIVER_NAME = "fabric_hwvtep"
 RESOURCE_NETWORK = "network"
+INACTIVE_BINDING_DELAYS = (0.5, 3.0)
 
 
 class ConfigurationError(n_exc.NeutronException):
@@ -120,7 +121,27 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
                                         "vlan": dynamic[api.SEGMENTATION_ID],
                                         "physnet": placement.physical_network})
             context.continue_binding(segment[api.ID], [dynamic])
+            active_host = active_binding_host(context.plugin_context, context.current["id"])
+            if active_host not in (None, context.host):
+                self._record_inactive_binding(context)
             return
+
+    def _record_inactive_binding(self, context: api.PortContext) -> None:
+        """A second, inactive binding (live migration's destination) is being made.
+
+        ML2 stores it without calling any precommit/postcommit hook, a moment after
+        this bind returns.  So the network is journaled here, due a little later,
+        twice (level-triggered: a repeat costs nothing), so the worker finds the new
+        binding levels in the database and prepares the destination.
+        """
+        network_id = context.current["network_id"]
+        with db_api.CONTEXT_WRITER.using(context.plugin_context):
+            for delay in INACTIVE_BINDING_DELAYS:
+                store.record(context.plugin_context, RESOURCE_NETWORK, network_id,
+                             "inactive-binding", delay=delay)
+        LOG.info("fabric_hwvtep: inactive binding of port %(port)s on %(host)s: the "
+                 "destination will be prepared", {"port": context.current["id"],
+                                                  "host": context.host})
 
     # -- intent: recorded in Neutron's transaction ----------------------------
     def _record(self, plugin_context, network_id: str) -> None:
