@@ -130,6 +130,17 @@ class FakeNova:
         WaitForTask(vm.RelocateVM_Task(vim.vm.RelocateSpec(host=dest,
                                                             pool=dest.parent.resourcePool)))
 
+    def detach_nics(self, vm_name: str) -> int:
+        """Remove every vNIC of the VM (an interface detach); returns how many."""
+        vm = self.vm(vm_name)
+        nics = [dev for dev in vm.config.hardware.device
+                if isinstance(dev, vim.vm.device.VirtualEthernetCard)]
+        if nics:
+            WaitForTask(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
+                vim.vm.device.VirtualDeviceSpec(operation="remove", device=nic)
+                for nic in nics])))
+        return len(nics)
+
     def power_off(self, vm_name: str) -> None:
         WaitForTask(self.vm(vm_name).PowerOffVM_Task())
 

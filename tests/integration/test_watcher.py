@@ -272,3 +272,16 @@ def test_live_migration_with_multiple_port_bindings(lab, neutron, nova):
     dst = attachment("DC0_C1_H1")
     wait_for(lambda: bindings(lab, net.id) == {(dst.leaf, dst.port)},
              what="only the VM's new host")
+
+
+@pytest.mark.parametrize("how", ["destroy", "detach"])
+def test_vm_deleted_or_nic_detached_clears_location_and_binding(lab, neutron, nova, how):
+    net, port, vm = boot(lab, neutron, nova, "DC0_C0_H1")
+    wait_for(lambda: port.id in located(lab), what="location")
+    wait_for(lambda: bindings(lab, net.id), what="binding")
+    if how == "destroy":
+        nova.destroy(vm)
+    else:
+        assert nova.detach_nics(vm) == 1
+    wait_for(lambda: port.id not in located(lab), what="location cleared")
+    wait_for(lambda: not bindings(lab, net.id), what="on_demand binding gone")
