@@ -67,6 +67,31 @@ def cmd_ports(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from networking_dvs_fabric.cmd import audit_cmd, neutron_db
+    files = neutron_db.config_files(args.config_file, _lab(args).state())
+    report = audit_cmd.run_audit(files)
+    print(audit_cmd.to_json(report) if args.json else audit_cmd.format_report(report))
+    return report.exit_code
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from networking_dvs_fabric.cmd import audit_cmd, neutron_db
+    files = neutron_db.config_files(args.config_file, _lab(args).state())
+    before, done, after = audit_cmd.run_sync(files, args.dry_run)
+    if args.dry_run or done is None:
+        print(audit_cmd.format_report(before))
+        if args.dry_run and before.drifts:
+            print("sync --dry-run: nothing changed; run without --dry-run to repair")
+        return before.exit_code
+    print(f"sync: repaired {done.port_groups} port groups and {done.leaf_networks} "
+          f"network(s) on leaves; {len(done.failures)} failure(s)")
+    for failure in done.failures:
+        print(f"  {failure}")
+    print(audit_cmd.format_report(after))
+    return after.exit_code
+
+
 def cmd_bench_bind(args: argparse.Namespace) -> int:
     from networking_dvs_fabric.cmd import bench
     result = bench.bench_bind(Path(args.lab_dir) if args.lab_dir else None,
@@ -144,6 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "default: the running lab's)")
     ports.add_argument("--json", action="store_true", help="print the rows as JSON")
     ports.set_defaults(func=cmd_ports)
+
+    for name, func, text in (("audit", cmd_audit, "compare Neutron with vCenter and the "
+                              "leaves (read-only); exit 0 clean, 1 drift, 2 unreadable"),
+                             ("sync", cmd_sync, "repair what audit finds (ours only)")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config-file", action="append", default=[],
+                         help="Neutron config files: neutron.conf and ml2_conf.ini "
+                              "(repeatable; default: the running lab's)")
+        if name == "audit":
+            cmd.add_argument("--json", action="store_true", help="print the drift as JSON")
+        else:
+            cmd.add_argument("--dry-run", action="store_true",
+                             help="show what would be repaired, change nothing")
+        cmd.set_defaults(func=func)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON out)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

@@ -218,8 +218,9 @@ class VSphereBackend:
         dvs = self.inventory().dvs[self.settings.dvs_mappings[physical_network]]
         return self._cache.get(dvs.moid, network_id) if self._cache is not None else None
 
-    def owned_port_groups(self, dvs_name: str) -> list[PortGroup]:
-        return [pg for pg in self._manager(dvs_name).list() if pg.owned]
+    def owned_port_groups(self, dvs_name: str, full: bool = False) -> list[PortGroup]:
+        """Our port groups on the DVS (``full``: with their VLANs)."""
+        return [pg for pg in self._manager(dvs_name).list(full=full) if pg.owned]
 
     def release_port_group(self, dvs_name: str, network_id: str,
                            still_used: Callable[[], bool]) -> bool:

@@ -75,13 +75,15 @@ class PortGroupManager:
     def _pg(self, si: Any, moid: str) -> Any:
         return vim.dvs.DistributedVirtualPortgroup(moid, si._stub)
 
-    def list(self) -> list[PortGroup]:
-        """Every port group of this DVS, in one light PropertyCollector read.
+    def list(self, full: bool = False) -> list[PortGroup]:
+        """Every port group of this DVS, in one PropertyCollector read.
 
-        Only name, key and description (which holds the ownership marker): the port
-        settings are the bulk of a port group's XML, and a DVS may carry thousands.
-        ``vlan`` is None in these entries; ``read`` gives one port group in full.
+        Light by default - only name, key and description (which holds the ownership
+        marker): the port settings are the bulk of a port group's XML, and a DVS may
+        carry thousands; ``vlan`` is then None.  ``full`` reads the VLANs too (audit).
         """
+        properties = PG_PROPERTIES if full else LIGHT_PROPERTIES
+
         def read(si: Any) -> list[PortGroup]:
             pcq = vmodl.query.PropertyCollector
             spec = pcq.FilterSpec(
@@ -89,7 +91,7 @@ class PortGroupManager:
                     pcq.TraversalSpec(name="pgs", path="portgroup", skip=False,
                                       type=vim.DistributedVirtualSwitch)])],
                 propSet=[pcq.PropertySpec(type=vim.dvs.DistributedVirtualPortgroup,
-                                          pathSet=list(LIGHT_PROPERTIES))])
+                                          pathSet=list(properties))])
             return [port_group_from_props(obj, props)
                     for obj, props in collect(si.content.propertyCollector, [spec])]
         return self.session.invoke(read, f"list port groups of DVS {self.dvs.name}")

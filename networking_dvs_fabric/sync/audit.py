@@ -1,0 +1,152 @@
+"""Audit: compare what Neutron says with what vCenter and every leaf hold.
+
+Read-only.  Expected state comes from Neutron's database through the same code
+the workers use (``fabric/intent.py``, ``fabric/desired.py``, ``sync/expected.py``);
+actual state from vCenter (our port groups, with their VLANs) and from each leaf
+(``FabricBackend.read``: only what carries our marker).  A backend that cannot be
+read is reported as unreachable - never as empty, which would look like "everything
+is missing" and, to a repair, like "delete everything".
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from networking_dvs_fabric.fabric.api import FabricError, NetworkOnLeaf
+from networking_dvs_fabric.fabric.desired import desired_state
+from networking_dvs_fabric.fabric.intent import read_intents
+from networking_dvs_fabric.sync import expected
+from networking_dvs_fabric.topology import HostDirectory, Topology
+from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.vcenter.backend import VSphereBackend
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """What an audit or a sync works with (built from Neutron's configuration)."""
+
+    topology: Topology | None
+    directory: HostDirectory | None
+    vsphere: VSphereBackend | None
+    fabric: Any                      # FabricBackend
+    mac_distribution: str = "controller"
+    mode: str = "pre_provision"
+
+
+@dataclasses.dataclass(frozen=True)
+class Drift:
+    kind: str          # port_group_missing, port_group_vlan, port_group_orphan, switch_*, ...
+    where: str         # "vCenter DVS0" or "leaf1"
+    network_id: str
+    detail: str
+
+
+@dataclasses.dataclass
+class Report:
+    drifts: list[Drift] = dataclasses.field(default_factory=list)
+    unreachable: list[str] = dataclasses.field(default_factory=list)
+    checked: dict[str, int] = dataclasses.field(default_factory=dict)
+    # For a repair: the target per leaf and per DVS, as computed for this audit.
+    leaf_targets: dict[str, dict[str, NetworkOnLeaf | None]] = dataclasses.field(
+        default_factory=dict)
+    port_groups: dict[tuple[str, str], expected.ExpectedPortGroup] = dataclasses.field(
+        default_factory=dict)
+    orphan_port_groups: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.unreachable else (1 if self.drifts else 0)
+
+
+def audit(context, parts: Parts) -> Report:
+    report = Report()
+    if parts.vsphere is not None:
+        _audit_port_groups(context, parts.vsphere, report)
+    if parts.topology is not None and parts.fabric is not None:
+        _audit_leaves(context, parts, report)
+    return report
+
+
+def _audit_port_groups(context, vsphere: VSphereBackend, report: Report) -> None:
+    wanted = expected.port_groups(context, dict(vsphere.settings.dvs_mappings))
+    report.port_groups = wanted
+    for dvs_name in sorted(set(vsphere.settings.dvs_mappings.values())):
+        where = f"vCenter DVS {dvs_name}"
+        try:
+            have = {pg.network_id: pg for pg in vsphere.owned_port_groups(dvs_name, full=True)}
+        except errors.VCenterError as exc:
+            report.unreachable.append(f"{where}: {exc}")
+            continue
+        report.checked[where] = len(have)
+        for (dvs, network_id), want in sorted(wanted.items()):
+            if dvs != dvs_name:
+                continue
+            pg = have.get(network_id)
+            if pg is None:
+                report.drifts.append(Drift("port_group_missing", where, network_id,
+                                           f"no port group (VLAN {want.vlan} expected)"))
+            elif pg.vlan != want.vlan:
+                report.drifts.append(Drift("port_group_vlan", where, network_id,
+                                           f"port group {pg.name!r} has VLAN {pg.vlan}, "
+                                           f"expected {want.vlan}"))
+        for network_id, pg in sorted(have.items()):
+            if (dvs_name, network_id) not in wanted:
+                report.drifts.append(Drift("port_group_orphan", where, network_id or "",
+                                           f"port group {pg.name!r} (ours) has no bound port"))
+                report.orphan_port_groups.append((dvs_name, network_id or ""))
+
+
+def _audit_leaves(context, parts: Parts, report: Report) -> None:
+    assert parts.topology is not None
+    actual: dict[str, dict[str, NetworkOnLeaf]] = {}
+    for leaf in parts.topology.leaves:
+        try:
+            actual[leaf] = parts.fabric.read(leaf)
+        except FabricError as exc:
+            report.unreachable.append(f"leaf {leaf}: {exc}")
+        else:
+            report.checked[f"leaf {leaf}"] = len(actual[leaf])
+    networks = expected.fabric_networks(context)
+    for networks_on_leaf in actual.values():
+        networks |= set(networks_on_leaf)          # orphans too: they must go
+    try:
+        intents = read_intents(context, networks)
+        target = desired_state(intents, parts.topology, parts.directory,
+                               parts.mac_distribution, parts.mode)
+    except errors.VCenterError as exc:
+        report.unreachable.append(f"vCenter (cluster membership): {exc}")
+        return
+    report.leaf_targets = {leaf: nets for leaf, nets in target.items() if leaf in actual}
+    for leaf, have_all in actual.items():
+        for network_id, want in sorted(target[leaf].items()):
+            _compare(report, leaf, network_id, want, have_all.get(network_id))
+
+
+def _compare(report: Report, leaf: str, network_id: str, want: NetworkOnLeaf | None,
+             have: NetworkOnLeaf | None) -> None:
+    def drift(kind: str, detail: str) -> None:
+        report.drifts.append(Drift(kind, f"leaf {leaf}", network_id, detail))
+    if want is None and have is None:
+        return
+    if want is None:
+        drift("switch_orphan", f"logical switch (VNI {have.vni}) no port needs")
+        return
+    if have is None:
+        drift("switch_missing", f"no logical switch (VNI {want.vni} expected)")
+        return
+    if have.vni != want.vni:
+        drift("switch_vni", f"VNI {have.vni}, expected {want.vni}")
+    for port, vlan in sorted(want.bindings - have.bindings):
+        drift("binding_missing", f"port {port} VLAN {vlan} not bound")
+    for port, vlan in sorted(have.bindings - want.bindings):
+        drift("binding_extra", f"port {port} VLAN {vlan} bound but not needed")
+    want_macs, have_macs = dict(want.remote_macs), dict(have.remote_macs)
+    for mac, ip in sorted(want_macs.items()):
+        if have_macs.get(mac) != ip:
+            drift("mac_wrong" if mac in have_macs else "mac_missing",
+                  f"remote MAC {mac} -> {have_macs.get(mac, 'nothing')}, expected {ip}")
+    for mac in sorted(set(have_macs) - set(want_macs)):
+        drift("mac_extra", f"remote MAC {mac} -> {have_macs[mac]} not needed")
+    if want.flood_tunnel_ips != have.flood_tunnel_ips:
+        drift("flood_list", f"flooding to {sorted(have.flood_tunnel_ips)}, expected "
+                            f"{sorted(want.flood_tunnel_ips)}")

@@ -1,0 +1,137 @@
+"""dvs-fabric audit / sync on the lab: drift made for real in vCenter and on the leaves.
+
+Drift is made the way it happens: an admin deletes or re-VLANs a port group in
+vCenter, a leaf loses a binding, a logical switch of ours outlives its network,
+someone else's port group sits on the DVS.  The commands run as operators run
+them (a subprocess against the lab's Neutron config).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from typing import Iterator
+
+import pytest
+from pyVim.task import WaitForTask
+from pyVmomi import vim
+
+from networking_dvs_fabric.fabric.api import LeafSpec, NetworkOnLeaf
+from networking_dvs_fabric.fabric.hwvtep import HwvtepBackend
+from networking_dvs_fabric.lab import topology
+from networking_dvs_fabric.lab.client import NeutronClient
+from networking_dvs_fabric.lab.lab import Lab
+from networking_dvs_fabric.lab.nova import FakeNova
+
+HOST_C0 = topology.compute_host("DC0_C0")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    directory = tmp_path_factory.mktemp("lab-audit")
+    lab = Lab(directory)
+    lab.up()
+    try:
+        yield lab
+    finally:
+        lab.down()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run(lab: Lab, *args: str) -> tuple[int, str]:
+    out = subprocess.run([sys.executable, "-m", "networking_dvs_fabric.cmd.main",
+                          "--lab-dir", str(lab.dir), *args],
+                         capture_output=True, text=True, timeout=300)
+    return out.returncode, out.stdout
+
+
+def audit(lab: Lab) -> tuple[int, dict]:
+    code, out = run(lab, "audit", "--json")
+    return code, json.loads(out)
+
+
+def kinds(report: dict) -> set[tuple[str, str]]:
+    return {(d["kind"], d["network_id"]) for d in report["drifts"]}
+
+
+def test_clean_then_drift_found_then_repaired(lab):
+    client = NeutronClient(lab.status()["neutron"]["url"])
+    nets = [client.create_network(f"audit-{i}") for i in range(3)]
+    ports = [client.create_port(n["id"], host=HOST_C0) for n in nets]
+    deadline = time.monotonic() + 20
+    while audit(lab)[0] != 0:
+        assert time.monotonic() < deadline, audit(lab)[1]
+        time.sleep(0.5)
+
+    # Drift, made for real.
+    with FakeNova(lab.status()["vcenter"]) as nova:
+        pgs = {pg.key: pg for pg in _dvs(nova).portgroup}
+        gone = pgs[ports[0]["binding:vif_details"]["pg_id"]]
+        WaitForTask(gone.Destroy_Task())
+        foreign = _add_port_group(nova, "someone-elses-pg", 42)
+    leaf1 = lab.leaf("leaf1")
+    vlan = leaf1.vtep_ctl("list-bindings", "leaf1", "swp1").split()[0]
+    leaf1.vtep_ctl("unbind-ls", "leaf1", "swp1", vlan)
+    orphan = str(uuid.uuid4())
+    backend = HwvtepBackend([LeafSpec("leaf2", lab.leaf("leaf2").ovsdb, "192.0.2.2")])
+    try:
+        backend.converge("leaf2", {orphan: NetworkOnLeaf(orphan, 7777,
+                                                         frozenset({("swp2", 3333)}))})
+    finally:
+        backend.close()
+
+    code, report = audit(lab)
+    assert code == 1
+    found = kinds(report)
+    assert ("port_group_missing", nets[0]["id"]) in found
+    assert ("switch_orphan", orphan) in found
+    assert any(kind == "binding_missing" for kind, _ in found)
+    text = run(lab, "audit")[1]
+    assert "port groups missing in vCenter" in text and "leaf leaf2" in text
+
+    code, out = run(lab, "sync", "--dry-run")
+    assert code == 1 and "nothing changed" in out
+    assert audit(lab)[0] == 1                     # a dry run changes nothing
+
+    code, out = run(lab, "sync")
+    assert code == 0, out
+    code, report = audit(lab)
+    assert (code, report["drifts"]) == (0, [])
+    with FakeNova(lab.status()["vcenter"]) as nova:
+        names = {pg.name for pg in _dvs(nova).portgroup}
+    assert foreign in names                       # not ours: never touched
+    assert "dvsf-" + orphan not in lab.leaf("leaf2").vtep_ctl("list-ls")
+
+
+def test_unreachable_leaf_is_reported_not_empty(lab):
+    lab.stop_leaf("leaf3")
+    try:
+        code, report = audit(lab)
+    finally:
+        lab.start_leaf("leaf3")
+    assert code == 2
+    assert any("leaf3" in where for where in report["unreachable"])
+    assert not any(d["kind"] == "switch_missing" and d["where"] == "leaf leaf3"
+                   for d in report["drifts"])
+
+
+def _dvs(nova: FakeNova):
+    view = nova.content.viewManager.CreateContainerView(
+        nova.content.rootFolder, [vim.DistributedVirtualSwitch], True)
+    try:
+        return next(d for d in view.view if d.name == topology.DVS_NAME)
+    finally:
+        view.Destroy()
+
+
+def _add_port_group(nova: FakeNova, name: str, vlan: int) -> str:
+    vds = vim.dvs.VmwareDistributedVirtualSwitch
+    spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+        name=name, type="earlyBinding", numPorts=8,
+        defaultPortConfig=vds.VmwarePortConfigPolicy(
+            vlan=vds.VlanIdSpec(vlanId=vlan, inherited=False)))
+    WaitForTask(_dvs(nova).AddDVPortgroup_Task([spec]))
+    return name
