@@ -89,6 +89,12 @@ fabric_opts = [
                       "Claims of dead processes on the same host are released at once."),
     cfg.IntOpt("completed_retention", default=3600, min=0,
                help="Seconds completed journal entries are kept before pruning."),
+    cfg.IntOpt("full_sync_interval", default=600, min=0,
+               help="Seconds between full syncs by the fabric worker (what 'dvs-fabric "
+                    "sync' does: port groups and every leaf against Neutron). A full "
+                    "sync also runs at once when vCenter's instance UUID changes or a "
+                    "leaf comes back as a new switch (e.g. an empty database). 0: only "
+                    "on those changes."),
     cfg.FloatOpt("poll_interval", default=2.0, min=0.05,
                  help="Longest sleep of an idle journal worker. Wake-ups (below) make it "
                       "start at once when an API worker records work."),

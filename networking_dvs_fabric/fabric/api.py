@@ -106,6 +106,11 @@ class FabricBackend(abc.ABC):
     def ports(self, leaf: str) -> set[str]:
         """Names of the leaf's physical ports."""
 
+    def identity(self, leaf: str) -> str | None:
+        """Something that changes when the leaf comes back as a different switch (e.g.
+        restarted with an empty database); None when the backend cannot tell."""
+        return None
+
     @abc.abstractmethod
     def close(self) -> None:
         """Drop every connection."""

@@ -404,6 +404,12 @@ class HwvtepBackend(FabricBackend):
         with api.ovsdb_connection.lock:
             return {p.name for p in find_switch(api.tables, leaf).ports}
 
+    def identity(self, leaf: str) -> str | None:
+        """The uuid of the leaf's Physical_Switch row: new when its database was remade."""
+        api = self._connection(leaf).api()
+        with api.ovsdb_connection.lock:
+            return str(find_switch(api.tables, leaf).uuid)
+
     def close(self) -> None:
         for conn in self._leaves.values():
             conn.close()

@@ -9,6 +9,7 @@ is retried network by network, so only the network at fault is marked failed.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Sequence
 
 from oslo_config import cfg
@@ -18,8 +19,11 @@ from networking_dvs_fabric.fabric.api import FabricBackend, FabricError, Network
 from networking_dvs_fabric.fabric.desired import desired_state, make_before_break
 from networking_dvs_fabric.fabric.intent import read_intents
 from networking_dvs_fabric.journal import store
-from networking_dvs_fabric.journal.worker import (JournalWorker, PermanentFailure,
-                                                  TemporaryFailure, WorkerSettings)
+from networking_dvs_fabric.journal.full_sync import FullSync
+from networking_dvs_fabric.journal.worker import (HOUSEKEEPING_INTERVAL, JournalWorker,
+                                                  PermanentFailure, TemporaryFailure,
+                                                  WorkerSettings)
+from networking_dvs_fabric.sync.audit import Parts
 from networking_dvs_fabric.vcenter import errors
 
 if TYPE_CHECKING:
@@ -114,9 +118,26 @@ class FabricWorker(JournalWorker):
     def __init__(self, driver: "FabricHwvtepMechanismDriver",
                  backend: FabricBackend | None = None) -> None:
         self.sync = FabricSync(driver, backend)
+        self._driver = driver
+        group = cfg.CONF[opts.FABRIC_GROUP]
         super().__init__("fabric_hwvtep journal worker", self.sync,
-                         WorkerSettings.from_conf(cfg.CONF[opts.FABRIC_GROUP]),
+                         WorkerSettings.from_conf(group),
                          resource_types=(RESOURCE_NETWORK,))
+        self.full_sync = FullSync(self._parts, group.full_sync_interval)
+
+    def _parts(self) -> Parts:
+        directory = self._driver.directory
+        return Parts(self._driver.topology, directory,
+                     getattr(directory, "backend", None), self.sync.backend,
+                     self._driver.mac_distribution, self._driver.mode)
+
+    def _housekeeping(self, context) -> None:
+        due = time.monotonic() - self._last_housekeeping >= HOUSEKEEPING_INTERVAL
+        super()._housekeeping(context)
+        if due:
+            why = self.full_sync.due()
+            if why:
+                self.full_sync.run(context, why)
 
     def wait(self) -> None:
         super().wait()

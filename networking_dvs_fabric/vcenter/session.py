@@ -109,6 +109,9 @@ class VCenterSession:
         self.config = config
         self._si: Any = None
         self._lock = threading.RLock()
+        # Counts successful logins: a new one means the old session was lost (vCenter
+        # restarted, or the session expired), so what we made there may be gone too.
+        self.logins = 0
 
     # -- connection ---------------------------------------------------------
     def _login(self) -> Any:
@@ -143,6 +146,7 @@ class VCenterSession:
             raise errors.VCenterError(f"vCenter {self.config.url} login failed: {exc}") from exc
         LOG.info("Logged in to vCenter %(url)s as %(user)s",
                  {"url": self.config.url, "user": self.config.username})
+        self.logins += 1
         return si
 
     @property

@@ -135,3 +135,43 @@ def _add_port_group(nova: FakeNova, name: str, vlan: int) -> str:
             vlan=vds.VlanIdSpec(vlanId=vlan, inherited=False)))
     WaitForTask(_dvs(nova).AddDVPortgroup_Task([spec]))
     return name
+
+
+def _wait(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
+        time.sleep(0.5)
+
+
+def test_vcenter_back_empty_gets_its_port_groups_back_by_itself(lab):
+    """The simulator restarted with a fresh inventory has a new instance UUID: the
+    fabric worker notices on its next housekeeping pass and runs a full sync."""
+    from networking_dvs_fabric.lab.probe import VCenterProbe
+    client = NeutronClient(lab.status()["neutron"]["url"])
+    net = client.create_network("vc-back")
+    port = client.create_port(net["id"], host=HOST_C0)
+    assert port["binding:vif_type"] == "dvs"
+    lab.restart_vcenter()
+
+    def back() -> bool:
+        try:
+            with VCenterProbe(lab.status()["vcenter"]) as probe:
+                return bool(probe.port_groups_of_network(topology.DVS_NAME, net["id"]))
+        except Exception:  # noqa: BLE001 - still starting
+            return False
+    _wait(back, 60, "port group recreated")
+    _wait(lambda: audit(lab)[0] == 0, 60, "audit clean")
+
+
+def test_leaf_back_empty_is_reprogrammed_by_itself(lab):
+    client = NeutronClient(lab.status()["neutron"]["url"])
+    net = client.create_network("leaf-back")
+    client.create_port(net["id"], host=HOST_C0)
+    ls = f"dvsf-{net['id']}"
+    _wait(lambda: ls in lab.leaf("leaf2").vtep_ctl("list-ls"), 30, "programmed")
+    lab.stop_leaf("leaf2")
+    lab.start_leaf("leaf2", empty=True)
+    assert ls not in lab.leaf("leaf2").vtep_ctl("list-ls")
+    _wait(lambda: ls in lab.leaf("leaf2").vtep_ctl("list-ls"), 60, "reprogrammed")
+    _wait(lambda: audit(lab)[0] == 0, 60, "audit clean")
