@@ -105,12 +105,16 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             if placement is None:
                 LOG.debug("fabric_hwvtep: host %s not in the fabric topology", context.host)
                 return
-            dynamic = context.allocate_dynamic_segment(
-                {api.NETWORK_TYPE: n_const.TYPE_VLAN,
-                 api.PHYSICAL_NETWORK: placement.physical_network})
+            try:
+                dynamic = context.allocate_dynamic_segment(
+                    {api.NETWORK_TYPE: n_const.TYPE_VLAN,
+                     api.PHYSICAL_NETWORK: placement.physical_network})
+            except n_exc.NoNetworkAvailable:
+                dynamic = None        # the VLAN range is used up (nothing was allocated)
             if dynamic is None:
-                LOG.error("fabric_hwvtep: no VLAN left on physical network %(physnet)s for "
-                          "port %(port)s of network %(net)s",
+                LOG.error("fabric_hwvtep: cannot bind port %(port)s of network %(net)s: no "
+                          "VLAN left on physical network %(physnet)s (its VLAN range in "
+                          "[ml2_type_vlan] network_vlan_ranges is used up)",
                           {"physnet": placement.physical_network,
                            "port": context.current["id"],
                            "net": context.network.current["id"]})

@@ -303,8 +303,11 @@ class TestSameVlanTwoDVS(TwoDVSTestCase):
         # VLAN 100 is the only VLAN of physnet-dvs and network A has it: a third network
         # cannot be bound to C0 (VLAN 100 on physnet-dvs1 is no use to C0's hosts).
         net_c = self.vxlan_network("net-c")
-        port_c = self.make_port(net_c["id"], host=base.HOST_C0)
+        with self.assertLogs("networking_dvs_fabric.ml2.fabric_hwvtep", "ERROR") as logs:
+            port_c = self.make_port(net_c["id"], host=base.HOST_C0)
         self.assertNotBound(port_c)
+        # A clear reason naming the physical network, not a traceback.
+        self.assertIn(f"no VLAN left on physical network {PHYSNET0}", logs.output[0])
         self.assertEqual([], self.dynamic_segments(net_c["id"]))
         self.assertEqual([], ml2_db.get_binding_level_objs(self.ctx, port_c["id"],
                                                            base.HOST_C0))
