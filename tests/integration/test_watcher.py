@@ -127,6 +127,9 @@ def test_location_found_and_on_demand_binding_only_behind_the_vms_host(lab, neut
     row = wait_for(lambda: located(lab).get(port.id), what="port location")
     assert (row["esxi_host"], row["vm"], row["mac"]) == ("DC0_C0_H0", vm, port.mac_address)
     assert row["network_id"] == net.id
+    # The simulator's own VMs (no nvp.iface-id) are not Neutron's: never listed.
+    neutron_ports = {p.id for p in neutron.network.ports()}
+    assert set(located(lab)) <= neutron_ports
     # on_demand: only the leaf port facing the VM's host, not the whole cluster.
     wait_for(lambda: bindings(lab, net.id) == {(att.leaf, att.port)}, what="binding")
 
