@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from networking_dvs_fabric.db import migration
+from networking_dvs_fabric.db import migration, models
 from networking_dvs_fabric.lab import mariadb as lab_mariadb
 from networking_dvs_fabric.lab.procs import pid_alive
 
@@ -85,7 +85,8 @@ def test_migration_creates_the_models_schema(database, migrated):
     try:
         with engine.connect() as conn:
             inspector = sa.inspect(conn)
-            assert set(inspector.get_table_names()) == {TABLE, "alembic_version_dvs_fabric"}
+            assert set(inspector.get_table_names()) == set(models.OUR_TABLES) | {
+                "alembic_version_dvs_fabric"}
             assert migration.schema_diff(conn) == []
             precision = dict(conn.execute(sa.text(
                 "SELECT column_name, datetime_precision FROM information_schema.columns "

@@ -49,9 +49,12 @@ def leaves(tmp_path):
 
 
 def _expected_ports() -> dict[str, list[str]]:
+    """The ESXi hosts' ports from the attachments, plus the KVM host's."""
     ports: dict[str, list[str]] = {}
     for att in topology.attachments():
         ports.setdefault(att.leaf, []).append(att.port)
+    for leaf, port in topology.KVM_PORTS:
+        ports.setdefault(leaf, []).append(port)
     return ports
 
 
