@@ -80,11 +80,15 @@ class FabricSync:
         for leaf, networks in first.items():
             if networks != desired[leaf]:
                 note(self._converge(leaf, networks))
+        held = {n for n, verdict in verdicts.items() if verdict is not None}
         for leaf, networks in desired.items():
-            # Networks whose first step failed somewhere keep everything for now.
-            ready = {n: want for n, want in networks.items() if verdicts.get(n) is None}
-            if ready and leaf in first:
-                note(self._converge(leaf, ready))
+            if leaf not in first:
+                continue                      # not readable now: retried later
+            # A network whose first step failed somewhere (a leaf down) still gets
+            # everything it gains on the leaves that answer, but loses nothing yet.
+            target = {n: (first[leaf][n] if n in held else want)
+                      for n, want in networks.items()}
+            note(self._converge(leaf, target))
         return [verdicts[e.resource_id] for e in entries]
 
     def _converge(self, leaf: str,
