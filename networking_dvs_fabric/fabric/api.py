@@ -31,6 +31,12 @@ class LeafUnreachable(FabricError):
     temporary = True
 
 
+class LeafBusy(FabricError):
+    """The leaf's content changed under us (another writer got there first): retry."""
+
+    temporary = True
+
+
 class LeafRejected(FabricError):
     """The leaf refused a change for a reason retrying will not fix."""
 

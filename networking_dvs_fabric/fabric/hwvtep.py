@@ -24,8 +24,8 @@ from ovsdbapp.backend.ovs_idl import command
 
 from networking_dvs_fabric.fabric.api import (MARKER_KEY, MARKER_VALUE, NETWORK_ID_KEY,
                                               ConvergeResult, FabricBackend, FabricError,
-                                              LeafRejected, LeafSpec, LeafUnreachable,
-                                              NetworkOnLeaf)
+                                              LeafBusy, LeafRejected, LeafSpec,
+                                              LeafUnreachable, NetworkOnLeaf)
 from networking_dvs_fabric.fabric.ovsdb_conn import LeafConnection
 
 LOG = logging.getLogger(__name__)
@@ -332,6 +332,10 @@ class _ConvergeCommand(command.BaseCommand):
         self.result = todo
 
 
+# OVSDB's words when a transaction would duplicate a row of a table with an index.
+_CONCURRENT_WRITER = "identical values"
+
+
 class HwvtepBackend(FabricBackend):
     """Every leaf of the topology over its own lazily opened OVSDB connection."""
 
@@ -388,6 +392,10 @@ class HwvtepBackend(FabricBackend):
         except RuntimeError as exc:
             if "timed out" in str(exc):
                 raise LeafUnreachable(f"leaf {leaf} at {endpoint}: {exc}") from exc
+            if _CONCURRENT_WRITER in str(exc):
+                # Another worker process wrote the same row (e.g. a locator for the same
+                # tunnel IP) just before us, and our replica had not seen it yet.
+                raise LeafBusy(f"leaf {leaf} at {endpoint}: {exc}") from exc
             LOG.warning("leaf %(leaf)s rejected the transaction: %(err)s",
                         {"leaf": leaf, "err": exc})
             raise LeafRejected(f"leaf {leaf} at {endpoint}: {exc}") from exc

@@ -11,7 +11,7 @@ import urllib.parse
 from typing import Any
 
 from pyVim.connect import Disconnect, SmartConnect
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,16 +56,21 @@ class VCenterProbe:
         raise LookupError(f"no DVS named {name}")
 
     def port_groups(self, dvs_name: str) -> list[PortGroupView]:
+        """The DVS's port groups; one deleted while being read is simply not listed
+        (the workers delete port groups at any moment)."""
         switch = self.dvs(dvs_name)
         views = []
         for pg in switch.portgroup:
-            setting = pg.config.defaultPortConfig
-            vlan_spec = getattr(setting, "vlan", None)
+            try:
+                config = pg.config
+                name, key = pg.name, pg.key
+            except vmodl.fault.ManagedObjectNotFound:
+                continue
+            vlan_spec = getattr(config.defaultPortConfig, "vlan", None)
             vlan = getattr(vlan_spec, "vlanId", None)
             views.append(PortGroupView(
-                name=pg.name, key=pg.key,
-                vlan=int(vlan) if isinstance(vlan, int) else None,
-                description=pg.config.description or "", dvs_uuid=switch.uuid))
+                name=name, key=key, vlan=int(vlan) if isinstance(vlan, int) else None,
+                description=config.description or "", dvs_uuid=switch.uuid))
         return views
 
     def port_groups_of_network(self, dvs_name: str, network_id: str) -> list[PortGroupView]:
