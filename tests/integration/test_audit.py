@@ -73,7 +73,8 @@ def test_clean_then_drift_found_then_repaired(lab):
         WaitForTask(gone.Destroy_Task())
         foreign = _add_port_group(nova, "someone-elses-pg", 42)
     leaf1 = lab.leaf("leaf1")
-    vlan = leaf1.vtep_ctl("list-bindings", "leaf1", "swp1").split()[0]
+    # vtep-ctl prints VLANs zero-padded ("0742") and would read that back as octal.
+    vlan = str(int(leaf1.vtep_ctl("list-bindings", "leaf1", "swp1").split()[0], 10))
     leaf1.vtep_ctl("unbind-ls", "leaf1", "swp1", vlan)
     orphan = str(uuid.uuid4())
     backend = HwvtepBackend([LeafSpec("leaf2", lab.leaf("leaf2").ovsdb, "192.0.2.2")])

@@ -17,6 +17,7 @@ import pytest
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.leaves import LeafSwitch
+from networking_dvs_fabric.lab.procs import LabError
 from tests.integration.conftest import connect, start_lab, unique
 
 HOST_C0 = topology.compute_host("DC0_C0")
@@ -49,13 +50,19 @@ def snapshot(lab: Lab) -> dict[str, dict]:
     for name, leaf in leaves(lab).items():
         switches = {}
         for ls in leaf.vtep_ctl("list-ls").split():
-            switches[ls] = {
-                "vni": leaf.vtep_ctl("get", "Logical_Switch", ls, "tunnel_key").strip(),
-                "macs": sorted(line.strip() for line in
-                               leaf.vtep_ctl("list-remote-macs", ls).splitlines()
-                               if " -> " in line)}
-        bindings = {port: leaf.vtep_ctl("list-bindings", name, port).split()
-                    for port in leaf.ports}
+            try:
+                switches[ls] = {
+                    "vni": leaf.vtep_ctl("get", "Logical_Switch", ls, "tunnel_key").strip(),
+                    "macs": sorted(line.strip() for line in
+                                   leaf.vtep_ctl("list-remote-macs", ls).splitlines()
+                                   if " -> " in line)}
+            except LabError:
+                continue      # removed by the worker between two vtep-ctl calls
+        bindings = {}
+        for port in leaf.ports:
+            words = leaf.vtep_ctl("list-bindings", name, port).split()
+            # "0742 dvsf-..." -> ["742", "dvsf-..."]: vtep-ctl zero-pads VLANs.
+            bindings[port] = [str(int(w, 10)) if w.isdigit() else w for w in words]
         rows = {table: leaf.vtep_ctl("--columns=_uuid", "list", table).count("_uuid")
                 for table in ("Logical_Switch", "Ucast_Macs_Remote", "Mcast_Macs_Remote",
                               "Physical_Locator")}
