@@ -33,15 +33,21 @@ NOOP_PHYSNET = "physnet-noop"
 LATER_RATIO_TARGET = 1.2
 
 
+def percentile(ordered: list[float], p: float) -> float:
+    """The nearest-rank ``p`` percentile (0 < p <= 1) of already sorted samples."""
+    return ordered[min(len(ordered) - 1, max(0, round(p * len(ordered)) - 1))]
+
+
 def _summary(samples: list[float]) -> dict[str, float | int]:
     ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
     return {"n": len(ordered), "median_ms": round(statistics.median(ordered) * 1000, 2),
-            "p95_ms": round(p95 * 1000, 2)}
+            "p95_ms": round(percentile(ordered, 0.95) * 1000, 2)}
 
 
-def _progress(text: str) -> None:
+def progress(text: str) -> None:
+    """Progress of a long benchmark, on stderr (stdout carries the result)."""
     print(f"bench: {text}", file=sys.stderr, flush=True)
+
 
 
 def _timed_port(client: NeutronClient, network_id: str, host: str, vif_type: str) -> float:
@@ -107,7 +113,7 @@ def bench_bind(lab_dir: Path | None = None, networks: int = 60, ports: int = 2) 
     if lab.state() is not None:
         raise LabError(f"a lab is running in {lab.dir}; the benchmark needs its own: "
                        "leave out --lab-dir or stop that lab first")
-    _progress(f"starting a lab in {lab.dir}")
+    progress(f"starting a lab in {lab.dir}")
     status = lab.up(
         mechanism_drivers="vsphere_dvs,dvs_fabric_noop_vlan",
         extra_config={
@@ -141,7 +147,7 @@ def bench_bind(lab_dir: Path | None = None, networks: int = 60, ports: int = 2) 
                     samples[kind]["later"].append(
                         _timed_port(client, net["id"], host, vif_type))
             probe.measure()
-            _progress(f"network {i + 1}/{networks} of each kind done")
+            progress(f"network {i + 1}/{networks} of each kind done")
         task = probe.samples
         server_side = _ensure_times(lab.dir / "logs" / "neutron-api.log")
     finally:

@@ -22,12 +22,13 @@ import concurrent.futures
 import re
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from networking_dvs_fabric.cmd.bench import percentile
+from networking_dvs_fabric.cmd.bench import progress as _progress
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.client import NeutronClient
 from networking_dvs_fabric.lab.lab import Lab
@@ -45,19 +46,13 @@ WARM_UP = 4          # API processes of a MariaDB lab
 _TXN_LINE = re.compile(r"leaf (\S+): \d+ changes for \d+ networks in one transaction")
 
 
-def _progress(text: str) -> None:
-    print(f"bench: {text}", file=sys.stderr, flush=True)
-
-
 def _ms(values: list[float]) -> dict[str, float | int]:
     ordered = sorted(values)
     if not ordered:
         return {"n": 0}
-
-    def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, round(p * len(ordered)) - 1))]
     return {"n": len(ordered), "median_ms": round(statistics.median(ordered) * 1000, 2),
-            "p95_ms": round(pct(0.95) * 1000, 2), "p99_ms": round(pct(0.99) * 1000, 2)}
+            "p95_ms": round(percentile(ordered, 0.95) * 1000, 2),
+            "p99_ms": round(percentile(ordered, 0.99) * 1000, 2)}
 
 
 def _timed(func, *args, **kwargs) -> tuple[Any, float, float]:

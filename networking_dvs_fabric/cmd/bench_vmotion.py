@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from networking_dvs_fabric.cmd.bench import percentile
+from networking_dvs_fabric.cmd.bench import progress as _progress
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.client import NeutronClient
 from networking_dvs_fabric.lab.lab import Lab
@@ -39,10 +40,6 @@ HOSTS = ("DC0_C0_H0", "DC0_C0_H1")     # behind leaf1 and leaf2
 OBSERVER_HOST = "DC0_C0_H2"            # behind leaf3
 
 
-def _progress(text: str) -> None:
-    print(f"bench: {text}", file=sys.stderr, flush=True)
-
-
 def _att(host: str) -> topology.Attachment:
     return next(a for a in topology.attachments() if a.esxi_host == host)
 
@@ -51,11 +48,9 @@ def _ms(values: list[float]) -> dict:
     ordered = sorted(values)
     if not ordered:
         return {"n": 0}
-
-    def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, round(p * len(ordered)) - 1))]
     return {"n": len(ordered), "median_ms": round(statistics.median(ordered) * 1000, 1),
-            "p99_ms": round(pct(0.99) * 1000, 1), "max_ms": round(ordered[-1] * 1000, 1)}
+            "p99_ms": round(percentile(ordered, 0.99) * 1000, 1),
+            "max_ms": round(ordered[-1] * 1000, 1)}
 
 
 def _until(check, timeout: float = TIMEOUT) -> float | None:

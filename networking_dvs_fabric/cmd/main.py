@@ -123,6 +123,11 @@ def _positive(value: str) -> int:
     return number
 
 
+def _config_file_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--config-file", action="append", default=[],
+                        help=f"{what} (repeatable; default: the running lab's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dvs-fabric", description=__doc__)
     parser.add_argument("--lab-dir", help="where the lab keeps its state, configs and logs "
@@ -152,9 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     journal = sub.add_parser("journal", help="the journal: pending, failed and recent work")
-    journal.add_argument("--config-file", action="append", default=[],
-                         help="Neutron config file naming the database (repeatable; "
-                              "default: the running lab's)")
+    _config_file_arg(journal, "Neutron config file naming the database")
     journal.add_argument("--state", action="append", choices=("pending", "processing",
                                                               "failed", "completed"),
                          help="only rows in this state (repeatable)")
@@ -164,9 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ports = sub.add_parser("ports", help="where each port's VM runs (the vCenter watcher)")
     ports.add_argument("--network", help="only this network's ports (its UUID)")
-    ports.add_argument("--config-file", action="append", default=[],
-                       help="Neutron config file naming the database (repeatable; "
-                            "default: the running lab's)")
+    _config_file_arg(ports, "Neutron config file naming the database")
     ports.add_argument("--json", action="store_true", help="print the rows as JSON")
     ports.set_defaults(func=cmd_ports)
 
@@ -174,9 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "leaves (read-only); exit 0 clean, 1 drift, 2 unreadable"),
                              ("sync", cmd_sync, "repair what audit finds (ours only)")):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--config-file", action="append", default=[],
-                         help="Neutron config files: neutron.conf and ml2_conf.ini "
-                              "(repeatable; default: the running lab's)")
+        _config_file_arg(cmd, "Neutron config files: neutron.conf and ml2_conf.ini")
         if name == "audit":
             cmd.add_argument("--json", action="store_true", help="print the drift as JSON")
         else:

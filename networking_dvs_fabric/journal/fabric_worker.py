@@ -9,7 +9,6 @@ is retried network by network, so only the network at fault is marked failed.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Sequence
 
 from oslo_config import cfg
@@ -20,9 +19,8 @@ from networking_dvs_fabric.fabric.desired import desired_state, make_before_brea
 from networking_dvs_fabric.fabric.intent import read_intents
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.journal.full_sync import FullSync
-from networking_dvs_fabric.journal.worker import (HOUSEKEEPING_INTERVAL, JournalWorker,
-                                                  PermanentFailure, TemporaryFailure,
-                                                  WorkerSettings)
+from networking_dvs_fabric.journal.worker import (JournalWorker, PermanentFailure,
+                                                  TemporaryFailure, WorkerSettings)
 from networking_dvs_fabric.sync.audit import Parts
 from networking_dvs_fabric.vcenter import errors
 
@@ -135,13 +133,10 @@ class FabricWorker(JournalWorker):
                      getattr(directory, "backend", None), self.sync.backend,
                      self._driver.mac_distribution, self._driver.mode)
 
-    def _housekeeping(self, context) -> None:
-        due = time.monotonic() - self._last_housekeeping >= HOUSEKEEPING_INTERVAL
-        super()._housekeeping(context)
-        if due:
-            why = self.full_sync.due()
-            if why:
-                self.full_sync.run(context, why)
+    def on_housekeeping(self, context) -> None:
+        why = self.full_sync.due()
+        if why:
+            self.full_sync.run(context, why)
 
     def wait(self) -> None:
         super().wait()

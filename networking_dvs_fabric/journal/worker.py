@@ -182,3 +182,7 @@ class JournalWorker(worker.BaseWorker):
             LOG.warning("%s: took back %d journal entries claimed by workers that died",
                         self.name, released)
         store.prune(context, self.settings.completed_retention)
+        self.on_housekeeping(context)
+
+    def on_housekeeping(self, context) -> None:
+        """Subclasses' periodic extra work, run with the housekeeping (every 10 s)."""

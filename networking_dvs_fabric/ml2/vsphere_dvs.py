@@ -23,7 +23,6 @@ from oslo_config import cfg
 from networking_dvs_fabric import opts
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.journal.wakeup import Waker
-from networking_dvs_fabric.ml2 import db
 from networking_dvs_fabric.ml2.sweeper import PortGroupSweeper
 from networking_dvs_fabric.vcenter import errors, naming
 from networking_dvs_fabric.vcenter.backend import BackendSettings, VSphereBackend

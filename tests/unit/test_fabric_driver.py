@@ -12,18 +12,15 @@ import tempfile
 from pathlib import Path
 
 import dvs_ml2_base as base
-import yaml
+import fabric_base
 from neutron.db import segments_db
 from neutron.plugins.ml2 import db as ml2_db
 from neutron.tests.common import helpers as agent_helpers
-from neutron_lib import constants as n_const
-from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
 from oslo_config import cfg
 
 from networking_dvs_fabric import opts
 from networking_dvs_fabric.journal import store
-from networking_dvs_fabric.journal.fabric_worker import FabricWorker
 from networking_dvs_fabric.lab import topology as lab_topology
 from networking_dvs_fabric.lab.leaves import LeafSwitch
 
@@ -102,8 +99,9 @@ class LeafView:
                 if mac == "unknown-dst"}
 
 
-class FabricHwvtepTestCase(base.VSphereDVSTestCase):
+class FabricHwvtepTestCase(fabric_base.FabricTestCase):
     shared = _SIM
+    fabric_leaves = _LEAVES
     _mechanism_drivers = ["fabric_hwvtep", "vsphere_dvs", "openvswitch"]
     vlan_ranges = [f"{base.PHYSNET}:100:3999", f"{KVM_PHYSNET}:100:3999"]
     vni_ranges = ["5000:5999"]
@@ -112,51 +110,6 @@ class FabricHwvtepTestCase(base.VSphereDVSTestCase):
         options = super().vsphere_options()
         options["host_mappings"] = [f"{base.HOST_C0}:DC0_C0", f"{base.HOST_C1}:DC0_C1"]
         return options
-
-    def start_plugin(self) -> None:
-        topo = lab_topology.fabric_topology({item.name: item.ovsdb for item in _LEAVES})
-        path = Path(tempfile.mkdtemp(prefix="fabric-topo-")) / "topology.yaml"
-        path.write_text(yaml.safe_dump(topo))
-        self.addCleanup(shutil.rmtree, path.parent, True)
-        opts.register_opts(cfg.CONF)
-        for name, value in {"topology_file": str(path), "wakeup_listen": "",
-                            "wakeup_targets": [], "ovsdb_connect_timeout": 3.0,
-                            "retry_initial_delay": 0.05}.items():
-            cfg.CONF.set_override(name, value, group=opts.FABRIC_GROUP)
-        super().start_plugin()
-        self.fabric = self.driver.mechanism_manager.mech_drivers["fabric_hwvtep"].obj
-        self.worker = FabricWorker(self.fabric)
-        self.addCleanup(self._close_worker)
-        self.addCleanup(self._clean_leaves)
-        self.ctx = n_context.get_admin_context()
-
-    def _close_worker(self) -> None:
-        if self.worker.sync._backend is not None:
-            self.worker.sync._backend.close()
-
-    def _clean_leaves(self) -> None:
-        # Each test starts from empty leaves: remove what the test's networks left.
-        for item in _LEAVES:
-            view = LeafView(item)
-            for port in item.ports:
-                for vlan in view.bindings(port):
-                    item.vtep_ctl("unbind-ls", item.name, port, str(vlan))
-            for ls in view.logical_switches():
-                item.vtep_ctl("clear-remote-macs", ls)
-                item.vtep_ctl("clear-local-macs", ls)
-                item.vtep_ctl("del-ls", ls)
-
-    # -- helpers ----------------------------------------------------------------
-    def vxlan_network(self, name: str = "tenant") -> dict:
-        return self.make_network(name, network_type="vxlan", physnet=None)
-
-    def converge(self) -> int:
-        """Run the worker until the journal has nothing ready; returns passes run."""
-        passes = 0
-        while self.worker.run_once():
-            passes += 1
-            self.assertLess(passes, 20, "the journal never drained")
-        return passes
 
     def pending(self) -> list[dict]:
         return store.rows(self.ctx, states=[store.PENDING, store.PROCESSING])

@@ -18,17 +18,14 @@ import tempfile
 from pathlib import Path
 
 import dvs_ml2_base as base
-import yaml
+import fabric_base
+from fabric_base import bindings, logical_switches
 from neutron.db import segments_db
 from neutron.plugins.ml2 import db as ml2_db
 from neutron.tests.common import helpers as agent_helpers
 from neutron_lib import constants as n_const
-from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
-from oslo_config import cfg
 
-from networking_dvs_fabric import opts
-from networking_dvs_fabric.journal.fabric_worker import FabricWorker
 from networking_dvs_fabric.lab import topology as lab_topology
 from networking_dvs_fabric.lab.leaves import LeafSwitch
 
@@ -68,72 +65,17 @@ def leaf(name: str) -> LeafSwitch:
     return next(item for item in _LEAVES if item.name == name)
 
 
-def logical_switches(switch: LeafSwitch) -> dict[str, int]:
-    out = {}
-    for name in switch.vtep_ctl("list-ls").split():
-        key = switch.vtep_ctl("get", "Logical_Switch", name, "tunnel_key").strip()
-        out[name] = int(key) if key.isdigit() else -1
-    return out
-
-
-def bindings(switch: LeafSwitch, port: str) -> dict[int, str]:
-    out = {}
-    for line in switch.vtep_ctl("list-bindings", switch.name, port).splitlines():
-        vlan, ls = line.split()
-        out[int(vlan)] = ls
-    return out
-
-
-class FabricSriovTestCase(base.VSphereDVSTestCase):
+class FabricSriovTestCase(fabric_base.FabricTestCase):
     shared = _SIM
+    fabric_leaves = _LEAVES
     _mechanism_drivers = ["fabric_hwvtep", "vsphere_dvs", "sriovnicswitch"]
     vlan_ranges = [f"{base.PHYSNET}:100:3999", f"{KVM_PHYSNET}:100:3999"]
     vni_ranges = ["5000:5999"]
-
-    def start_plugin(self) -> None:
-        topo = lab_topology.fabric_topology({item.name: item.ovsdb for item in _LEAVES})
-        path = Path(tempfile.mkdtemp(prefix="fabric-sriov-topo-")) / "topology.yaml"
-        path.write_text(yaml.safe_dump(topo))
-        self.addCleanup(shutil.rmtree, path.parent, True)
-        opts.register_opts(cfg.CONF)
-        for name, value in {"topology_file": str(path), "wakeup_listen": "",
-                            "wakeup_targets": [], "ovsdb_connect_timeout": 3.0,
-                            "retry_initial_delay": 0.05}.items():
-            cfg.CONF.set_override(name, value, group=opts.FABRIC_GROUP)
-        super().start_plugin()
-        self.fabric = self.driver.mechanism_manager.mech_drivers["fabric_hwvtep"].obj
-        self.worker = FabricWorker(self.fabric)
-        self.addCleanup(self._close_worker)
-        self.addCleanup(self._clean_leaves)
-        self.ctx = n_context.get_admin_context()
-
-    def _close_worker(self) -> None:
-        if self.worker.sync._backend is not None:
-            self.worker.sync._backend.close()
-
-    def _clean_leaves(self) -> None:
-        for item in _LEAVES:
-            for port in item.ports:
-                for vlan in bindings(item, port):
-                    item.vtep_ctl("unbind-ls", item.name, port, str(vlan))
-            for ls in logical_switches(item):
-                item.vtep_ctl("clear-remote-macs", ls)
-                item.vtep_ctl("clear-local-macs", ls)
-                item.vtep_ctl("del-ls", ls)
-
-    def converge(self) -> int:
-        passes = 0
-        while self.worker.run_once():
-            passes += 1
-            self.assertLess(passes, 20, "the journal never drained")
-        return passes
 
     def dynamic_segments(self, network_id: str) -> list[dict]:
         return list(segments_db.get_network_segments(self.ctx, network_id,
                                                      filter_dynamic=True))
 
-    def vxlan_network(self, name: str = "tenant") -> dict:
-        return self.make_network(name, network_type="vxlan", physnet=None)
 
     def vf_port(self, network_id: str, host: str = KVM_HOST) -> dict:
         """A direct port as Nova creates it: binding:profile is writable by the service

@@ -25,17 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import dvs_ml2_base as base
-import yaml
+import fabric_base
+from fabric_base import bindings, logical_switches
 from neutron.db import segments_db
 from neutron.plugins.ml2 import db as ml2_db
-from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
-from oslo_config import cfg
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
-from networking_dvs_fabric import opts
-from networking_dvs_fabric.journal.fabric_worker import FabricWorker
 from networking_dvs_fabric.lab import topology as lab_topology
 from networking_dvs_fabric.lab.leaves import LeafSwitch
 
@@ -140,28 +137,13 @@ def topology() -> dict:
 
 
 # -- reading the leaves with vtep-ctl, independently of the code under test ----------
-def logical_switches(switch: LeafSwitch) -> dict[str, int]:
-    out = {}
-    for name in switch.vtep_ctl("list-ls").split():
-        key = switch.vtep_ctl("get", "Logical_Switch", name, "tunnel_key").strip()
-        out[name] = int(key) if key.isdigit() else -1
-    return out
-
-
-def bindings(switch: LeafSwitch, port: str) -> dict[int, str]:
-    out = {}
-    for line in switch.vtep_ctl("list-bindings", switch.name, port).splitlines():
-        vlan, ls = line.split()
-        out[int(vlan)] = ls
-    return out
-
-
 def all_bindings(switch: LeafSwitch) -> dict[str, dict[int, str]]:
     return {port: bindings(switch, port) for port in switch.ports}
 
 
-class TwoDVSTestCase(base.VSphereDVSTestCase):
+class TwoDVSTestCase(fabric_base.FabricTestCase):
     shared = _SIM
+    fabric_leaves = _LEAVES
     _mechanism_drivers = ["fabric_hwvtep", "vsphere_dvs"]
     # One VLAN per physical network: both networks must get VLAN 100.
     vlan_ranges = [f"{PHYSNET0}:{VLAN}:{VLAN}", f"{PHYSNET1}:{VLAN}:{VLAN}"]
@@ -173,46 +155,8 @@ class TwoDVSTestCase(base.VSphereDVSTestCase):
         options["host_mappings"] = [f"{base.HOST_C0}:{C0}", f"{base.HOST_C1}:{C1}"]
         return options
 
-    def start_plugin(self) -> None:
-        path = Path(tempfile.mkdtemp(prefix="fabric-2dvs-topo-")) / "topology.yaml"
-        path.write_text(yaml.safe_dump(topology()))
-        self.addCleanup(shutil.rmtree, path.parent, True)
-        opts.register_opts(cfg.CONF)
-        for name, value in {"topology_file": str(path), "wakeup_listen": "",
-                            "wakeup_targets": [], "ovsdb_connect_timeout": 3.0,
-                            "retry_initial_delay": 0.05}.items():
-            cfg.CONF.set_override(name, value, group=opts.FABRIC_GROUP)
-        super().start_plugin()
-        self.fabric = self.driver.mechanism_manager.mech_drivers["fabric_hwvtep"].obj
-        self.worker = FabricWorker(self.fabric)
-        self.addCleanup(self._close_worker)
-        self.addCleanup(self._clean_leaves)
-        self.ctx = n_context.get_admin_context()
-
-    def _close_worker(self) -> None:
-        if self.worker.sync._backend is not None:
-            self.worker.sync._backend.close()
-
-    def _clean_leaves(self) -> None:
-        for item in _LEAVES:
-            for port in item.ports:
-                for vlan in bindings(item, port):
-                    item.vtep_ctl("unbind-ls", item.name, port, str(vlan))
-            for ls in logical_switches(item):
-                item.vtep_ctl("clear-remote-macs", ls)
-                item.vtep_ctl("clear-local-macs", ls)
-                item.vtep_ctl("del-ls", ls)
-
-    # -- helpers ----------------------------------------------------------------
-    def vxlan_network(self, name: str) -> dict:
-        return self.make_network(name, network_type="vxlan", physnet=None)
-
-    def converge(self) -> int:
-        passes = 0
-        while self.worker.run_once():
-            passes += 1
-            self.assertLess(passes, 20, "the journal never drained")
-        return passes
+    def fabric_topology(self) -> dict[str, Any]:
+        return topology()
 
     def dynamic_segments(self, network_id: str) -> list[tuple[str, int]]:
         return sorted((s["physical_network"], s["segmentation_id"])
