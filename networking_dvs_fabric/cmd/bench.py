@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from networking_dvs_fabric.cmd import cpu_pinning
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.client import NeutronClient
 from networking_dvs_fabric.lab.lab import Lab
@@ -107,7 +108,8 @@ def _ensure_times(log: Path) -> dict[str, float | int]:
             "vcenter_median_ms": round(statistics.median(slow), 2) if slow else None}
 
 
-def bench_bind(lab_dir: Path | None = None, networks: int = 60, ports: int = 2) -> dict:
+def bench_bind(lab_dir: Path | None = None, networks: int = 60, ports: int = 2,
+               pin: bool = True) -> dict:
     own_dir = lab_dir is None
     lab = Lab(lab_dir or Path(tempfile.mkdtemp(prefix="dvs-fabric-bench-")))
     if lab.state() is not None:
@@ -122,6 +124,7 @@ def bench_bind(lab_dir: Path | None = None, networks: int = 60, ports: int = 2) 
             "ml2_noop_vlan": {"physical_networks": NOOP_PHYSNET},
             # The clean-up sweep is background work, not part of a bind: keep it quiet.
             "ml2_vsphere": {"cleanup_interval": "3600"}})
+    pinning = cpu_pinning.pin_labs([lab]) if pin else None
     host = topology.compute_host(topology.CLUSTERS[0])
     kinds = {"vsphere_dvs": (topology.PHYSICAL_NETWORK, "dvs"),
              "baseline_noop": (NOOP_PHYSNET, "other")}
@@ -155,10 +158,12 @@ def bench_bind(lab_dir: Path | None = None, networks: int = 60, ports: int = 2) 
             probe.close()
         # The lab is thrown away with everything in it; nothing to delete one by one.
         lab.down()
+        cpu_pinning.restore(pinning)
         if own_dir:
             shutil.rmtree(lab.dir, ignore_errors=True)
     result = _result(samples, task, networks, ports)
     result["server_side_port_group_ensure"] = server_side
+    result["cpu_pinning"] = pinning
     return result
 
 

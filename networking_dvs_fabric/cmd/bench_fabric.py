@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from networking_dvs_fabric.cmd import cpu_pinning
 from networking_dvs_fabric.cmd.bench import percentile
 from networking_dvs_fabric.cmd.bench import progress as _progress
 from networking_dvs_fabric.lab import topology
@@ -103,13 +104,14 @@ def _wait_gone(watch: LeafWatch, wanted: list[tuple[str, str, str]], timeout: fl
     return False
 
 
-def bench_fabric(networks: int = 1000, bulk: int = 1000, lab_dir: Path | None = None) -> dict:
+def bench_fabric(networks: int = 1000, bulk: int = 1000, lab_dir: Path | None = None,
+                 pin: bool = True) -> dict:
     base_dir = Path(lab_dir) if lab_dir else Path(tempfile.mkdtemp(prefix="dvs-fabric-bench-"))
     ours_lab, base_lab = Lab(base_dir / "ours"), Lab(base_dir / "baseline")
     for lab in (ours_lab, base_lab):
         if lab.state() is not None:
             raise LabError(f"a lab is running in {lab.dir}; the benchmark needs its own")
-    watch = None
+    watch = pinning = None
     try:
         _progress(f"starting our lab in {ours_lab.dir}")
         ours_lab.up(mechanism_drivers="fabric_hwvtep,vsphere_dvs", db="mariadb",
@@ -118,6 +120,7 @@ def bench_fabric(networks: int = 1000, bulk: int = 1000, lab_dir: Path | None = 
         base_lab.up(mechanism_drivers="dvs_fabric_noop_vlan", db="mariadb",
                     extra_config={"ml2": {"project_network_types": "vxlan"},
                                   "ml2_noop_vlan": {"vxlan_too": "true"}})
+        pinning = cpu_pinning.pin_labs([ours_lab, base_lab]) if pin else None
         ours, base = _Side(ours_lab), _Side(base_lab)
         leaves = {leaf["name"]: leaf["ovsdb"] for leaf in ours_lab.status()["leaves"]}
         watch = LeafWatch(leaves).start()
@@ -157,9 +160,12 @@ def bench_fabric(networks: int = 1000, bulk: int = 1000, lab_dir: Path | None = 
             watch.stop()
         for lab in (ours_lab, base_lab):
             lab.down()
+        cpu_pinning.restore(pinning)
         if lab_dir is None:
             shutil.rmtree(base_dir, ignore_errors=True)
-    return _result(ours, base, converge, missed, bulk_result, networks)
+    result = _result(ours, base, converge, missed, bulk_result, networks)
+    result["cpu_pinning"] = pinning
+    return result
 
 
 def _bulk(lab: Lab, side: _Side, watch: LeafWatch, host: str, count: int) -> dict:

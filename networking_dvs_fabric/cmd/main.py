@@ -95,7 +95,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_bench_bind(args: argparse.Namespace) -> int:
     from networking_dvs_fabric.cmd import bench
     result = bench.bench_bind(Path(args.lab_dir) if args.lab_dir else None,
-                              networks=args.networks, ports=args.ports)
+                              networks=args.networks, ports=args.ports, pin=not args.no_pin)
     print(json.dumps(result, indent=2) if args.json else bench.format_text(result))
     return 0 if result.get("targets_met", True) else 3
 
@@ -103,7 +103,8 @@ def cmd_bench_bind(args: argparse.Namespace) -> int:
 def cmd_bench_fabric(args: argparse.Namespace) -> int:
     from networking_dvs_fabric.cmd import bench_fabric
     result = bench_fabric.bench_fabric(networks=args.networks, bulk=args.bulk,
-                                       lab_dir=Path(args.lab_dir) if args.lab_dir else None)
+                                       lab_dir=Path(args.lab_dir) if args.lab_dir else None,
+                                       pin=not args.no_pin)
     print(json.dumps(result, indent=2) if args.json else bench_fabric.format_text(result))
     return 0 if result.get("targets_met", True) else 3
 
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     bind.add_argument("--networks", type=int, default=60,
                       help="networks per driver (first-port samples)")
     bind.add_argument("--ports", type=int, default=2, help="later ports per network")
+    bind.add_argument("--no-pin", action="store_true", help="do not give Neutron's API a CPU of its own (see docs/benchmarks)")
     bind.set_defaults(func=cmd_bench_bind)
     fabric = bench_sub.add_parser(
         "fabric", help="fabric_hwvtep: API latency vs a baseline Neutron, convergence to "
@@ -199,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     fabric.add_argument("--json", action="store_true", help="print the result as JSON")
     fabric.add_argument("--networks", type=_positive, default=1000,
                         help="networks measured one by one (latency and convergence)")
+    fabric.add_argument("--no-pin", action="store_true", help="do not give Neutron's API a CPU of its own (see docs/benchmarks)")
     fabric.add_argument("--bulk", type=int, default=1000,
                         help="networks created while the worker is stopped (0: skip)")
     fabric.set_defaults(func=cmd_bench_fabric)
