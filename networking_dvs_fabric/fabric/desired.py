@@ -77,7 +77,12 @@ def _network(intent: NetworkIntent, topology: Topology, directory: HostDirectory
         else:
             for leaf_port in placement.leaf_ports:
                 bindings[leaf_port.leaf].add((leaf_port.port, port.vlan))
-        if port.active and where is not None and where.leaf_ports:
+        moving = port.vm_destination is not None and port.vm_destination != port.vm_host
+        if port.active and where is not None and where.leaf_ports and not moving:
+            # A VM being migrated has no remote MAC anywhere: its frames are flooded to
+            # every leaf of the network, so they reach it before and after the
+            # switchover, whichever leaf it is behind; it gets its entries back, at
+            # the destination's tunnel IP, once vCenter shows it arrived.
             macs[port.mac] = where.location or sorted(where.leaf_ports)[0].leaf
     controller = mac_distribution == "controller"
     result: dict[str, NetworkOnLeaf] = {}
