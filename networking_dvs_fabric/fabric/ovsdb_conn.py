@@ -81,7 +81,7 @@ def fetch_schema(spec: LeafSpec, timeout: float) -> dict:
     err, strm = stream.Stream.open_block(stream.Stream.open(spec.ovsdb),
                                          int(timeout * 1000))
     if err:
-        raise _unreachable(spec, os.strerror(err))
+        raise _unreachable(spec, os.strerror(err), err)
     rpc = jsonrpc.Connection(strm)
     try:
         request = jsonrpc.Message.create_request("get_schema", [SCHEMA])
@@ -97,7 +97,8 @@ def fetch_schema(spec: LeafSpec, timeout: float) -> dict:
                     raise FabricError(f"leaf {spec.name}: {spec.ovsdb} has no "
                                       f"{SCHEMA} database: {msg.error}")
                 return msg.result
-        raise _unreachable(spec, os.strerror(err) if err > 0 else "connection closed")
+        raise _unreachable(spec, os.strerror(err) if err > 0 else "connection closed",
+                           err if err > 0 else 0)
     finally:
         rpc.close()
 
@@ -115,7 +116,18 @@ def _wait_rpc(rpc: jsonrpc.Connection, deadline: float) -> int:
     return 0
 
 
-def _unreachable(spec: LeafSpec, why: str) -> LeafUnreachable:
+# Errors that say nothing about TLS: the leaf is simply not there (yet).
+_NOT_TLS = {errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
+            errno.ECONNRESET}
+
+
+def _unreachable(spec: LeafSpec, why: str, err: int = 0) -> LeafUnreachable:
+    if spec.ssl is not None and spec.ovsdb.startswith("ssl:") and err not in _NOT_TLS:
+        # python-ovs reports a failed certificate check as a bare errno (EPERM,
+        # EPROTO, or the connection closing): say what it means.
+        why = (f"SSL handshake failed ({why}): the leaf's certificate did not verify "
+               f"against ca_cert {spec.ssl.ca_cert}, or the leaf refused our certificate "
+               f"{spec.ssl.certificate}")
     return LeafUnreachable(f"leaf {spec.name} at {spec.ovsdb}: {why}")
 
 
@@ -193,7 +205,7 @@ class LeafConnection:
         except Exception as exc:
             conn.stop(timeout=1)
             leaf_idl.close()
-            raise _unreachable(spec, f"no initial sync: {exc!r}") from exc
+            raise _unreachable(spec, f"no initial sync: {exc!r}", errno.ETIMEDOUT) from exc
         conn.timeout = self.txn_timeout  # from now on it bounds transactions
         return api
 
@@ -205,7 +217,7 @@ class LeafConnection:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise _unreachable(self.spec, "not connected after "
-                                       f"{self.connect_timeout:g} s")
+                                       f"{self.connect_timeout:g} s", errno.ETIMEDOUT)
                 leaf_idl.changed.wait(min(remaining, 0.5))
 
     def close(self) -> None:

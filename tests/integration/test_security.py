@@ -266,6 +266,9 @@ def test_ovsdb_over_ssl_trusts_only_its_ca(tmp_path):
         print(f"untrusted CA: {refused} after {refused_after:.1f} s")
         assert refused["ok"] is False and refused["error"] == "LeafUnreachable", refused
         assert "leaf-ssl" in refused["message"]
+        # The operator is told why, naming the CA file in use.
+        assert "certificate did not verify" in refused["message"], refused
+        assert pki["ca2"] in refused["message"], refused
         # The server saw the client abort the handshake because of the CA.
         assert "unknown ca" in (tmp_path / "ssl-server.log").read_text(errors="replace")
         assert contents() == before
