@@ -51,6 +51,26 @@ def test_up_rejects_an_unknown_mode_naming_the_choices(
     assert not any(tmp_path.iterdir()), "a rejected 'lab up' must not start anything"
 
 
+def test_up_rejects_an_empty_driver_list_naming_the_option(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--lab-dir", str(tmp_path), "lab", "up", "--ml2-mechanism-drivers", " , "])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--ml2-mechanism-drivers" in err
+    assert "Traceback" not in err
+    assert not any(tmp_path.iterdir()), "a rejected 'lab up' must not start anything"
+
+
+@pytest.mark.parametrize("argv", [["bench", "fabric", "--networks", "0"],
+                                  ["bench", "vmotion", "--moves", "-3"]])
+def test_bench_rejects_counts_below_one(argv: list[str], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--lab-dir", str(tmp_path), *argv])
+    assert exit_info.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
 def test_up_rejects_an_unknown_database(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
