@@ -92,6 +92,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return after.exit_code
 
 
+def cmd_topology(args: argparse.Namespace) -> int:
+    from networking_dvs_fabric.cmd import neutron_db, topology_cmd
+    files = neutron_db.config_files(args.config_file, _lab(args).state())
+    return topology_cmd.run(files, args.json, args.svg)
+
+
 def cmd_bench_bind(args: argparse.Namespace) -> int:
     from networking_dvs_fabric.cmd import bench
     result = bench.bench_bind(Path(args.lab_dir) if args.lab_dir else None,
@@ -183,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--dry-run", action="store_true",
                              help="show what would be repaired, change nothing")
         cmd.set_defaults(func=func)
+
+    topo = sub.add_parser("topology", help="the overall view, read live: leaves and ports, "
+                          "hosts, VMs, VLAN->VNI per network (read-only); exit 2 unreadable")
+    _config_file_arg(topo, "Neutron config files: neutron.conf and ml2_conf.ini")
+    topo.add_argument("--json", action="store_true", help="print the view as JSON")
+    topo.add_argument("--svg", metavar="FILE", help="draw the view as an SVG picture in FILE")
+    topo.set_defaults(func=cmd_topology)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON out)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
