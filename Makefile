@@ -6,7 +6,8 @@ LAB    ?= $(CURDIR)/.lab
 STAMP  := $(VENV)/.installed
 
 DEBIAN_PACKAGES := golang-go golang-github-vmware-govmomi-dev openvswitch-vtep \
-                   openvswitch-common mariadb-server mariadb-client
+                   openvswitch-common openvswitch-switch mariadb-server mariadb-client \
+                   iputils-ping ethtool
 
 .PHONY: setup system-packages demo test clean
 
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/dvs-fabric --lab-dir $(LAB)/demo demo
+	$(VENV)/bin/dvs-fabric --lab-dir $(LAB)/demo lab demo
 
 test: setup
 	$(VENV)/bin/python -m pytest -p no:cacheprovider -q tests

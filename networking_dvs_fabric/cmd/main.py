@@ -17,7 +17,7 @@ def _lab(args: argparse.Namespace) -> Lab:
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
     lab = _lab(args)
-    lab.up(args.ml2_mechanism_drivers, args.mode, args.db)
+    lab.up(args.ml2_mechanism_drivers, args.mode, args.db, dataplane=args.dataplane)
     print(lab.how_to_reach())
     return 0
 
@@ -48,7 +48,9 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from networking_dvs_fabric.lab import demo
-    return demo.run(_lab(args))
+    return demo.run(_lab(args), as_json=getattr(args, "json", False),
+                    mode=getattr(args, "mode", "pre_provision"),
+                    dataplane=getattr(args, "dataplane", None))
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
@@ -152,7 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--db", choices=DATABASES, default="sqlite",
                     help="Neutron's database: an SQLite file (default) or MariaDB (a running "
                          "server, else a private one started from Debian's package)")
+    up.add_argument("--dataplane", action=argparse.BooleanOptionalAction, default=None,
+                    help="real packets: software VTEP leaves (ovs-vtep), ESXi host bridges "
+                         "and a namespace per VM (default: on where network namespaces "
+                         "work; --dataplane makes it required)")
     up.set_defaults(func=cmd_lab_up)
+    lab_demo = lab_sub.add_parser(
+        "demo", help="the three workflows (create network, boot VMs, vMotion) on a fresh "
+                     "lab, with pings through the fabric; lab down at the end")
+    lab_demo.add_argument("--json", action="store_true",
+                          help="last line: the summary as JSON")
+    lab_demo.add_argument("--mode", choices=MODES, default="pre_provision",
+                          help="leaf VLAN resolution of the demo's lab")
+    lab_demo.add_argument("--dataplane", action=argparse.BooleanOptionalAction,
+                          default=None, help="as for 'lab up'")
+    lab_demo.set_defaults(func=cmd_demo)
     down = lab_sub.add_parser("down", help="stop every process the lab started")
     down.set_defaults(func=cmd_lab_down)
     status = lab_sub.add_parser("status", help="how to reach the running lab")
@@ -160,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the machine-readable description other tools read")
     status.set_defaults(func=cmd_lab_status)
 
-    demo = sub.add_parser("demo", help="lab up, a network and a port on a cluster, lab down")
+    demo = sub.add_parser("demo", help="the same as 'lab demo'")
     demo.set_defaults(func=cmd_demo)
 
     journal = sub.add_parser("journal", help="the journal: pending, failed and recent work")

@@ -32,6 +32,10 @@ LOG = logging.getLogger(__name__)
 
 LS_PREFIX = "dvsf-"
 FLOOD_MAC = "unknown-dst"
+# Our flooding list names every other leaf of the network: the leaf itself copies BUM
+# frames to each (head-end replication).  Unset, the schema's default is
+# "service_node" - one copy to the first entry only - which loses frames with 3+ leaves.
+REPLICATION = "source_node"
 ENCAPSULATION = "vxlan_over_ipv4"
 MAX_VLAN = 4095
 Row = ovs_idl.Row
@@ -131,6 +135,7 @@ class Plan:
 
     new_ls: list[tuple[str, int]] = _empty()
     vni_updates: list[tuple[Row, int]] = _empty()
+    replication_updates: list[Row] = _empty()
     bind_sets: list[tuple[Row, int, str]] = _empty()
     ucast_new: list[tuple[str, str, str]] = _empty()
     ucast_moves: list[tuple[Row, str]] = _empty()
@@ -167,6 +172,8 @@ def plan(view: LeafView, desired: Mapping[str, NetworkOnLeaf | None]) -> Plan:
             out.new_ls.append((network_id, want.vni))
         elif list(ls.tunnel_key) != [want.vni]:
             out.vni_updates.append((ls, want.vni))
+        if ls is not None and list(getattr(ls, "replication_mode", [])) != [REPLICATION]:
+            out.replication_updates.append(ls)
         _plan_bindings(view, ls, want, desired, claims, out)
         _plan_ucast(view, ls, want, out)
         _plan_flood(view, ls, want, out)
@@ -289,9 +296,12 @@ class _Writer:
         for network_id, vni in todo.new_ls:
             self._ls[network_id] = self._insert(
                 "Logical_Switch", name=LS_PREFIX + network_id, tunnel_key=vni,
+                replication_mode=REPLICATION,
                 other_config={MARKER_KEY: MARKER_VALUE, NETWORK_ID_KEY: network_id})
         for ls, vni in todo.vni_updates:
             ls.tunnel_key = vni
+        for ls in todo.replication_updates:
+            ls.replication_mode = REPLICATION
         for port, vlan, network_id in todo.bind_sets:
             port.setkey("vlan_bindings", vlan, self._ls[network_id])
         for network_id, mac, ip in todo.ucast_new:

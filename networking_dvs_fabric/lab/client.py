@@ -50,3 +50,14 @@ class NeutronClient:
 
     def delete_port(self, port_id: str) -> None:
         self._call("DELETE", f"ports/{port_id}")
+
+    def get_port(self, port_id: str) -> dict:
+        return self._call("GET", f"ports/{port_id}")["port"]
+
+    def create_subnet(self, network_id: str, cidr: str, name: str = "") -> dict:
+        body = {"network_id": network_id, "cidr": cidr, "ip_version": 4, "name": name,
+                "project_id": self.project_id, "gateway_ip": None}
+        return self._call("POST", "subnets", {"subnet": body})["subnet"]
+
+    def get_subnet(self, subnet_id: str) -> dict:
+        return self._call("GET", f"subnets/{subnet_id}")["subnet"]

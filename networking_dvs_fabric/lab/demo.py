@@ -1,30 +1,58 @@
-"""The demo behind ``make demo``: lab up, a network on a cluster, what vCenter and the leaves show.
+"""``make demo`` / ``dvs-fabric lab demo``: the three founding workflows on the lab.
 
-It shows what the project does end to end at this stage: a Neutron VXLAN network
-with a port bound to a vCenter cluster becomes a dynamic VLAN segment, a port group
-with that VLAN on the DVS (what Nova reads from ``vif_details``), and, on every leaf
-port facing the cluster's ESXi hosts, a VLAN binding to a logical switch whose
-tunnel key is the network's VNI.  Then everything is deleted and shown gone.
+1. Create a network: Neutron allocates a VNI; nothing touches vCenter yet.
+2. Boot two VMs as Nova's VMware driver does: each port bound to the cluster's
+   compute host, the VM given a NIC on the port group (the port's MAC, the port id in
+   ``nvp.iface-id.0``), on ESXi hosts behind different leaves.  Shown: the port
+   group and its VLAN, the VNI, the leaf bindings, the remote MACs; with the
+   dataplane, a ping between the two VMs through the fabric.
+3. Migrate one VM with a vMotion to a host behind a third leaf, announcing the start
+   as vCenter does, while the other VM pings it every 100 ms; the loss is reported.
+
+Then everything is deleted and shown gone.  With ``--json`` the last line is the
+summary (see the README).  The vMotion's memory copy is ``PRECOPY_SECONDS`` between
+the start event and the switchover, as a real vMotion takes seconds between the two.
 """
 from __future__ import annotations
 
-import sys
+import json
 import time
+from typing import Any, Callable
 
-from networking_dvs_fabric.lab import topology
+from networking_dvs_fabric.lab import netns, topology
 from networking_dvs_fabric.lab.client import NeutronClient
+from networking_dvs_fabric.lab.dataplane import host_bridge
 from networking_dvs_fabric.lab.lab import Lab
+from networking_dvs_fabric.lab.nova import FakeNova
 from networking_dvs_fabric.lab.probe import VCenterProbe
+from networking_dvs_fabric.lab.procs import LabError
 
-CONVERGE_TIMEOUT = 30.0
+CONVERGE_TIMEOUT = 60.0
+PRECOPY_SECONDS = 3.0
+PING_INTERVAL = 0.1
+SUBNET = "10.10.0.0/24"
+CLUSTER = topology.CLUSTERS[0]
+HOST_A, HOST_B, HOST_A_TO = (f"{CLUSTER}_H0", f"{CLUSTER}_H1", f"{CLUSTER}_H2")
 
 
-def _say(text: str) -> None:
-    print(text, flush=True)
+def _wait(check: Callable[[], Any], timeout: float = CONVERGE_TIMEOUT,
+          what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            if not result and what:
+                raise LabError(f"demo: {what} did not happen within {timeout:.0f} s")
+            return result
+        time.sleep(0.1)
 
 
-def _leaf_view(lab: Lab, switch: str) -> dict[tuple[str, str], str]:
-    """(leaf, port) -> 'VLAN' for every binding to ``switch``, read with vtep-ctl."""
+def _attachment(host: str) -> topology.Attachment:
+    return next(a for a in topology.attachments() if a.esxi_host == host)
+
+
+def leaf_bindings(lab: Lab, switch: str) -> dict[tuple[str, str], int]:
+    """(leaf, port) -> VLAN of every binding to logical switch ``switch``."""
     found = {}
     for leaf_name in topology.LEAF_NAMES:
         leaf = lab.leaf(leaf_name)
@@ -32,81 +60,193 @@ def _leaf_view(lab: Lab, switch: str) -> dict[tuple[str, str], str]:
             for line in leaf.vtep_ctl("list-bindings", leaf_name, port).splitlines():
                 vlan, _, name = line.strip().partition(" ")
                 if name.strip() == switch:
-                    found[(leaf_name, port)] = str(int(vlan))
+                    found[(leaf_name, port)] = int(vlan, 10)
     return found
 
 
-def _wait(check, timeout: float = CONVERGE_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.1)
+def remote_macs(lab: Lab, switch: str) -> dict[str, dict[str, str]]:
+    """leaf -> {MAC: tunnel IP} of the remote MACs of ``switch`` on every leaf."""
+    found: dict[str, dict[str, str]] = {}
+    for leaf_name in topology.LEAF_NAMES:
+        leaf = lab.leaf(leaf_name)
+        if switch not in leaf.vtep_ctl("list-ls").split():
+            continue
+        macs = {}
+        for line in leaf.vtep_ctl("list-remote-macs", switch).splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] == "->" and ":" in parts[0]:
+                macs[parts[0].lower()] = parts[-1].split("/")[-1]
+        found[leaf_name] = macs
+    return found
 
 
-def run(lab: Lab) -> int:
-    status = lab.up()
-    try:
-        _say(f"\nlab is up; Neutron at {status['neutron']['url']} "
-             "(drivers fabric_hwvtep,vsphere_dvs)")
+class Demo:
+    def __init__(self, lab: Lab, as_json: bool = False) -> None:
+        self.lab = lab
+        self.as_json = as_json
+
+    def say(self, text: str = "") -> None:
+        print(text, flush=True)
+
+    def run(self, mode: str = "pre_provision", dataplane: bool | None = None) -> int:
+        status = self.lab.up(mode=mode, dataplane=dataplane)
+        try:
+            summary = self._workflows(status, mode)
+        finally:
+            stopped = self.lab.down()
+            self.say(f"lab down: stopped {', '.join(stopped)}")
+        if self.as_json:
+            print(json.dumps(summary))
+        return 0 if summary.pop("_ok") else 1
+
+    def _workflows(self, status: dict[str, Any], mode: str) -> dict[str, Any]:
+        plane = status.get("dataplane", False)
+        self.say(f"\nlab is up ({mode}; dataplane {'on' if plane else 'off'}); Neutron at "
+                 f"{status['neutron']['url']}")
         neutron = NeutronClient(status["neutron"]["url"])
-        cluster = topology.CLUSTERS[0]
-        host = topology.compute_host(cluster)
+        compute = topology.compute_host(CLUSTER)
+
+        self.say("\n== 1. create a network")
         network = neutron.create_network("demo-net")
         vni = network["provider:segmentation_id"]
-        _say(f"network {network['name']} ({network['id']}): "
-             f"{network['provider:network_type']} VNI {vni}")
-        started = time.monotonic()
-        port = neutron.create_port(network["id"], host=host, name="demo-vm-nic")
-        details = port["binding:vif_details"]
-        _say(f"port {port['id']} bound to {host} (cluster {cluster}): "
-             f"vif_type={port['binding:vif_type']} status={port['status']} "
-             f"levels={details.get('bound_drivers')}")
-        _say(f"  vif_details: dvs_id={details.get('dvs_id')} pg_id={details.get('pg_id')} "
-             f"dvs_port_group_name={details.get('dvs_port_group_name')!r}")
-        if port["binding:vif_type"] != "dvs":
-            _say(f"binding failed; see {lab.dir / 'logs' / 'neutron-api.log'}")
-            return 1
-        with VCenterProbe(status["vcenter"]) as probe:
-            found = [pg for pg in probe.port_groups(topology.DVS_NAME)
-                     if pg.key == details["pg_id"]]
-        if not found:
-            _say("port group not found in vCenter")
-            return 1
-        pg = found[0]
-        _say(f"vCenter: DVS {topology.DVS_NAME} has port group {pg.name!r} key {pg.key} "
-             f"VLAN {pg.vlan} (a dynamic segment)")
-        _say(f"  marker: {pg.description}")
+        neutron.create_subnet(network["id"], SUBNET, "demo-subnet")
         switch = f"dvsf-{network['id']}"
-        wanted = {(a.leaf, a.port) for a in topology.attachments()
-                  if a.esxi_host.startswith(cluster + "_")}
-        bound = _wait(lambda: (lambda v: v if set(v) == wanted else None)(
-            _leaf_view(lab, switch)))
-        if not bound:
-            _say(f"leaves not programmed within {CONVERGE_TIMEOUT:.0f} s; see "
-                 f"{lab.dir / 'logs' / 'neutron-periodic-workers.log'}")
-            return 1
-        _say(f"leaves (after {time.monotonic() - started:.2f} s): logical switch {switch}, "
-             f"tunnel_key {lab.leaf('leaf1').vtep_ctl('get', 'Logical_Switch', switch, 'tunnel_key').strip()}")
-        for (leaf, leaf_port), vlan in sorted(bound.items()):
-            esxi = next(a.esxi_host for a in topology.attachments()
-                        if (a.leaf, a.port) == (leaf, leaf_port))
-            _say(f"  {leaf} {leaf_port} (ESXi {esxi}): VLAN {vlan} -> VNI {vni}")
-        ok = all(vlan == str(pg.vlan) for vlan in bound.values())
-        neutron.delete_port(port["id"])
-        neutron.delete_network(network["id"])
-        gone = _wait(lambda: not _leaf_view(lab, switch))
+        self.say(f"network demo-net {network['id']}: {network['provider:network_type']} "
+                 f"VNI {vni}, subnet {SUBNET}; vCenter and leaves untouched so far")
+
+        self.say("\n== 2. boot two VMs, as Nova's VMware driver does")
+        nova = FakeNova(status["vcenter"])
+        vms: dict[str, dict[str, Any]] = {}
+        try:
+            for name, host in (("vm-a", HOST_A), ("vm-b", HOST_B)):
+                port = neutron.create_port(network["id"], host=compute, name=f"{name}-nic")
+                if port["binding:vif_type"] != "dvs":
+                    raise LabError(f"port of {name} did not bind (vif_type "
+                                   f"{port['binding:vif_type']}); see "
+                                   f"{self.lab.dir / 'logs' / 'neutron-api.log'}")
+                vm = nova.boot(name, host, [port])
+                att = _attachment(host)
+                vms[name] = {"port": port, "host": host, "moid": vm._moId,
+                             "ip": port["fixed_ips"][0]["ip_address"]}
+                details = port["binding:vif_details"]
+                self.say(f"{name}: port {port['id']} bound to {compute}, MAC "
+                         f"{port['mac_address']}, IP {vms[name]['ip']}; VM on {host} "
+                         f"(behind {att.leaf} {att.port}); port group "
+                         f"{details['dvs_port_group_name']!r} ({details['pg_id']})")
+            vlan = self._show_port_group(status, vms["vm-a"]["port"])
+            macs = {vms[n]["port"]["mac_address"]: _attachment(vms[n]["host"]).leaf
+                    for n in vms}
+            self._show_fabric(switch, vni, macs)
+            result: dict[str, Any] = {"dataplane": bool(plane),
+                                      "network": {"id": network["id"], "vni": vni,
+                                                  "vlan": vlan}}
+            result["ping"] = {"sent": 0, "received": 0}
+            ok = True
+            if plane:
+                sent, received = self._ping(vms)
+                result["ping"] = {"sent": sent, "received": received}
+                ok &= received == sent
+            self.say("\n== 3. migrate vm-a with a vMotion to a host behind another leaf")
+            moved = self._vmotion(nova, vms, plane, switch, mode)
+            result["vmotion"] = moved
+            ok &= moved.get("received", 0) >= moved.get("sent", 0) - 2 if plane else True
+        finally:
+            self.say("\n== delete everything")
+            for name in vms:
+                nova.destroy(name)
+                neutron.delete_port(vms[name]["port"]["id"])
+            nova.close()
+            neutron.delete_network(network["id"])
+        gone = _wait(lambda: not leaf_bindings(self.lab, switch) and not any(
+            switch in self.lab.leaf(leaf).vtep_ctl("list-ls").split()
+            for leaf in topology.LEAF_NAMES))
         with VCenterProbe(status["vcenter"]) as probe:
-            pg_gone = _wait(lambda: not [p for p in probe.port_groups(topology.DVS_NAME)
-                                         if p.key == pg.key])
-        _say(f"port and network deleted: leaves {'clean' if gone else 'NOT clean'}, "
-             f"port group {'gone' if pg_gone else 'STILL THERE'}")
-        return 0 if ok and gone and pg_gone else 1
-    finally:
-        stopped = lab.down()
-        _say(f"lab down: stopped {', '.join(stopped)}")
+            pg_gone = _wait(lambda: not probe.port_groups_of_network(
+                topology.DVS_NAME, network["id"]))
+        self.say(f"VMs, ports and network deleted: leaves {'clean' if gone else 'NOT clean'}"
+                 f", port group {'gone' if pg_gone else 'STILL THERE'}")
+        result["_ok"] = ok and bool(gone) and bool(pg_gone)
+        return result
+
+    def _show_port_group(self, status: dict[str, Any], port: dict[str, Any]) -> int:
+        with VCenterProbe(status["vcenter"]) as probe:
+            pg = next(p for p in probe.port_groups(topology.DVS_NAME)
+                      if p.key == port["binding:vif_details"]["pg_id"])
+        self.say(f"vCenter: DVS {topology.DVS_NAME} port group {pg.name!r} key {pg.key} "
+                 f"VLAN {pg.vlan} (the dynamic segment fabric_hwvtep allocated)")
+        return int(pg.vlan)
+
+    def _show_fabric(self, switch: str, vni: int, macs: dict[str, str]) -> None:
+        ips = {leaf.name: leaf.tunnel_ip for leaf in topology.leaves()}
+
+        def converged() -> bool:
+            seen = remote_macs(self.lab, switch)
+            return all(seen.get(leaf, {}).get(mac) == ips[at] for mac, at in macs.items()
+                       for leaf in seen if leaf != at)
+        _wait(lambda: leaf_bindings(self.lab, switch) and converged(),
+              what="leaf programming (bindings and remote MACs)")
+        self.say(f"leaves: logical switch {switch}, tunnel_key {vni}")
+        for (leaf, port), vlan in sorted(leaf_bindings(self.lab, switch).items()):
+            esxi = next(a.esxi_host for a in topology.attachments()
+                        if (a.leaf, a.port) == (leaf, port))
+            self.say(f"  {leaf} {port} (ESXi {esxi}): VLAN {vlan} -> VNI {vni}")
+        for leaf, entries in sorted(remote_macs(self.lab, switch).items()):
+            shown = ", ".join(f"{mac} -> {ip}" for mac, ip in sorted(entries.items()))
+            self.say(f"  {leaf} remote MACs: {shown or '(none)'}")
+
+    def _ns(self, vm: dict[str, Any]) -> str:
+        return self.lab.dataplane().vm_ns(vm["moid"])
+
+    def _ping(self, vms: dict[str, dict[str, Any]]) -> tuple[int, int]:
+        a, b = vms["vm-a"], vms["vm-b"]
+        _wait(lambda: self._ns(a) in netns.list_ns() and self._ns(b) in netns.list_ns(),
+              what="the dataplane agent plugging both VMs")
+        # ovs-vtep reads its database once a second: wait for the first answer.
+        _wait(lambda: netns.ping(self._ns(b), a["ip"], 1, deadline=1)[1] == 1,
+              what=f"a first ping from vm-b to vm-a ({a['ip']})")
+        sent, received = netns.ping(self._ns(b), a["ip"], 10, interval=0.1)
+        self.say(f"ping vm-b -> vm-a ({a['ip']}) through {_attachment(b['host']).leaf} -> "
+                 f"VXLAN -> {_attachment(a['host']).leaf}: {received}/{sent} answered")
+        return sent, received
+
+    def _vmotion(self, nova: FakeNova, vms: dict[str, dict[str, Any]], plane: bool,
+                 switch: str, mode: str) -> dict[str, Any]:
+        a, b = vms["vm-a"], vms["vm-b"]
+        src, dst = _attachment(HOST_A), _attachment(HOST_A_TO)
+        result: dict[str, Any] = {"from_leaf": src.leaf, "to_leaf": dst.leaf, "sent": 0,
+                                  "received": 0, "interval_ms": int(PING_INTERVAL * 1000),
+                                  "mode": mode}
+        pinger = netns.PingRun(self._ns(b), a["ip"], PING_INTERVAL) if plane else None
+        time.sleep(1.0)
+        self.say(f"vCenter announces: vm-a migrating {HOST_A} ({src.leaf}) -> {HOST_A_TO} "
+                 f"({dst.leaf})")
+        nova.announce_migration("vm-a", HOST_A_TO)
+        time.sleep(PRECOPY_SECONDS)
+        started = time.monotonic()
+        nova.vmotion("vm-a", HOST_A_TO)
+        self.say(f"vMotion done in {time.monotonic() - started:.2f} s (switchover)")
+        if plane:
+            link = self.lab.dataplane().vm_link(a["moid"])
+            dp = self.lab.dataplane()
+            _wait(lambda: link in dp.vsctl(dp.hosts_db, "list-ports",
+                                           host_bridge(HOST_A_TO)).split(),
+                  what="the link move")
+        mac = a["port"]["mac_address"]
+        ip_dst = next(leaf.tunnel_ip for leaf in topology.leaves() if leaf.name == dst.leaf)
+        _wait(lambda: remote_macs(self.lab, switch).get(_attachment(HOST_B).leaf, {}).get(mac)
+              == ip_dst, what="vm-a's MAC pointing at its new leaf")
+        time.sleep(2.0)
+        if pinger is not None:
+            result["sent"], result["received"] = pinger.stop()
+            self.say(f"ping every {result['interval_ms']} ms during the move: "
+                     f"{result['received']}/{result['sent']} answered, "
+                     f"{result['sent'] - result['received']} lost")
+        self.say(f"leaves now: vm-a's MAC -> {ip_dst} ({dst.leaf}); bindings "
+                 + ", ".join(f"{leaf} {port} VLAN {vlan}" for (leaf, port), vlan
+                             in sorted(leaf_bindings(self.lab, switch).items())))
+        return result
 
 
-if __name__ == "__main__":
-    sys.exit(run(Lab()))
+def run(lab: Lab, as_json: bool = False, mode: str = "pre_provision",
+        dataplane: bool | None = None) -> int:
+    return Demo(lab, as_json).run(mode, dataplane)

@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from networking_dvs_fabric.lab import neutron, topology
+from networking_dvs_fabric.lab import netns, neutron, topology
+from networking_dvs_fabric.lab.dataplane import Dataplane, lab_tag
 from networking_dvs_fabric.lab.leaves import LeafSwitch, start_lab_leaves
 from networking_dvs_fabric.lab.mariadb import MariaDB
-from networking_dvs_fabric.lab.procs import Daemon, LabError, write_json_atomic
+from networking_dvs_fabric.lab.procs import Daemon, LabError, wait_until, write_json_atomic
 from networking_dvs_fabric.lab.vcsim import VCenterSimulator
 
 DEFAULT_DRIVERS = "fabric_hwvtep,vsphere_dvs"
@@ -68,12 +69,17 @@ class Lab:
 
     def running(self) -> dict[str, bool]:
         state = self.state() or {}
-        return {d["name"]: Daemon.from_json(d).running() for d in state.get("daemons", [])}
+        running = {d["name"]: Daemon.from_json(d).running() for d in state.get("daemons", [])}
+        plane = state.get("services", {}).get("dataplane")
+        if plane:
+            running.update(Dataplane.from_json(plane).running())
+        return running
 
     # -- up / down --------------------------------------------------------------
     def up(self, mechanism_drivers: str = DEFAULT_DRIVERS, mode: str = "pre_provision",
-           db: str = "sqlite", extra_config: dict[str, dict[str, str]] | None = None
-           ) -> dict[str, Any]:
+           db: str = "sqlite", extra_config: dict[str, dict[str, str]] | None = None,
+           dataplane: bool | None = False) -> dict[str, Any]:
+        """Start the lab.  ``dataplane``: True = required, None = where namespaces work."""
         if mode not in MODES:
             raise LabError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
         if db not in DATABASES:
@@ -81,6 +87,13 @@ class Lab:
         drivers = ",".join(d.strip() for d in mechanism_drivers.split(",") if d.strip())
         if not drivers:
             raise LabError("--ml2-mechanism-drivers: name at least one driver")
+        dataplane_off = None
+        if dataplane is not False:
+            dataplane_off = netns.unavailable()
+            if dataplane_off and dataplane:
+                raise LabError(f"--dataplane: {dataplane_off}")
+            if dataplane_off:
+                _progress(f"no dataplane: {dataplane_off}; the lab runs without one")
         if self.state() is not None:
             _progress("a lab is already up here; taking it down first")
             self.down()
@@ -88,7 +101,8 @@ class Lab:
         state: dict[str, Any] = {"daemons": [], "services": {}}
         self._save(state)      # from here on, 'down' can stop whatever was started
         try:
-            self._start_all(state, drivers, mode, db, extra_config or {})
+            self._start_all(state, drivers, mode, db, extra_config or {},
+                            dataplane is not False and not dataplane_off)
         except BaseException:
             _progress("start failed; stopping what was started")
             self.down()
@@ -100,7 +114,7 @@ class Lab:
         self._save(state)
 
     def _start_all(self, state: dict[str, Any], drivers: str, mode: str, db: str,
-                   extra: dict[str, dict[str, str]]) -> None:
+                   extra: dict[str, dict[str, str]], dataplane: bool) -> None:
         _progress("starting the vCenter simulator")
         vcsim = VCenterSimulator(self.dir / "vcsim")
         self._record(state, "vcsim", vcsim)
@@ -108,7 +122,7 @@ class Lab:
         self._record(state, "vcsim", vcsim)
 
         _progress("starting 3 leaf switches (ovsdb-server, hardware_vtep)")
-        leaves = start_lab_leaves(self.dir)
+        leaves = start_lab_leaves(self.dir, dataplane)
         state["services"]["leaves"] = [leaf.to_json() for leaf in leaves]
         self._save(state)
 
@@ -141,11 +155,42 @@ class Lab:
             journal_workers=sum(d in names for d in ("fabric_hwvtep", "vsphere_dvs")))
         state["daemons"] = [api.to_json(), periodic.to_json()]
         state["status"] = self._status_doc(url, vcsim, leaves, mode)
+        state["status"]["dataplane"] = dataplane
         state["config_files"] = [str(p) for p in configs]
         state["db"] = db
         state["mechanism_drivers"] = drivers
         self._save(state)
         self._write_clouds_yaml(url)
+        if dataplane:
+            self._start_dataplane(state, leaves)
+
+    def _start_dataplane(self, state: dict[str, Any], leaves: list[LeafSwitch]) -> None:
+        plane = Dataplane(self.dir / "dataplane", lab_tag(self.dir),
+                          [leaf.to_json() for leaf in leaves],
+                          [{"esxi_host": a.esxi_host, "leaf": a.leaf, "port": a.port}
+                           for a in topology.attachments()])
+        try:
+            plane.start(_progress)
+        finally:
+            state["services"]["dataplane"] = plane.to_json()
+            self._save(state)
+        agent = Daemon("dataplane-agent", [sys.executable, "-m",
+                                           "networking_dvs_fabric.lab.dataplane_agent",
+                                           str(self.dir)],
+                       log_path=self.dir / "logs" / "dataplane-agent.log")
+        agent.start()
+        state["daemons"].append(agent.to_json())
+        self._save(state)
+        wait_until(lambda: "following vCenter" in agent.log_tail(50), 60,
+                   "the dataplane agent", alive=agent)
+        _progress("dataplane: up (agent following vCenter)")
+
+    def dataplane(self) -> Dataplane:
+        data = (self.state() or {}).get("services", {}).get("dataplane")
+        if not data:
+            raise LabError("this lab runs without a dataplane ('dvs-fabric lab up "
+                           "--dataplane')")
+        return Dataplane.from_json(data)
 
     def _status_doc(self, url: str, vcsim: VCenterSimulator, leaves: list[LeafSwitch],
                     mode: str) -> dict[str, Any]:
@@ -256,6 +301,10 @@ class Lab:
                 daemon.stop()
                 stopped.append(daemon.name)
         services = state.get("services", {})
+        if services.get("dataplane"):
+            plane = Dataplane.from_json(services["dataplane"])
+            stopped += [name for name, up in plane.running().items() if up]
+            plane.stop()
         if services.get("mariadb"):
             mariadb = MariaDB.from_json(services["mariadb"])
             if mariadb.pid is not None and mariadb.running():

@@ -25,6 +25,7 @@ from networking_dvs_fabric.lab.procs import (Daemon, LabError, free_port, port_o
                                              wait_until)
 
 VTEP_SCHEMA = Path("/usr/share/openvswitch/vtep.ovsschema")
+VSWITCH_SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 DB_NAME = "hardware_vtep"
 START_TIMEOUT = 15.0
 # sun_path is 108 bytes including the terminating NUL.
@@ -51,8 +52,11 @@ class LeafSwitch:
     """One simulated leaf: a hardware_vtep ``ovsdb-server`` owned by pid."""
 
     def __init__(self, name: str, tunnel_ip: str, workdir: Path,
-                 ports: Sequence[str], port: int = 0) -> None:
+                 ports: Sequence[str], port: int = 0, dataplane: bool = False) -> None:
         self.name = name
+        # With a dataplane the same server also holds the Open_vSwitch database of the
+        # leaf's software switch, on a unix socket: ovs-vtep drives both through it.
+        self.dataplane = dataplane
         self.tunnel_ip = tunnel_ip
         self.workdir = Path(workdir)
         self.ports = list(ports)
@@ -67,14 +71,25 @@ class LeafSwitch:
         return self.workdir / "vtep.db"
 
     @property
+    def conf_db_path(self) -> Path:
+        return self.workdir / "conf.db"
+
+    @property
+    def rundir(self) -> Path:
+        """OVS_RUNDIR of the leaf: its control sockets and, with a dataplane, db.sock."""
+        return self._ctl_dir if self._ctl_dir is not None else self.workdir
+
+    @property
+    def db_socket(self) -> str:
+        return f"unix:{self.rundir / 'db.sock'}"
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "ovsdb-server.log"
 
     @property
     def ctl_path(self) -> Path:
-        if self._ctl_dir is not None:
-            return self._ctl_dir / "ovsdb-server.ctl"
-        return self.workdir / "ovsdb-server.ctl"
+        return self.rundir / "ovsdb-server.ctl"
 
     @property
     def ovsdb(self) -> str:
@@ -114,15 +129,20 @@ class LeafSwitch:
             self._ctl_dir = None
 
     def _create_db(self) -> None:
-        if self.db_path.exists():
-            return
         if not VTEP_SCHEMA.exists():
             raise LabError(f"{VTEP_SCHEMA} missing; apt-get install openvswitch-vtep")
-        tmp = self.db_path.with_name(self.db_path.name + ".new")
+        self._create_one(self.db_path, VTEP_SCHEMA)
+        if self.dataplane:
+            self._create_one(self.conf_db_path, VSWITCH_SCHEMA)
+
+    def _create_one(self, path: Path, schema: Path) -> None:
+        if path.exists():
+            return
+        tmp = path.with_name(path.name + ".new")
         tmp.unlink(missing_ok=True)
         self._run([_tool("ovsdb-tool", "openvswitch-common"), "create", str(tmp),
-                   str(VTEP_SCHEMA)], "ovsdb-tool create")
-        os.replace(tmp, self.db_path)
+                   str(schema)], "ovsdb-tool create")
+        os.replace(tmp, path)
         # ovsdb-tool leaves its lock file behind, named after the temporary file.
         tmp.with_name(f".{tmp.name}.~lock~").unlink(missing_ok=True)
 
@@ -132,7 +152,9 @@ class LeafSwitch:
         elif port_open("127.0.0.1", self.port):
             raise LabError(f"leaf {self.name}: port {self.port} is already in use "
                            "by another process")
-        if len(os.fsencode(self.workdir / "ovsdb-server.ctl")) > _MAX_UNIX_PATH:
+        if len(os.fsencode(self.workdir / "ovsdb-server.ctl")) > _MAX_UNIX_PATH or (
+                self.dataplane and len(os.fsencode(self.workdir / "ovs-vswitchd.99999.ctl"))
+                > _MAX_UNIX_PATH):
             if self._ctl_dir is None or not self._ctl_dir.is_dir():
                 self._ctl_dir = Path(tempfile.mkdtemp(prefix=f"lab-{self.name}-"))
         self.ctl_path.unlink(missing_ok=True)
@@ -144,6 +166,9 @@ class LeafSwitch:
             "-vconsole:info", "-vsyslog:off", "-vfile:off",
             str(self.db_path),
         ]
+        if self.dataplane:
+            argv[2:2] = [f"--remote=p{self.db_socket}"]
+            argv.append(str(self.conf_db_path))
         self._daemon = Daemon(name=f"ovsdb-server-{self.name}", argv=argv,
                               log_path=self.log_path, env=_ovs_env(self.workdir),
                               cwd=self.workdir)
@@ -200,13 +225,15 @@ class LeafSwitch:
             "port": self.port,
             "ovsdb": f"tcp:127.0.0.1:{self.port}" if self.port else None,
             "ctl_dir": str(self._ctl_dir) if self._ctl_dir else None,
+            "dataplane": self.dataplane,
             "daemon": self._daemon.to_json() if self._daemon else None,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> "LeafSwitch":
         leaf = cls(data["name"], data["tunnel_ip"], Path(data["workdir"]),
-                   data.get("ports", []), data.get("port", 0))
+                   data.get("ports", []), data.get("port", 0),
+                   data.get("dataplane", False))
         if data.get("ctl_dir"):
             leaf._ctl_dir = Path(data["ctl_dir"])
         if data.get("daemon"):
@@ -218,23 +245,23 @@ class LeafSwitch:
                 f"{'tcp:127.0.0.1:%d' % self.port if self.port else None}, pid={self.pid})")
 
 
-def lab_leaves(workdir: Path) -> list[LeafSwitch]:
+def lab_leaves(workdir: Path, dataplane: bool = False) -> list[LeafSwitch]:
     """The lab's leaves (not started): one per topology leaf, ports from attachments."""
     ports = topology.leaf_ports()
     base = Path(workdir) / "leaves"
     return [LeafSwitch(leaf.name, leaf.tunnel_ip, base / leaf.name,
-                       ports.get(leaf.name, []))
+                       ports.get(leaf.name, []), dataplane=dataplane)
             for leaf in topology.leaves()]
 
 
-def start_lab_leaves(workdir: Path) -> list[LeafSwitch]:
+def start_lab_leaves(workdir: Path, dataplane: bool = False) -> list[LeafSwitch]:
     """Build and start the lab's three leaves under ``workdir/leaves/<name>``.
 
     If one fails to start, the ones already started are stopped again.
     """
     started: list[LeafSwitch] = []
     try:
-        for leaf in lab_leaves(workdir):
+        for leaf in lab_leaves(workdir, dataplane):
             started.append(leaf.start())
     except BaseException:
         for leaf in started:

@@ -113,7 +113,11 @@ class Daemon:
         return pid_alive(self.pid) and self._marker() in _cmdline(self.pid)
 
     def _marker(self) -> str:
-        return os.path.basename(self.argv[0])
+        argv = list(self.argv)
+        if argv[1:3] == ["netns", "exec"] and len(argv) > 4:
+            # ``ip netns exec NS PROGRAM ...`` execs PROGRAM: that is what runs.
+            return os.path.basename(argv[4])
+        return os.path.basename(argv[0])
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the daemon's process group by its pid, SIGKILL if it lingers."""

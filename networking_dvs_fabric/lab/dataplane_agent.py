@@ -1,0 +1,186 @@
+"""The dataplane agent: gives every VM of the simulator that has a Neutron NIC a namespace.
+
+It plays the hypervisor's part in the lab.  It follows vCenter with the project's own
+``VmWatch`` (one PropertyCollector, long polls) and, for every powered-on VM with a
+NIC that carries ``nvp.iface-id.N`` (what Nova writes), wires a namespace with the
+NIC's MAC and the Neutron port's fixed IP onto the bridge of the VM's ESXi host,
+tagged with the port group's VLAN (read from vCenter).  When the simulator has
+relocated a VM (``runtime.host`` changed) the link moves to the destination host's
+bridge - the vMotion switchover.  A VM powered off, deleted or without the NIC loses
+its namespace.  A migration-start event moves nothing: the VM still runs at the source.
+
+Runs as a lab daemon: ``python -m networking_dvs_fabric.lab.dataplane_agent LAB_DIR``.
+Each change it makes is logged as one line, ``dataplane: ...``, which the demo and
+tests can read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from networking_dvs_fabric.lab.client import NeutronClient, NeutronError
+from networking_dvs_fabric.lab.dataplane import Dataplane
+from networking_dvs_fabric.lab.lab import Lab
+from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.vcenter.inventory import load_inventory
+from networking_dvs_fabric.vcenter.portgroups import PortGroupManager
+from networking_dvs_fabric.vcenter.session import VCenterConfig, VCenterSession
+from networking_dvs_fabric.vcenter.vm_watch import MigrationStarting, VmGone, VmState, VmWatch
+
+LOG = logging.getLogger("dataplane")
+WAIT_SECONDS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Wired:
+    """Where one NIC of a VM is plugged in the dataplane."""
+    host: str
+    vlan: int
+    mac: str
+    address: str | None
+
+
+class Agent:
+    def __init__(self, lab: Lab) -> None:
+        state = lab.state() or {}
+        data = state.get("services", {}).get("dataplane")
+        if not data:
+            raise SystemExit(f"the lab in {lab.dir} runs without a dataplane")
+        self.plane = Dataplane.from_json(data)
+        status = lab.status()
+        vc = status["vcenter"]
+        self.session = VCenterSession(VCenterConfig(
+            url=vc["url"], username=vc["username"], password=vc["password"],
+            ca_file=vc["ca_file"]))
+        self.datacenter = vc["datacenter"]
+        self.dvs_names = list(vc["dvs"].values())
+        self.neutron = NeutronClient(status["neutron"]["url"], timeout=30)
+        self.wired: dict[tuple[str, int], Wired] = {}
+        self.vlans: dict[str, int] = {}          # port group key -> VLAN
+        self.stop = threading.Event()
+        self.watch: VmWatch | None = None
+
+    # -- what the VM needs -----------------------------------------------------------
+    def _vlan(self, managers: list[PortGroupManager], key: str | None) -> int | None:
+        if key is None:
+            return None
+        if key not in self.vlans:
+            for manager in managers:
+                for pg in manager.list(full=True):
+                    if pg.vlan is not None:
+                        self.vlans[pg.key] = pg.vlan
+        return self.vlans.get(key)
+
+    def _address(self, port_id: str) -> str | None:
+        try:
+            port = self.neutron.get_port(port_id)
+        except NeutronError as exc:
+            LOG.warning("dataplane: port %s not readable from Neutron: %s", port_id, exc)
+            return None
+        for fixed in port.get("fixed_ips") or []:
+            if ":" in fixed["ip_address"]:
+                continue
+            subnet = self.neutron.get_subnet(fixed["subnet_id"])
+            return f"{fixed['ip_address']}/{subnet['cidr'].split('/')[1]}"
+        return None
+
+    def apply(self, managers: list[PortGroupManager], change: Any) -> None:
+        if isinstance(change, MigrationStarting):
+            LOG.info("dataplane: %s is migrating to %s (nothing moves until it has)",
+                     change.vm_moid, change.destination_host)
+            return
+        moid = change.moid
+        wanted: dict[int, tuple[str, Any]] = {}
+        if isinstance(change, VmState) and change.powered_on and change.host:
+            for index, nic in enumerate(change.nics):
+                if nic.iface_id:
+                    wanted[index] = (change.host, nic)
+        for (vm, index) in [k for k in self.wired if k[0] == moid and k[1] not in wanted]:
+            self.plane.detach_vm(vm, index)
+            del self.wired[(vm, index)]
+            LOG.info("dataplane: unplugged %s nic %d", vm, index)
+        for index, (host, nic) in wanted.items():
+            vlan = self._vlan(managers, nic.port_group_key)
+            if vlan is None:
+                LOG.warning("dataplane: %s nic %d: port group %s has no VLAN; not wired",
+                            moid, index, nic.port_group_key)
+                continue
+            have = self.wired.get((moid, index))
+            if have is not None and have.mac == nic.mac:
+                if (have.host, have.vlan) != (host, vlan):
+                    started = time.monotonic()
+                    self.plane.move_vm(moid, index, host, vlan)
+                    self.wired[(moid, index)] = dataclasses.replace(have, host=host,
+                                                                    vlan=vlan)
+                    LOG.info("dataplane: moved %s nic %d %s -> %s (VLAN %d) in %.1f ms",
+                             moid, index, have.host, host, vlan,
+                             (time.monotonic() - started) * 1000)
+                continue
+            address = self._address(nic.iface_id)
+            ns = self.plane.attach_vm(moid, index, nic.mac, address, host, vlan)
+            self.wired[(moid, index)] = Wired(host, vlan, nic.mac, address)
+            LOG.info("dataplane: plugged %s nic %d (%s, %s) on %s VLAN %d as namespace %s",
+                     moid, index, nic.mac, address or "no IP", host, vlan, ns)
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self._follow()
+            except (errors.VCenterError, OSError) as exc:
+                LOG.warning("dataplane: lost vCenter (%s); reading everything again in 2 s",
+                            exc)
+                self.stop.wait(2.0)
+
+    def _follow(self) -> None:
+        inventory = load_inventory(self.session, self.datacenter, self.dvs_names)
+        managers = [PortGroupManager(self.session, dvs, inventory.datacenter_moid)
+                    for dvs in inventory.dvs.values()]
+        watch = VmWatch(self.session, inventory.datacenter_moid, wait_seconds=WAIT_SECONDS)
+        self.watch = watch
+        try:
+            states = watch.resync()
+            present = {s.moid for s in states}
+            for moid in {vm for vm, _ in self.wired} - present:
+                self.apply(managers, VmGone(moid))
+            for state in states:
+                self.apply(managers, state)
+            LOG.info("dataplane: following vCenter, %d VMs, %d NICs wired", len(states),
+                     len(self.wired))
+            while not self.stop.is_set():
+                for change in watch.wait():
+                    self.apply(managers, change)
+        finally:
+            self.watch = None
+            watch.close()
+
+    def shutdown(self, *_: Any) -> None:
+        self.stop.set()
+        if self.watch is not None:
+            self.watch.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m networking_dvs_fabric.lab.dataplane_agent LAB_DIR",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("networking_dvs_fabric").setLevel(logging.WARNING)
+    agent = Agent(Lab(Path(args[0])))
+    signal.signal(signal.SIGTERM, agent.shutdown)
+    signal.signal(signal.SIGINT, agent.shutdown)
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
