@@ -28,7 +28,7 @@ from networking_dvs_fabric.lab.probe import VCenterProbe
 from networking_dvs_fabric.lab.procs import LabError
 
 CONVERGE_TIMEOUT = 60.0
-PRECOPY_SECONDS = 3.0
+PRECOPY_SECONDS = 5.0
 PING_INTERVAL = 0.1
 SUBNET = "10.10.0.0/24"
 CLUSTER = topology.CLUSTERS[0]
@@ -220,8 +220,21 @@ class Demo:
         time.sleep(1.0)
         self.say(f"vCenter announces: vm-a migrating {HOST_A} ({src.leaf}) -> {HOST_A_TO} "
                  f"({dst.leaf})")
+        announced = time.monotonic()
         nova.announce_migration("vm-a", HOST_A_TO)
-        time.sleep(PRECOPY_SECONDS)
+        mac = a["port"]["mac_address"]
+
+        def prepared() -> bool:
+            seen = remote_macs(self.lab, switch)
+            return (dst.leaf, dst.port) in leaf_bindings(self.lab, switch) and not any(
+                mac in entries for entries in seen.values())
+        ready = _wait(prepared, timeout=PRECOPY_SECONDS)
+        result["prepared_after_s"] = round(time.monotonic() - announced, 2) if ready else None
+        self.say("fabric prepared (destination bound, vm-a's MAC flooded on every leaf) "
+                 + (f"{result['prepared_after_s']} s after the event" if ready else
+                    f"NOT within the {PRECOPY_SECONDS:.0f} s memory copy")
+                 + "; ovs-vtep applies it within its next 1-2 s poll")
+        time.sleep(max(0.0, PRECOPY_SECONDS - (time.monotonic() - announced)))
         started = time.monotonic()
         nova.vmotion("vm-a", HOST_A_TO)
         self.say(f"vMotion done in {time.monotonic() - started:.2f} s (switchover)")
@@ -231,7 +244,6 @@ class Demo:
             _wait(lambda: link in dp.vsctl(dp.hosts_db, "list-ports",
                                            host_bridge(HOST_A_TO)).split(),
                   what="the link move")
-        mac = a["port"]["mac_address"]
         ip_dst = next(leaf.tunnel_ip for leaf in topology.leaves() if leaf.name == dst.leaf)
         _wait(lambda: remote_macs(self.lab, switch).get(_attachment(HOST_B).leaf, {}).get(mac)
               == ip_dst, what="vm-a's MAC pointing at its new leaf")

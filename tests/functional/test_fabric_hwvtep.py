@@ -237,6 +237,22 @@ def test_second_converge_sends_nothing(leaf_a, backend_a):
     assert backend_a.converge("leaf-a", gone).transactions == 0
 
 
+def test_switches_replicate_floods_to_every_listed_leaf(leaf_a, backend_a):
+    # source_node: the leaf copies BUM frames to every tunnel IP of the flooding list;
+    # the schema's default (service_node) would send one copy to the first IP only.
+    backend_a.converge("leaf-a", {"n1": net("n1", 5000, [("eth1", 100)],
+                                            flood=[IP_B, IP_C])})
+    mode = leaf_a.vtep_ctl("get", "Logical_Switch", "dvsf-n1", "replication_mode").strip()
+    assert mode == '"source_node"'
+    # A switch of ours left without it (an older release) gets it on the next converge.
+    leaf_a.vtep_ctl("clear", "Logical_Switch", "dvsf-n1", "replication_mode")
+    res = backend_a.converge("leaf-a", {"n1": net("n1", 5000, [("eth1", 100)],
+                                                  flood=[IP_B, IP_C])})
+    assert res.changes == 1
+    assert leaf_a.vtep_ctl("get", "Logical_Switch", "dvsf-n1",
+                           "replication_mode").strip() == '"source_node"'
+
+
 def test_vni_change_updates_tunnel_key(leaf_a, backend_a):
     backend_a.converge("leaf-a", {"n1": net("n1", 5000, [("eth1", 100)])})
     uuid_before = fabric_state(leaf_a)["dvsf-n1"]["uuid"]
