@@ -243,14 +243,14 @@ def test_switches_replicate_floods_to_every_listed_leaf(leaf_a, backend_a):
     backend_a.converge("leaf-a", {"n1": net("n1", 5000, [("eth1", 100)],
                                             flood=[IP_B, IP_C])})
     mode = leaf_a.vtep_ctl("get", "Logical_Switch", "dvsf-n1", "replication_mode").strip()
-    assert mode == '"source_node"'
+    assert mode == "source_node"
     # A switch of ours left without it (an older release) gets it on the next converge.
     leaf_a.vtep_ctl("clear", "Logical_Switch", "dvsf-n1", "replication_mode")
     res = backend_a.converge("leaf-a", {"n1": net("n1", 5000, [("eth1", 100)],
                                                   flood=[IP_B, IP_C])})
     assert res.changes == 1
     assert leaf_a.vtep_ctl("get", "Logical_Switch", "dvsf-n1",
-                           "replication_mode").strip() == '"source_node"'
+                           "replication_mode").strip() == "source_node"
 
 
 def test_vni_change_updates_tunnel_key(leaf_a, backend_a):
