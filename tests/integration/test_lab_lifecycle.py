@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from networking_dvs_fabric.lab import netns
+from networking_dvs_fabric.lab.dataplane import lab_tag
 from networking_dvs_fabric.lab.procs import pid_alive
 
 CLI = str(Path(sys.executable).parent / "dvs-fabric")
@@ -40,7 +42,9 @@ def test_up_status_restart_down(lab_dir: Path):
 
     status = json.loads(_cli(lab_dir, "lab", "status", "--json").stdout)
     assert set(status) == {"neutron", "vcenter", "compute_hosts", "leaves", "attachments",
-                           "mode"}
+                           "mode", "dataplane"}
+    # On by default where network namespaces work (here they do; elsewhere it says why).
+    assert status["dataplane"] is (netns.unavailable() is None)
     assert status["neutron"]["url"].startswith("http://127.0.0.1:")
     vc = status["vcenter"]
     assert set(vc) == {"url", "username", "password", "ca_file", "datacenter", "dvs"}
@@ -80,3 +84,6 @@ def test_up_status_restart_down(lab_dir: Path):
     assert "neutron-api" in down.stdout and "vcsim" in down.stdout
     assert not any(pid_alive(p) for p in second)
     assert "nothing was running" in _cli(lab_dir, "lab", "down").stdout
+    # The dataplane's namespaces went with it.
+    tag = f"dvsf-{lab_tag(lab_dir)}-"
+    assert not [ns for ns in netns.list_ns() if ns.startswith(tag)]
