@@ -145,7 +145,7 @@ class Demo:
             if plane:
                 sent, received = self._ping(vms)
                 result["ping"] = {"sent": sent, "received": received}
-                ok &= received == sent
+                ok &= sent > 0 and received == sent
             self.say("\n== 3. migrate vm-a with a vMotion to a host behind another leaf")
             moved = self._vmotion(nova, vms, plane, switch, mode)
             result["vmotion"] = moved
@@ -199,8 +199,12 @@ class Demo:
 
     def _ping(self, vms: dict[str, dict[str, Any]]) -> tuple[int, int]:
         a, b = vms["vm-a"], vms["vm-b"]
-        _wait(lambda: self._ns(a) in netns.list_ns() and self._ns(b) in netns.list_ns(),
-              what="the dataplane agent plugging both VMs")
+        def plugged(vm: dict[str, Any]) -> bool:
+            ns = self._ns(vm)
+            return ns in netns.list_ns() and vm["ip"] in netns.ip(
+                "-o", "addr", "show", "dev", "eth0", ns=ns, check=False)
+        _wait(lambda: plugged(a) and plugged(b),
+              what="the dataplane agent plugging both VMs (namespace, MAC, address)")
         # ovs-vtep reads its database once a second: wait for the first answer.
         _wait(lambda: netns.ping(self._ns(b), a["ip"], 1, deadline=1)[1] == 1,
               what=f"a first ping from vm-b to vm-a ({a['ip']})")

@@ -116,8 +116,15 @@ def ping(ns: str, address: str, count: int, interval: float = 0.2,
                  "-W", "1")
     if deadline:
         argv += ["-w", f"{deadline:g}"]
-    out = run(argv + [address], check=False, timeout=(deadline or count * interval + 5) + 10)
-    return parse_ping(out)
+    try:
+        out = subprocess.run(argv + [address], capture_output=True, text=True,
+                             timeout=(deadline or count * interval + 5) + 10)
+    except subprocess.TimeoutExpired:
+        return 0, 0
+    # No summary: ping did not get to send (no such namespace yet, no address or route
+    # yet: "Network is unreachable" on stderr).  Nothing was sent, nothing answered.
+    match = _STATS.search(out.stdout or "")
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
 def parse_ping(text: str) -> tuple[int, int]:
