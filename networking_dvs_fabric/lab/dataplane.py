@@ -26,13 +26,12 @@ namespaces are deleted by name on ``stop()`` (they are the lab's own).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from networking_dvs_fabric.lab import netns
-from networking_dvs_fabric.lab.leaves import VSWITCH_SCHEMA, LeafSwitch
+from networking_dvs_fabric.lab.leaves import VSWITCH_SCHEMA, LeafSwitch, ovs_env
 from networking_dvs_fabric.lab.procs import Daemon, LabError, wait_until
 
 UNDERLAY_PREFIX = 24
@@ -48,13 +47,6 @@ def host_bridge(esxi_host: str) -> str:
     """OVS bridge name of an ESXi host (interface names are at most 15 characters)."""
     short = re.sub(r"[^a-z0-9]", "", esxi_host.lower())
     return f"esx-{short}"[:15]
-
-
-def _ovs_env(rundir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for var in ("OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"):
-        env[var] = str(rundir)
-    return env
 
 
 class Dataplane:
@@ -104,7 +96,7 @@ class Dataplane:
 
     def _daemon(self, name: str, argv: list[str], rundir: Path) -> Daemon:
         daemon = Daemon(name=name, argv=argv, log_path=self.workdir / "logs" / f"{name}.log",
-                        env=_ovs_env(rundir), cwd=rundir)
+                        env=ovs_env(rundir), cwd=rundir)
         self.daemons.append(daemon)
         daemon.start()
         return daemon
@@ -117,9 +109,7 @@ class Dataplane:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, progress=lambda text: None) -> None:
-        reason = netns.unavailable()
-        if reason:
-            raise LabError(f"no dataplane: {reason}")
+        """Build it all; the caller has checked ``netns.unavailable()`` (``Lab.up``)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             progress("dataplane: the hosts' namespace, spine and ESXi host bridges")

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 from networking_dvs_fabric.lab import topology
-from networking_dvs_fabric.lab.procs import (Daemon, LabError, free_port, port_open,
+from networking_dvs_fabric.lab.procs import (Daemon, LabError, find_program, free_port,
+                                             port_open,
                                              wait_until)
 
 VTEP_SCHEMA = Path("/usr/share/openvswitch/vtep.ovsschema")
@@ -32,16 +33,8 @@ START_TIMEOUT = 15.0
 _MAX_UNIX_PATH = 107
 
 
-def _tool(name: str, package: str) -> str:
-    path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)),
-        None)
-    if path is None:
-        raise LabError(f"{name} not found; apt-get install {package}")
-    return path
-
-
-def _ovs_env(rundir: Path) -> dict[str, str]:
+def ovs_env(rundir: Path) -> dict[str, str]:
+    """Environment that keeps every OVS program's files in ``rundir``."""
     env = dict(os.environ)
     for var in ("OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"):
         env[var] = str(rundir)
@@ -140,7 +133,7 @@ class LeafSwitch:
             return
         tmp = path.with_name(path.name + ".new")
         tmp.unlink(missing_ok=True)
-        self._run([_tool("ovsdb-tool", "openvswitch-common"), "create", str(tmp),
+        self._run([find_program("ovsdb-tool", "openvswitch-common"), "create", str(tmp),
                    str(schema)], "ovsdb-tool create")
         os.replace(tmp, path)
         # ovsdb-tool leaves its lock file behind, named after the temporary file.
@@ -159,7 +152,7 @@ class LeafSwitch:
                 self._ctl_dir = Path(tempfile.mkdtemp(prefix=f"lab-{self.name}-"))
         self.ctl_path.unlink(missing_ok=True)
         argv = [
-            _tool("ovsdb-server", "openvswitch-switch"),
+            find_program("ovsdb-server", "openvswitch-switch"),
             f"--remote=ptcp:{self.port}:127.0.0.1",
             f"--unixctl={self.ctl_path}",
             "--no-chdir",
@@ -170,7 +163,7 @@ class LeafSwitch:
             argv[2:2] = [f"--remote=p{self.db_socket}"]
             argv.append(str(self.conf_db_path))
         self._daemon = Daemon(name=f"ovsdb-server-{self.name}", argv=argv,
-                              log_path=self.log_path, env=_ovs_env(self.workdir),
+                              log_path=self.log_path, env=ovs_env(self.workdir),
                               cwd=self.workdir)
         self._daemon.start()
         try:
@@ -185,9 +178,9 @@ class LeafSwitch:
         if not port_open("127.0.0.1", self.port):
             return False
         out = subprocess.run(
-            [_tool("ovsdb-client", "openvswitch-common"), "--timeout=2", "list-dbs",
+            [find_program("ovsdb-client", "openvswitch-common"), "--timeout=2", "list-dbs",
              self.ovsdb], capture_output=True, text=True, timeout=5,
-            env=_ovs_env(self.workdir))
+            env=ovs_env(self.workdir))
         return out.returncode == 0 and DB_NAME in out.stdout.split()
 
     def _ensure_rows(self) -> None:
@@ -201,13 +194,45 @@ class LeafSwitch:
 
     def vtep_ctl(self, *args: str) -> str:
         """Run ``vtep-ctl`` against this leaf and return its stdout."""
-        return self._run([_tool("vtep-ctl", "openvswitch-vtep"), f"--db={self.ovsdb}",
+        return self._run([find_program("vtep-ctl", "openvswitch-vtep"), f"--db={self.ovsdb}",
                           "--timeout=10", *args], "vtep-ctl")
+
+    # -- read back as vtep-ctl shows it (demo, tests) ------------------------------
+    def bindings(self, port: str) -> dict[int, str]:
+        """VLAN -> logical switch name on one of this leaf's ports."""
+        out = {}
+        for line in self.vtep_ctl("list-bindings", self.name, port).splitlines():
+            vlan, ls = line.split()
+            out[int(vlan, 10)] = ls          # vtep-ctl zero-pads VLANs: "0742"
+        return out
+
+    def remote_entries(self, ls: str) -> dict[str, list[tuple[str, str]]]:
+        """``list-remote-macs`` by section (ucast-mac-remote, mcast-mac-remote):
+        (MAC or "unknown-dst", tunnel IP) pairs."""
+        sections: dict[str, list[tuple[str, str]]] = {}
+        current = ""
+        for line in self.vtep_ctl("list-remote-macs", ls).splitlines():
+            if line and not line.startswith(" "):
+                current = line.strip()
+                sections[current] = []
+            elif " -> " in line:
+                mac, _, locator = line.strip().partition(" -> ")
+                sections.setdefault(current, []).append((mac, locator.split("/")[-1]))
+        return sections
+
+    def remote_macs(self, ls: str) -> dict[str, str]:
+        """MAC -> tunnel IP of the logical switch's remote unicast MACs."""
+        return dict(self.remote_entries(ls).get("ucast-mac-remote", []))
+
+    def flood(self, ls: str) -> set[str]:
+        """Tunnel IPs of the logical switch's unknown-dst flooding list."""
+        return {ip for mac, ip in self.remote_entries(ls).get("mcast-mac-remote", [])
+                if mac == "unknown-dst"}
 
     def _run(self, argv: list[str], what: str) -> str:
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                                 env=_ovs_env(self.workdir))
+                                 env=ovs_env(self.workdir))
         except subprocess.TimeoutExpired as exc:
             raise LabError(f"leaf {self.name}: {what} timed out") from exc
         if out.returncode != 0:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import uuid
 from pathlib import Path
 
-from networking_dvs_fabric.lab.procs import LabError
+from networking_dvs_fabric.lab.procs import LabError, find_program
 
 PROGRAMS = {"ip": "iproute2", "ethtool": "ethtool", "ping": "iputils-ping",
             "ovs-vswitchd": "openvswitch-switch", "ovs-vsctl": "openvswitch-switch",
@@ -25,12 +24,7 @@ SYSTEM_PYTHON = Path("/usr/bin/python3")     # ovs-vtep needs Debian's python3-o
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}", f"/sbin/{name}")
-         if os.access(p, os.X_OK)), None)
-    if path is None:
-        raise LabError(f"{name} not found; apt-get install {PROGRAMS.get(name, name)}")
-    return path
+    return find_program(name, PROGRAMS.get(name, name))
 
 
 def unavailable() -> str | None:

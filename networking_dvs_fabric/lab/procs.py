@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,6 +58,16 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def find_program(name: str, package: str) -> str:
+    """Path of ``name`` (PATH, then the sbin/bin dirs root's PATH may lack)."""
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}", f"/sbin/{name}")
+         if os.access(p, os.X_OK)), None)
+    if path is None:
+        raise LabError(f"{name} not found; apt-get install {package}")
+    return path
 
 
 def pid_alive(pid: int) -> bool:

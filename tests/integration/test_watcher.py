@@ -76,15 +76,7 @@ def remote_macs(lab: Lab, leaf_name: str, network_id: str) -> dict[str, str]:
     sw = leaf(lab, leaf_name)
     if ls not in sw.vtep_ctl("list-ls").split():
         return {}
-    out = {}
-    section = ""
-    for line in sw.vtep_ctl("list-remote-macs", ls).splitlines():
-        if line and not line.startswith(" "):
-            section = line.strip()
-        elif " -> " in line and section == "ucast-mac-remote":
-            mac, _, loc = line.strip().partition(" -> ")
-            out[mac] = loc.split("/")[-1]
-    return out
+    return sw.remote_macs(ls)
 
 
 def located(lab: Lab) -> dict[str, dict]:

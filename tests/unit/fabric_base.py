@@ -36,11 +36,7 @@ def logical_switches(switch: LeafSwitch) -> dict[str, int]:
 
 def bindings(switch: LeafSwitch, port: str) -> dict[int, str]:
     """VLAN -> logical switch name on one port of a leaf."""
-    out = {}
-    for line in switch.vtep_ctl("list-bindings", switch.name, port).splitlines():
-        vlan, ls = line.split()
-        out[int(vlan)] = ls
-    return out
+    return switch.bindings(port)
 
 
 class FabricTestCase(base.VSphereDVSTestCase):

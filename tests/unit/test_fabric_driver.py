@@ -71,32 +71,13 @@ class LeafView:
         return out
 
     def bindings(self, port: str) -> dict[int, str]:
-        text = self.switch.vtep_ctl("list-bindings", self.switch.name, port)
-        out = {}
-        for line in text.splitlines():
-            vlan, ls = line.split()
-            out[int(vlan)] = ls
-        return out
-
-    def _remote(self, ls: str) -> dict[str, list[tuple[str, str]]]:
-        """vtep-ctl list-remote-macs, by section: (MAC, tunnel IP) pairs."""
-        sections: dict[str, list[tuple[str, str]]] = {}
-        current = ""
-        for line in self.switch.vtep_ctl("list-remote-macs", ls).splitlines():
-            if line and not line.startswith(" "):
-                current = line.strip()
-                sections[current] = []
-            elif " -> " in line:
-                mac, _, locator = line.strip().partition(" -> ")
-                sections[current].append((mac, locator.split("/")[-1]))
-        return sections
+        return self.switch.bindings(port)
 
     def remote_macs(self, ls: str) -> dict[str, str]:
-        return dict(self._remote(ls).get("ucast-mac-remote", []))
+        return self.switch.remote_macs(ls)
 
     def flood(self, ls: str) -> set[str]:
-        return {ip for mac, ip in self._remote(ls).get("mcast-mac-remote", [])
-                if mac == "unknown-dst"}
+        return self.switch.flood(ls)
 
 
 class FabricHwvtepTestCase(fabric_base.FabricTestCase):
