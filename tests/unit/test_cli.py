@@ -123,3 +123,20 @@ def test_lab_dir_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.
     assert main(["lab", "status", "--json"]) == 2
     assert str(tmp_path / "state.json") in capsys.readouterr().err
 
+
+
+def test_required_dataplane_where_namespaces_do_not_work_is_refused_saying_why(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fault injection: this machine has working namespaces, so a machine without them is
+    # simulated by making the availability probe answer as it would there.
+    from networking_dvs_fabric.lab import netns
+    monkeypatch.setattr(netns, "unavailable",
+                        lambda: "network namespaces need root (the lab runs as an "
+                                "ordinary user)")
+    code = main(["--lab-dir", str(tmp_path), "lab", "up", "--dataplane"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--dataplane" in err and "need root" in err
+    assert "Traceback" not in err
+    assert not any(tmp_path.iterdir()), "a refused 'lab up' must not start anything"
