@@ -100,19 +100,3 @@ def read_intents(context, network_ids: Iterable[str],
                 network_id, vnis[network_id],
                 tuple(sorted(bound[network_id], key=lambda b: (b.port_id, b.host))))
     return result
-
-
-def segment_in_use(context, segment_id: str) -> bool:
-    """Is any port binding (active or not) bound through this segment?"""
-    with db_api.CONTEXT_READER.using(context):
-        return context.session.query(ml2_models.PortBindingLevel.port_id).filter(
-            ml2_models.PortBindingLevel.segment_id == segment_id).first() is not None
-
-
-def active_binding_host(context, port_id: str) -> str | None:
-    """Host of the port's active binding (None: no active binding stored yet)."""
-    with db_api.CONTEXT_READER.using(context):
-        row = context.session.query(ml2_models.PortBinding.host).filter(
-            ml2_models.PortBinding.port_id == port_id,
-            ml2_models.PortBinding.status == n_const.ACTIVE).first()
-    return row.host if row else None

@@ -21,9 +21,9 @@ from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
 
 from networking_dvs_fabric import opts
-from networking_dvs_fabric.fabric.intent import active_binding_host, segment_in_use
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.journal.wakeup import Waker
+from networking_dvs_fabric.ml2 import segments
 from networking_dvs_fabric.topology import HostDirectory, Topology, TopologyError
 from networking_dvs_fabric.vcenter import errors
 
@@ -32,6 +32,7 @@ LOG = logging.getLogger(__name__)
 DRIVER_NAME = "fabric_hwvtep"
 RESOURCE_NETWORK = "network"
 INACTIVE_BINDING_DELAYS = (0.5, 3.0)
+HOLD_TRIES = 3
 
 
 class ConfigurationError(n_exc.NeutronException):
@@ -105,12 +106,7 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             if placement is None:
                 LOG.debug("fabric_hwvtep: host %s not in the fabric topology", context.host)
                 return
-            try:
-                dynamic = context.allocate_dynamic_segment(
-                    {api.NETWORK_TYPE: n_const.TYPE_VLAN,
-                     api.PHYSICAL_NETWORK: placement.physical_network})
-            except n_exc.NoNetworkAvailable:
-                dynamic = None        # the VLAN range is used up (nothing was allocated)
+            dynamic, active_host = self._allocate_and_hold(context, placement.physical_network)
             if dynamic is None:
                 LOG.error("fabric_hwvtep: cannot bind port %(port)s of network %(net)s: no "
                           "VLAN left on physical network %(physnet)s (its VLAN range in "
@@ -125,10 +121,38 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
                                         "vlan": dynamic[api.SEGMENTATION_ID],
                                         "physnet": placement.physical_network})
             context.continue_binding(segment[api.ID], [dynamic])
-            active_host = active_binding_host(context.plugin_context, context.current["id"])
             if active_host not in (None, context.host):
                 self._record_inactive_binding(context)
             return
+
+    def _allocate_and_hold(self, context: api.PortContext,
+                           physical_network: str) -> tuple[dict | None, str | None]:
+        """The network's dynamic VLAN segment on ``physical_network``, locked against a
+        concurrent release (``segments`` module doc), and the port's active binding host.
+
+        (None, None) when the VLAN range is used up.  A segment released between ML2's
+        answer and the lock is asked for again: ML2 then allocates a new one.
+        """
+        for _ in range(HOLD_TRIES):
+            try:
+                dynamic = context.allocate_dynamic_segment(
+                    {api.NETWORK_TYPE: n_const.TYPE_VLAN,
+                     api.PHYSICAL_NETWORK: physical_network})
+            except n_exc.NoNetworkAvailable:
+                dynamic = None        # the VLAN range is used up (nothing was allocated)
+            if dynamic is None:
+                return None, None
+            held, active_host = segments.hold(context.plugin_context, dynamic[api.ID],
+                                              context.current["id"])
+            if held:
+                return dynamic, active_host
+            LOG.info("fabric_hwvtep: segment %(seg)s of network %(net)s was released while "
+                     "port %(port)s was being bound; asking for the segment again",
+                     {"seg": dynamic[api.ID], "net": context.network.current["id"],
+                      "port": context.current["id"]})
+        raise n_exc.NeutronException(
+            message=f"dynamic segment of network {context.network.current['id']} on "
+                    f"{physical_network} released under the bind {HOLD_TRIES} times")
 
     def _record_inactive_binding(self, context: api.PortContext) -> None:
         """A second, inactive binding (live migration's destination) is being made.
@@ -203,15 +227,17 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         self.waker.wake()
 
     def _release_if_unused(self, context: api.PortContext, segment_id: str) -> None:
-        """Release a dynamic segment we allocated once no binding uses it.
-
-        Two ports leaving at once may both find it unused; the second release finds
-        the segment gone, which ML2 tolerates.
-        """
-        if not segment_in_use(context.plugin_context, segment_id):
-            LOG.info("fabric_hwvtep: releasing dynamic segment %s (no port bound through "
+        """Release a dynamic segment we allocated once no binding uses it, under the
+        lock that keeps a concurrent bind from being undercut (``segments``)."""
+        outcome = segments.release_if_unused(context.plugin_context, segment_id,
+                                             context.current["id"],
+                                             context.release_dynamic_segment)
+        if outcome == "released":
+            LOG.info("fabric_hwvtep: released dynamic segment %s (no port bound through "
                      "it)", segment_id)
-            context.release_dynamic_segment(segment_id)
+        elif outcome == "bind_running":
+            LOG.info("fabric_hwvtep: dynamic segment %s kept: a port of its network is "
+                     "being bound", segment_id)
 
 
 def _ours(levels: list[dict] | None) -> bool:
