@@ -102,6 +102,23 @@ def _is_cert_error(exc: BaseException) -> bool:
 _TEMPORARY = (OSError, http.client.HTTPException, socket.timeout)
 
 
+class _ServiceInstance:
+    """The logged-in ServiceInstance with its ServiceContent read once per login.
+
+    pyVmomi fetches ``si.content`` from vCenter on every access; the content (the
+    managers' references) does not change during a session, and every call through
+    ``invoke`` starts from it, so this saves a round trip per call.  Every other
+    attribute is the real ServiceInstance's.
+    """
+
+    def __init__(self, si: Any) -> None:
+        self._real = si
+        self.content = si.RetrieveContent()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
 class VCenterSession:
     """A vCenter login that survives expiry and flaky networks, for one thread at a time."""
 
@@ -147,7 +164,7 @@ class VCenterSession:
         LOG.info("Logged in to vCenter %(url)s as %(user)s",
                  {"url": self.config.url, "user": self.config.username})
         self.logins += 1
-        return si
+        return _ServiceInstance(si)
 
     @property
     def si(self) -> Any:
