@@ -41,10 +41,10 @@ from oslo_db import exception as db_exc
 DEADLOCK_TRIES = 3
 
 
-def _lock(session, segment_id: str) -> bool:
-    """Lock the segment's row; False when it no longer exists."""
-    return session.query(segment_models.NetworkSegment.id).filter(
-        segment_models.NetworkSegment.id == segment_id).with_for_update().first() is not None
+def _lock(session, segment_id: str) -> str | None:
+    """Lock the segment's row; its network's id, or None when it no longer exists."""
+    return session.query(segment_models.NetworkSegment.network_id).filter(
+        segment_models.NetworkSegment.id == segment_id).with_for_update().scalar()
 
 
 def hold(plugin_context, segment_id: str, port_id: str) -> tuple[bool, str | None]:
@@ -55,7 +55,7 @@ def hold(plugin_context, segment_id: str, port_id: str) -> tuple[bool, str | Non
     """
     with db_api.CONTEXT_WRITER.using(plugin_context):
         session = plugin_context.session
-        exists = _lock(session, segment_id)
+        exists = _lock(session, segment_id) is not None
         row = session.query(ml2_models.PortBinding.host).filter(
             ml2_models.PortBinding.port_id == port_id,
             ml2_models.PortBinding.status == n_const.ACTIVE).first()
@@ -85,14 +85,13 @@ def _release_if_unused(plugin_context, segment_id: str, leaving_port_id: str,
                        release: Callable[[str], None]) -> str:
     with db_api.CONTEXT_WRITER.using(plugin_context):
         session = plugin_context.session
-        if not _lock(session, segment_id):
+        network_id = _lock(session, segment_id)
+        if network_id is None:
             return "gone"
         used = session.query(ml2_models.PortBindingLevel.port_id).filter(
             ml2_models.PortBindingLevel.segment_id == segment_id).first()
         if used is not None:
             return "in_use"
-        network_id = session.query(segment_models.NetworkSegment.network_id).filter(
-            segment_models.NetworkSegment.id == segment_id).scalar()
         running = session.query(ml2_models.PortBinding.port_id).join(
             models_v2.Port, models_v2.Port.id == ml2_models.PortBinding.port_id).filter(
             models_v2.Port.network_id == network_id,
