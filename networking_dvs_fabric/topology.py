@@ -33,11 +33,26 @@ from typing import Any, Iterable, Mapping, Protocol
 
 import yaml
 
-from networking_dvs_fabric.fabric.api import LeafSpec, SslFiles
-
 
 class TopologyError(ValueError):
     """The topology file is wrong; the message names the file and the entry."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SslFiles:
+    private_key: str
+    certificate: str
+    ca_cert: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSpec:
+    """One leaf as the topology names it."""
+
+    name: str
+    ovsdb: str                  # tcp:HOST:PORT, ssl:HOST:PORT or unix:PATH
+    tunnel_ip: str
+    ssl: SslFiles | None = None
 
 
 @dataclasses.dataclass(frozen=True, order=True)

@@ -1,13 +1,15 @@
 """``dvs-fabric audit`` and ``dvs-fabric sync``: is the fabric what Neutron says? Make it so."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from networking_dvs_fabric.cmd import neutron_db
+from networking_dvs_fabric.lab.procs import LabError
 
 KIND_TITLES = {
     "port_group_missing": "port groups missing in vCenter",
@@ -25,47 +27,33 @@ KIND_TITLES = {
 }
 
 
-def _parts():
-    from oslo_config import cfg
+@contextlib.contextmanager
+def configured_parts() -> Iterator:
+    """The parts Neutron's configuration names (``sync.audit.Parts``), closed after use.
 
-    from networking_dvs_fabric import opts
-    from networking_dvs_fabric.fabric.hwvtep import HwvtepBackend
+    Built by the same runtime the drivers use; a bad option is refused, naming it.
+    """
+    from neutron_lib import exceptions as n_exc
+
+    from networking_dvs_fabric import runtime
     from networking_dvs_fabric.sync.audit import Parts
-    from networking_dvs_fabric.topology import Topology
-    opts.register_opts(cfg.CONF)
-    fabric_group, vsphere_group = cfg.CONF[opts.FABRIC_GROUP], cfg.CONF[opts.VSPHERE_GROUP]
-    topology = Topology.load(fabric_group.topology_file) if fabric_group.topology_file \
-        else None
-    vsphere = directory = None
-    if vsphere_group.vcenter_url:
-        from networking_dvs_fabric.ml2.vsphere_dvs import backend_from_conf
-        from networking_dvs_fabric.vcenter.hosts import VCenterHostDirectory
-        vsphere = backend_from_conf(vsphere_group)
-        directory = VCenterHostDirectory(vsphere)
-    fabric = HwvtepBackend(list(topology.leaves.values()),
-                           connect_timeout=fabric_group.ovsdb_connect_timeout,
-                           txn_timeout=fabric_group.ovsdb_transaction_timeout) \
-        if topology else None
-    return Parts(topology, directory, vsphere, fabric, fabric_group.mac_distribution,
-                 fabric_group.mode)
-
-
-def _close(parts) -> None:
-    if parts.fabric is not None:
-        parts.fabric.close()
-    if parts.vsphere is not None:
-        parts.vsphere.stop()
+    process_runtime = runtime.for_process()
+    try:
+        try:
+            parts = Parts.of(process_runtime)
+        except n_exc.NeutronException as exc:
+            raise LabError(str(exc)) from exc
+        yield parts
+    finally:
+        process_runtime.close()
 
 
 def run_audit(files: Sequence[Path]):
     from networking_dvs_fabric.sync.audit import audit
 
     def query(context):
-        parts = _parts()
-        try:
+        with configured_parts() as parts:
             return audit(context, parts)
-        finally:
-            _close(parts)
     return neutron_db.read(files, query)
 
 
@@ -77,16 +65,13 @@ def run_sync(files: Sequence[Path], dry_run: bool):
         print(f"sync: {text}", file=sys.stderr, flush=True)
 
     def query(context):
-        parts = _parts()
-        try:
+        with configured_parts() as parts:
             before = audit(context, parts)
             if dry_run or not before.drifts:
                 return before, None, before
             progress(f"{len(before.drifts)} drifts to repair")
             done = repair(context, parts, before, progress)
             return before, done, audit(context, parts)
-        finally:
-            _close(parts)
     return neutron_db.read(files, query)
 
 

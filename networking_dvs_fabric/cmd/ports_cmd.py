@@ -9,7 +9,7 @@ from networking_dvs_fabric.cmd import neutron_db
 
 
 def rows(config_files: Sequence[Path], network_id: str | None) -> list[dict]:
-    from networking_dvs_fabric.watcher import locations
+    from networking_dvs_fabric.db import locations
     return neutron_db.read(config_files, lambda ctx: locations.listing(ctx, network_id))
 
 

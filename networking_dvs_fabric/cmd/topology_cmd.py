@@ -18,11 +18,8 @@ def read_view(files: Sequence[Path]) -> dict[str, Any]:
     from networking_dvs_fabric.view.gather import gather
 
     def query(context):
-        parts = audit_cmd._parts()
-        try:
+        with audit_cmd.configured_parts() as parts:
             return gather(context, parts)
-        finally:
-            audit_cmd._close(parts)
     return neutron_db.read(files, query)
 
 

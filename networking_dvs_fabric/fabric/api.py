@@ -14,6 +14,9 @@ import abc
 import dataclasses
 from typing import Mapping
 
+# How to reach a leaf is part of the topology; backends take it as it is.
+from networking_dvs_fabric.topology import LeafSpec, SslFiles  # noqa: F401
+
 MARKER_KEY = "managed-by"
 MARKER_VALUE = "networking-dvs-fabric"
 NETWORK_ID_KEY = "network-id"
@@ -40,22 +43,6 @@ class LeafBusy(FabricError):
 class LeafRejected(FabricError):
     """The leaf refused a change for a reason retrying will not fix."""
 
-
-@dataclasses.dataclass(frozen=True)
-class SslFiles:
-    private_key: str
-    certificate: str
-    ca_cert: str
-
-
-@dataclasses.dataclass(frozen=True)
-class LeafSpec:
-    """One leaf as the topology names it."""
-
-    name: str
-    ovsdb: str                  # tcp:HOST:PORT, ssl:HOST:PORT or unix:PATH
-    tunnel_ip: str
-    ssl: SslFiles | None = None
 
 
 @dataclasses.dataclass(frozen=True)

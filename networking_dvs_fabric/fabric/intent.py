@@ -18,9 +18,9 @@ from neutron.plugins.ml2 import models as ml2_models
 from neutron_lib import constants as n_const
 from neutron_lib.db import api as db_api
 
-from networking_dvs_fabric.watcher import locations
-
-FABRIC_DRIVER = "fabric_hwvtep"
+from networking_dvs_fabric import names
+from networking_dvs_fabric.db import locations
+from networking_dvs_fabric.levels import pairs_below
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ class NetworkIntent:
 
 
 def read_intents(context, network_ids: Iterable[str],
-                 driver: str = FABRIC_DRIVER) -> dict[str, NetworkIntent | None]:
+                 driver: str = names.FABRIC_DRIVER) -> dict[str, NetworkIntent | None]:
     """Intent per network; None for a network that is gone or has no VXLAN segment."""
     ids = sorted(set(network_ids))
     result: dict[str, NetworkIntent | None] = {i: None for i in ids}
@@ -77,9 +77,7 @@ def read_intents(context, network_ids: Iterable[str],
     bound: dict[str, list[BoundPort]] = defaultdict(list)
     for (port_id, host), rows in by_binding.items():
         rows.sort(key=lambda r: r.level)
-        for upper, lower in zip(rows, rows[1:]):
-            if upper.driver != driver:
-                continue
+        for upper, lower in pairs_below(rows, driver, lambda r: r.driver):
             top, bottom = segments.get(upper.segment_id), segments.get(lower.segment_id)
             if top is None or bottom is None or top.network_type != n_const.TYPE_VXLAN \
                     or bottom.network_type != n_const.TYPE_VLAN:

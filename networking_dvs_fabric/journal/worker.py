@@ -1,8 +1,8 @@
 """The journal worker loop: claim, handle, settle; wake on a datagram, poll as a fallback.
 
 Runs in ``neutron-periodic-workers`` (a driver's ``get_workers``) as a thread of
-that process.  Several may run on several hosts: the store hands each resource to
-one worker at a time.  What a batch means is the handler's business; this loop only
+that process (``thread_worker.ThreadWorker``).  Several may run on several hosts:
+the store hands each resource to one worker at a time.  What a batch means is the handler's business; this loop only
 turns its verdicts into journal states: done, retry later with backoff (no limit on
 count: a leaf may be down for a day), or failed for good (visible to operators).
 """
@@ -12,15 +12,14 @@ import dataclasses
 import logging
 import os
 import socket
-import threading
 import time
 from typing import Callable, Sequence
 
 from neutron_lib import context as n_context
-from neutron_lib import worker
 
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.journal.wakeup import WakeupListener
+from networking_dvs_fabric.thread_worker import ThreadWorker
 
 LOG = logging.getLogger(__name__)
 HOUSEKEEPING_INTERVAL = 10.0
@@ -68,42 +67,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class JournalWorker(worker.BaseWorker):
+class JournalWorker(ThreadWorker):
     def __init__(self, name: str, handler: Handler, settings: WorkerSettings,
                  resource_types: Sequence[str] | None = None) -> None:
-        super().__init__(worker_process_count=0)
-        self.name = name
+        super().__init__()
+        self.name = self.thread_name = name
         self._handler = handler
         self.settings = settings
         self.resource_types = tuple(resource_types) if resource_types else None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._listener: WakeupListener | None = None
         self.worker_id = store.make_worker_id()
         self._unsettled: list[tuple[store.Entry, Exception | None]] = []
         self._last_housekeeping = 0.0
+        self._housekeeping_hooks: list[Callable[[object], None]] = []
 
-    # -- BaseWorker -----------------------------------------------------------
-    def start(self, name: str | None = None, desc: str | None = None) -> None:
-        super().start(name=name or self.name, desc=desc)
-        self._stop.clear()
+    # -- ThreadWorker -----------------------------------------------------------
+    def _before_start(self) -> None:
         self.worker_id = store.make_worker_id()    # this process's pid, not the parent's
         self._listener = WakeupListener(self.settings.wakeup_listen)
-        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-        self._thread.start()
+
+    def start(self, name: str | None = None, desc: str | None = None) -> None:
+        super().start(name=name, desc=desc)
         LOG.info("%(name)s started as %(id)s", {"name": self.name, "id": self.worker_id})
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
+        super().wait()
         if self._listener is not None:
             self._listener.close()
-
-    def reset(self) -> None:
-        pass
 
     # -- the loop -------------------------------------------------------------
     def _loop(self) -> None:
@@ -185,4 +175,11 @@ class JournalWorker(worker.BaseWorker):
         self.on_housekeeping(context)
 
     def on_housekeeping(self, context) -> None:
-        """Subclasses' periodic extra work, run with the housekeeping (every 10 s)."""
+        """Periodic extra work, run with the housekeeping (every 10 s): each hook
+        added with :meth:`add_housekeeping`."""
+        for hook in self._housekeeping_hooks:
+            hook(context)
+
+    def add_housekeeping(self, hook: Callable[[object], None]) -> None:
+        """Run ``hook(context)`` with every housekeeping pass of this worker."""
+        self._housekeeping_hooks.append(hook)

@@ -31,7 +31,8 @@ from networking_dvs_fabric.vcenter import errors
 from networking_dvs_fabric.vcenter.inventory import load_inventory
 from networking_dvs_fabric.vcenter.portgroups import PortGroupManager
 from networking_dvs_fabric.vcenter.session import VCenterConfig, VCenterSession
-from networking_dvs_fabric.vcenter.vm_watch import MigrationStarting, VmGone, VmState, VmWatch
+from networking_dvs_fabric.vcenter.vm_state import MigrationStarting, VmGone, VmState
+from networking_dvs_fabric.vcenter.vm_watch import VmWatch
 
 LOG = logging.getLogger("dataplane")
 WAIT_SECONDS = 2

@@ -98,7 +98,41 @@ def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
     _write_ini(ml2_conf, sections)
     (workdir / "state").mkdir(exist_ok=True)
     (workdir / "locks").mkdir(exist_ok=True)
+    write_lab_python(workdir, sqlite=db_url.startswith("sqlite"))
     return [neutron_conf, ml2_conf]
+
+
+LAB_PYTHON = "lab-python"
+LAB_DRIVERS = {"dvs_fabric_noop_vlan":
+               "networking_dvs_fabric.lab.noop_vlan:NoopVlanMechanismDriver"}
+
+
+def write_lab_python(workdir: Path, sqlite: bool) -> Path:
+    """The lab's own import path, put first on its Neutron processes' PYTHONPATH.
+
+    It holds what only the lab's Neutron may load, so a production Neutron never
+    can: the benchmarks' no-I/O driver, as a ``neutron.ml2.mechanism_drivers``
+    entry point of a distribution that exists only here; and on SQLite a
+    ``sitecustomize`` that installs ``sqlite_immediate`` in every process.
+    """
+    path = workdir / LAB_PYTHON
+    info = path / "dvs_fabric_lab-0.1.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: dvs-fabric-lab\nVersion: 0.1\n"
+        "Summary: networking-dvs-fabric's lab-only drivers (written by the lab)\n")
+    (info / "entry_points.txt").write_text(
+        "[neutron.ml2.mechanism_drivers]\n"
+        + "".join(f"{name} = {target}\n" for name, target in LAB_DRIVERS.items()))
+    hook = path / "sitecustomize.py"
+    if sqlite:
+        hook.write_text(
+            '"""Written by the networking-dvs-fabric lab: its Neutron runs on SQLite."""\n'
+            "from networking_dvs_fabric.lab import sqlite_immediate\n\n"
+            "sqlite_immediate.install()\n")
+    else:
+        hook.unlink(missing_ok=True)
+    return path
 
 
 def _config_args(config_files: list[Path]) -> list[str]:
@@ -136,16 +170,11 @@ def _run(argv: list[str], log: Path, what: str) -> None:
 def _env(config_files: list[Path]) -> dict[str, str]:
     import os
 
-    from networking_dvs_fabric.lab.sqlite_immediate import ENV_VAR
     env = dict(os.environ)
     env["OS_NEUTRON_CONFIG_DIR"] = str(config_files[0].parent)
     env["OS_NEUTRON_CONFIG_FILES"] = ";".join(p.name for p in config_files)
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(config_files[0])
-    if parser.get("database", "connection", fallback="").startswith("sqlite"):
-        env[ENV_VAR] = "1"      # API and periodic workers both write: see sqlite_immediate
-    else:
-        env.pop(ENV_VAR, None)
+    lab_python = str(config_files[0].parent / LAB_PYTHON)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (lab_python, env.get("PYTHONPATH")) if p)
     return env
 
 

@@ -8,15 +8,15 @@ workers (the journal workers) both write, so on SQLite every transaction starts
 with ``BEGIN IMMEDIATE``: they queue for the lock (pysqlite's busy timeout)
 instead of failing.  MariaDB, what production runs, needs none of this.
 
-Installed by ``networking_dvs_fabric/__init__.py`` when the lab sets
-``DVS_FABRIC_LAB_SQLITE_IMMEDIATE=1`` in the environment of the processes it starts.
+Installed by the ``sitecustomize`` the lab writes onto its Neutron processes'
+import path when their database is SQLite (``lab/neutron.py``,
+``write_lab_python``); nothing in the product imports this module.
 """
 from __future__ import annotations
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-ENV_VAR = "DVS_FABRIC_LAB_SQLITE_IMMEDIATE"
 _installed = False
 
 

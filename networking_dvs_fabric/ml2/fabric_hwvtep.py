@@ -18,65 +18,45 @@ from neutron_lib import exceptions as n_exc
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.db import api as db_api
 from neutron_lib.plugins.ml2 import api
-from oslo_config import cfg
 
-from networking_dvs_fabric import opts
+from networking_dvs_fabric import levels, names, runtime
 from networking_dvs_fabric.journal import store
-from networking_dvs_fabric.journal.wakeup import Waker
 from networking_dvs_fabric.ml2 import segments
-from networking_dvs_fabric.topology import HostDirectory, Topology, TopologyError
+from networking_dvs_fabric.topology import HostDirectory, Topology
 from networking_dvs_fabric.vcenter import errors
 
 LOG = logging.getLogger(__name__)
 
-DRIVER_NAME = "fabric_hwvtep"
-RESOURCE_NETWORK = "network"
+DRIVER_NAME = names.FABRIC_DRIVER
+RESOURCE_NETWORK = names.RESOURCE_NETWORK
 INACTIVE_BINDING_DELAYS = (0.5, 3.0)
 HOLD_TRIES = 3
-
-
-class ConfigurationError(n_exc.NeutronException):
-    message = "[ml2_fabric] %(option)s: %(reason)s"
+ConfigurationError = runtime.FabricConfigurationError
 
 
 class FabricHwvtepMechanismDriver(api.MechanismDriver):
     """Hierarchical port binding of VXLAN networks onto leaf switches."""
 
+    runtime: runtime.Runtime
     topology: Topology
     directory: HostDirectory | None
 
     def initialize(self) -> None:
-        opts.register_opts(cfg.CONF)
-        group = cfg.CONF[opts.FABRIC_GROUP]
-        if not group.topology_file:
-            raise ConfigurationError(option="topology_file", reason="required, not set")
-        try:
-            self.topology = Topology.load(group.topology_file)
-        except TopologyError as exc:
-            raise ConfigurationError(option="topology_file", reason=str(exc))
-        self.mode = group.mode
-        self.mac_distribution = group.mac_distribution
-        self.directory = self._vcenter_directory()
-        try:
-            self.waker = Waker(group.wakeup_targets)
-        except ValueError as exc:
-            raise ConfigurationError(option="wakeup_targets", reason=str(exc))
+        self.runtime = runtime.for_process()
+        self.topology = self.runtime.require_topology()
+        settings = self.runtime.fabric_settings
+        self.mode = settings.mode
+        self.mac_distribution = settings.mac_distribution
+        self.directory = self.runtime.directory
+        if self.directory is None:
+            LOG.info("fabric_hwvtep: no [ml2_vsphere] vcenter_url; only hosts with a "
+                     "physical_network in the topology file are served")
+        self.waker = self.runtime.waker
         LOG.info("fabric_hwvtep ready: %(leaves)d leaves, %(hosts)d hosts in %(file)s, "
                  "mode %(mode)s, MAC distribution %(macs)s",
                  {"leaves": len(self.topology.leaves), "hosts": len(self.topology.hosts),
-                  "file": group.topology_file, "mode": self.mode,
+                  "file": self.runtime.topology_file, "mode": self.mode,
                   "macs": self.mac_distribution})
-
-    def _vcenter_directory(self) -> HostDirectory | None:
-        """vCenter answers for vSphere hosts when ``[ml2_vsphere]`` is configured."""
-        if not cfg.CONF[opts.VSPHERE_GROUP].vcenter_url:
-            LOG.info("fabric_hwvtep: no [ml2_vsphere] vcenter_url; only hosts with a "
-                     "physical_network in the topology file are served")
-            return None
-        # Imported here: a KVM-only deployment needs no pyVmomi at all.
-        from networking_dvs_fabric.ml2.vsphere_dvs import backend_from_conf
-        from networking_dvs_fabric.vcenter.hosts import VCenterHostDirectory
-        return VCenterHostDirectory(backend_from_conf(cfg.CONF[opts.VSPHERE_GROUP]))
 
     @property
     def connectivity(self) -> str:
@@ -84,11 +64,15 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
 
     def get_workers(self) -> list:
         # Imported here: API processes never run the worker nor load ovsdbapp.
-        from networking_dvs_fabric.journal.fabric_worker import FabricWorker
-        workers = [FabricWorker(self)]
+        from networking_dvs_fabric.fabric.worker import FabricWorker
+        from networking_dvs_fabric.sync.full_sync import FullSync
+        fabric_worker = FabricWorker(self.runtime)
+        full_sync = FullSync(self.runtime)
+        fabric_worker.add_housekeeping(full_sync.run_if_due)
+        workers = [fabric_worker]
         if self.directory is not None:
             from networking_dvs_fabric.watcher.worker import VCenterWatcher
-            workers.append(VCenterWatcher(self))
+            workers.append(VCenterWatcher(self.runtime))
         return workers
 
     # -- binding --------------------------------------------------------------
@@ -240,15 +224,11 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
                      "being bound", segment_id)
 
 
-def _ours(levels: list[dict] | None) -> bool:
-    return any(level.get(api.BOUND_DRIVER) == DRIVER_NAME for level in levels or [])
+
+def _ours(binding_levels: list[dict] | None) -> bool:
+    return levels.bound_by(binding_levels, DRIVER_NAME)
 
 
-def _segment_below_us(levels: list[dict] | None) -> str | None:
+def _segment_below_us(binding_levels: list[dict] | None) -> str | None:
     """The id of the segment bound at the level under ours (the dynamic VLAN one)."""
-    levels = levels or []
-    for upper, lower in zip(levels, levels[1:]):
-        if upper.get(api.BOUND_DRIVER) == DRIVER_NAME:
-            segment = lower.get(api.BOUND_SEGMENT) or {}
-            return segment.get(api.ID)
-    return None
+    return levels.segment_id_below(binding_levels, DRIVER_NAME)

@@ -9,7 +9,6 @@ else is left to other drivers.
 from __future__ import annotations
 
 import logging
-import ssl
 import time
 
 from neutron_lib import constants as n_const
@@ -17,79 +16,34 @@ from neutron_lib import exceptions as n_exc
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.db import api as db_api
 from neutron_lib.plugins.ml2 import api
-from neutron_lib.utils import helpers
-from oslo_config import cfg
 
-from networking_dvs_fabric import opts
+from networking_dvs_fabric import names, runtime
 from networking_dvs_fabric.journal import store
-from networking_dvs_fabric.journal.wakeup import Waker
-from networking_dvs_fabric.ml2.sweeper import PortGroupSweeper
-from networking_dvs_fabric.vcenter import errors, naming
-from networking_dvs_fabric.vcenter.backend import BackendSettings, VSphereBackend
-from networking_dvs_fabric.vcenter.session import VCenterSession, config_from_conf
+from networking_dvs_fabric.levels import segment_bound_by
+from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.vcenter.backend import VSphereBackend
 
 LOG = logging.getLogger(__name__)
 
-DRIVER_NAME = "vsphere_dvs"
+DRIVER_NAME = names.VSPHERE_DRIVER
 VIF_TYPE_DVS = "dvs"
-RESOURCE_PORT_GROUP = "port_group"
-
-
-class ConfigurationError(n_exc.NeutronException):
-    message = "[ml2_vsphere] %(option)s: %(reason)s"
+ConfigurationError = runtime.VSphereConfigurationError
 
 
 class StartError(n_exc.NeutronException):
     message = "vsphere_dvs cannot start: %(reason)s"
 
 
-def _mappings(option: str, values: list[str]) -> dict[str, str]:
-    try:
-        return helpers.parse_mappings(values, unique_values=False)
-    except ValueError as exc:
-        raise ConfigurationError(option=option, reason=str(exc)) from exc
-
-
-def backend_from_conf(group) -> VSphereBackend:
-    """A (not yet started) backend from ``[ml2_vsphere]``; bad options raise, naming them."""
-    dvs_mappings = _mappings("dvs_mappings", group.dvs_mappings)
-    if not dvs_mappings:
-        raise ConfigurationError(option="dvs_mappings",
-                                 reason="map at least one physical_network to a DVS")
-    try:
-        naming.check_format(group.port_group_name_format)
-    except naming.NameFormatError as exc:
-        raise ConfigurationError(option="port_group_name_format", reason=str(exc))
-    missing = [name for name in ("vcenter_url", "username", "password", "datacenter")
-               if not getattr(group, name)]
-    if missing:
-        raise ConfigurationError(option=", ".join(missing), reason="required, not set")
-    if group.ca_file and not group.insecure:
-        try:
-            ssl.create_default_context(cafile=group.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(option="ca_file",
-                                     reason=f"cannot read {group.ca_file!r} as PEM: {exc}")
-    vcenter = config_from_conf(group)
-    settings = BackendSettings(
-        datacenter=group.datacenter, dvs_mappings=dvs_mappings,
-        host_mappings=_mappings("host_mappings", group.host_mappings),
-        name_format=group.port_group_name_format,
-        unreachable_holdoff=group.unreachable_holdoff)
-    return VSphereBackend(settings, lambda: VCenterSession(vcenter))
-
-
 class VSphereDVSMechanismDriver(api.MechanismDriver):
     """Port groups on a VMware DVS for Neutron VLAN segments."""
 
-    backend: VSphereBackend
+    runtime: runtime.Runtime
+    backend: VSphereBackend        # the runtime's: one vCenter login per process
 
     def initialize(self) -> None:
-        opts.register_opts(cfg.CONF)
-        group = cfg.CONF[opts.VSPHERE_GROUP]
-        self.backend = backend_from_conf(group)
-        self._sweep_interval = group.cleanup_interval
-        self.waker = Waker(cfg.CONF[opts.FABRIC_GROUP].wakeup_targets)
+        self.runtime = runtime.for_process()
+        self.backend = self.runtime.require_vcenter()
+        self.waker = self.runtime.waker
         try:
             # The port group watch starts with the first bind: processes that never
             # bind (neutron-periodic-workers) do not follow vCenter for nothing.
@@ -98,15 +52,18 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
             self.backend.stop()
             raise StartError(reason=str(exc))
         LOG.info("vsphere_dvs ready: datacenter %(dc)s, DVS mappings %(dvs)s",
-                 {"dc": group.datacenter, "dvs": self.backend.settings.dvs_mappings})
+                 {"dc": self.backend.settings.datacenter,
+                  "dvs": self.backend.settings.dvs_mappings})
 
     @property
     def connectivity(self) -> str:
         return portbindings.CONNECTIVITY_L2
 
     def get_workers(self) -> list:
-        from networking_dvs_fabric.ml2.port_group_worker import PortGroupWorker
-        return [PortGroupWorker(self), PortGroupSweeper(self, self._sweep_interval)]
+        # Imported here: API processes never run them.
+        from networking_dvs_fabric.vcenter.port_group_worker import PortGroupWorker
+        from networking_dvs_fabric.vcenter.sweeper import PortGroupSweeper
+        return [PortGroupWorker(self.runtime), PortGroupSweeper(self.runtime)]
 
     # -- binding --------------------------------------------------------------
     def bind_port(self, context: api.PortContext) -> None:
@@ -154,8 +111,8 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
     # forgotten when a process dies: the row stays until the port group is gone.
     def _record_release(self, plugin_context, network_id: str, dvs_name: str) -> None:
         with db_api.CONTEXT_WRITER.using(plugin_context):
-            store.record(plugin_context, RESOURCE_PORT_GROUP,
-                         port_group_resource(network_id, dvs_name))
+            store.record(plugin_context, names.RESOURCE_PORT_GROUP,
+                         names.port_group_resource(network_id, dvs_name))
 
     def update_port_precommit(self, context: api.PortContext) -> None:
         old = _our_segment(context.original_binding_levels)
@@ -192,19 +149,5 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
         self.waker.wake()
 
 
-def port_group_resource(network_id: str, dvs_name: str) -> str:
-    """Journal resource id of a (network, DVS) port group; network ids hold no ':'."""
-    return f"{network_id}:{dvs_name}"
-
-
-def parse_port_group_resource(resource_id: str) -> tuple[str, str]:
-    network_id, _, dvs_name = resource_id.partition(":")
-    return network_id, dvs_name
-
-
 def _our_segment(levels: list[dict] | None) -> dict | None:
-    for level in levels or []:
-        if level.get(api.BOUND_DRIVER) == DRIVER_NAME:
-            return level.get(api.BOUND_SEGMENT)
-    return None
-
+    return segment_bound_by(levels, DRIVER_NAME)

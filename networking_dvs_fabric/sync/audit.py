@@ -15,6 +15,7 @@ from typing import Any
 from networking_dvs_fabric.fabric.api import FabricError, NetworkOnLeaf
 from networking_dvs_fabric.fabric.desired import desired_state
 from networking_dvs_fabric.fabric.intent import read_intents
+from networking_dvs_fabric.runtime import Runtime
 from networking_dvs_fabric.sync import expected
 from networking_dvs_fabric.topology import HostDirectory, Topology
 from networking_dvs_fabric.vcenter import errors
@@ -31,6 +32,14 @@ class Parts:
     fabric: Any                      # FabricBackend
     mac_distribution: str = "controller"
     mode: str = "pre_provision"
+
+    @classmethod
+    def of(cls, runtime: Runtime) -> "Parts":
+        """The runtime's parts: what is configured (no topology: no leaves)."""
+        topology = runtime.topology
+        return cls(topology, runtime.directory, runtime.vcenter,
+                   runtime.fabric if topology is not None else None,
+                   runtime.fabric_settings.mac_distribution, runtime.fabric_settings.mode)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ from neutron.plugins.ml2 import models as ml2_models
 from neutron_lib import constants as n_const
 from neutron_lib.db import api as db_api
 
-VSPHERE_DRIVER = "vsphere_dvs"
+from networking_dvs_fabric import names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ def port_groups(context, dvs_mappings: dict[str, str]) -> dict[tuple[str, str], 
                   segment_models.NetworkSegment.network_id == models_v2.Network.id)
             .join(ml2_models.PortBindingLevel,
                   ml2_models.PortBindingLevel.segment_id == segment_models.NetworkSegment.id)
-            .filter(ml2_models.PortBindingLevel.driver == VSPHERE_DRIVER,
+            .filter(ml2_models.PortBindingLevel.driver == names.VSPHERE_DRIVER,
                     segment_models.NetworkSegment.network_type == n_const.TYPE_VLAN)
             .distinct().all())
     out: dict[tuple[str, str], ExpectedPortGroup] = {}

@@ -11,9 +11,8 @@ import dataclasses
 from typing import Callable
 
 from networking_dvs_fabric.fabric.api import FabricError
-from networking_dvs_fabric.ml2 import db
 from networking_dvs_fabric.sync.audit import Parts, Report
-from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.vcenter import errors, usage
 
 BATCH = 200
 
@@ -53,10 +52,8 @@ def _port_groups(context, parts: Parts, report: Report, done: Repaired,
     for dvs, network_id in report.orphan_port_groups:
         hosts = vsphere.binding_hosts(dvs)
         try:
-            if vsphere.release_port_group(
-                    dvs, network_id,
-                    lambda: bool(db.network_exists(context, network_id) and
-                                 db.ports_on_hosts(context, network_id, hosts))):
+            if vsphere.release_port_group(dvs, network_id,
+                                          usage.in_use_check(context, network_id, hosts)):
                 done.port_groups += 1
                 progress(f"orphan port group of network {network_id} on {dvs} deleted")
             else:

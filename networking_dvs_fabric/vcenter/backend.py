@@ -47,7 +47,8 @@ class VSphereBackend:
     def __init__(self, settings: BackendSettings,
                  session_factory: Callable[[], VCenterSession]) -> None:
         self.settings = settings
-        self._session_factory = session_factory
+        # One login for everything this backend does; the port group watch (and the
+        # vCenter watcher) use channels of it (``VCenterSession.channel``).
         self.session = session_factory()
         self._inventory: Inventory | None = None
         self._inventory_time = 0.0
@@ -82,7 +83,7 @@ class VSphereBackend:
             if self._cache is None and self._inventory is not None:
                 # The watch's long poll must end well within one request timeout.
                 wait = max(1, min(10, int(self.session.config.request_timeout // 2)))
-                self._cache = PortGroupCache(self._session_factory,
+                self._cache = PortGroupCache(self.session.channel,
                                              self._inventory.datacenter_moid, wait)
                 self._cache.start()
 

@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 from pyVmomi import vim, vmodl
 
-from networking_dvs_fabric.vcenter.portgroups import LIGHT_PROPERTIES, PortGroup, \
-    port_group_from_props
+from networking_dvs_fabric.vcenter.portgroups import (LIGHT_PROPERTIES, PortGroup,
+                                                      port_group_from_props)
 from networking_dvs_fabric.vcenter.session import VCenterSession
 from networking_dvs_fabric.vcenter.soap_watch import UpdateSet, UpdateWaiter
 

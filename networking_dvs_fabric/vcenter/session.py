@@ -119,18 +119,31 @@ class _ServiceInstance:
         return getattr(self._real, name)
 
 
-class VCenterSession:
-    """A vCenter login that survives expiry and flaky networks, for one thread at a time."""
+class _Login:
+    """One vCenter login (a session cookie and its ServiceInstance), shared by a
+    :class:`VCenterSession` and its channels."""
 
     def __init__(self, config: VCenterConfig) -> None:
         self.config = config
-        self._si: Any = None
-        self._lock = threading.RLock()
+        self.si: Any = None
+        self.lock = threading.Lock()
         # Counts successful logins: a new one means the old session was lost (vCenter
         # restarted, or the session expired), so what we made there may be gone too.
-        self.logins = 0
+        self.count = 0
 
-    # -- connection ---------------------------------------------------------
+    def current(self) -> Any:
+        with self.lock:
+            if self.si is None:
+                self.si = self._login()
+            return self.si
+
+    def drop(self, si: Any) -> None:
+        """Forget ``si`` (the next call logs in again) unless it was replaced already:
+        channels that all saw the same login fail log in once, not once each."""
+        with self.lock:
+            if self.si is si:
+                self.si = None
+
     def _login(self) -> Any:
         host, port, path = self.config.host_port_path
         # Bounded connect: pyVmomi has one timeout for everything, so probe first.
@@ -163,15 +176,47 @@ class VCenterSession:
             raise errors.VCenterError(f"vCenter {self.config.url} login failed: {exc}") from exc
         LOG.info("Logged in to vCenter %(url)s as %(user)s",
                  {"url": self.config.url, "user": self.config.username})
-        self.logins += 1
+        self.count += 1
         return _ServiceInstance(si)
+
+    def logout(self) -> None:
+        with self.lock:
+            si, self.si = self.si, None
+        if si is not None:
+            try:
+                si.content.sessionManager.Logout()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+
+
+class VCenterSession:
+    """A vCenter login that survives expiry and flaky networks, for one thread at a time.
+
+    :meth:`channel` gives another thread (a long poll, a watch) its own handle on
+    the same login: calls on different channels run side by side over pyVmomi's
+    connection pool, and the process holds one vCenter session however many
+    threads use it.  Closing a channel leaves the login alone; closing the session
+    that made it logs out.
+    """
+
+    def __init__(self, config: VCenterConfig, _login: _Login | None = None) -> None:
+        self.config = config
+        self._shared = _login or _Login(config)
+        self._owner = _login is None
+        self._lock = threading.RLock()
+
+    def channel(self) -> "VCenterSession":
+        """Another handle on this session's login, for another thread."""
+        return VCenterSession(self.config, self._shared)
+
+    @property
+    def logins(self) -> int:
+        """Successful logins so far (shared with the channels)."""
+        return self._shared.count
 
     @property
     def si(self) -> Any:
-        with self._lock:
-            if self._si is None:
-                self._si = self._login()
-            return self._si
+        return self._shared.current()
 
     @property
     def content(self) -> Any:
@@ -179,19 +224,14 @@ class VCenterSession:
 
     def session_key(self) -> str | None:
         """The key of the current vCenter session (tests use it to expire it)."""
-        with self._lock:
-            if self._si is None:
-                return None
-            return self._si.content.sessionManager.currentSession.key
+        si = self._shared.si
+        if si is None:
+            return None
+        return si.content.sessionManager.currentSession.key
 
     def close(self) -> None:
-        with self._lock:
-            si, self._si = self._si, None
-        if si is not None:
-            try:
-                si.content.sessionManager.Logout()
-            except Exception:  # noqa: BLE001 - best effort on the way out
-                pass
+        if self._owner:
+            self._shared.logout()
 
     # -- calls --------------------------------------------------------------
     def invoke(self, func: Callable[[Any], T], what: str) -> T:
@@ -201,13 +241,14 @@ class VCenterSession:
         reconnected = False
         while True:
             attempt += 1
-            had_session = self._si is not None
+            si = self._shared.si
+            had_session = si is not None
             try:
                 with self._lock:
-                    return func(self.si)
+                    si = self.si
+                    return func(si)
             except vim.fault.NotAuthenticated:
-                with self._lock:
-                    self._si = None
+                self._shared.drop(si)
                 if relogged:
                     raise errors.VCenterAuthError(
                         f"{what}: vCenter {self.config.url} dropped the session again "
@@ -221,12 +262,10 @@ class VCenterSession:
                     from exc
             except (errors.VCenterUnreachable,) + _TEMPORARY as exc:
                 if _is_cert_error(exc):
-                    with self._lock:
-                        self._si = None
+                    self._shared.drop(si)
                     raise errors.VCenterCertificateError(
                         f"{what}: vCenter certificate does not verify: {exc}") from exc
-                with self._lock:
-                    self._si = None
+                self._shared.drop(si)
                 if had_session and not reconnected:
                     # A connection of an older session may have been closed by the
                     # server (restart, idle): one fresh login before counting attempts.

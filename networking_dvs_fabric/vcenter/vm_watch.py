@@ -11,13 +11,17 @@ known from vCenter.  ``VmWatch`` follows, with a PropertyCollector of its own an
 
 and hands the caller plain frozen values: ``VmState`` (the whole merged state of a VM
 that changed), ``VmGone`` and ``MigrationStarting``.  It knows nothing of Neutron.
+Those values, and the pure conversions from pyVmomi values to them (NICs, migration
+destinations, merging one property change), live in ``vm_state``; this module keeps
+the session-bound watch and its filter specs, and still offers the value names.
 
 Merging: the VM filter uses partialUpdates; whole properties are merged into the last
-known state per VM, ``config.extraConfig["key"]`` paths are applied in place, and any
-other nested path (``config.hardware.device[4000].backing...``) or a device change
-without an extraConfig change is answered by reading that VM's devices and extraConfig
-back once (device changes are rare; govmomi's simulator reports every reconfigure as a
-``config.hardware.device`` change and never reports ``config.extraConfig``).
+known state per VM (``vm_state.merge``), ``config.extraConfig["key"]`` paths are
+applied in place, and any other nested path (``config.hardware.device[4000].backing...``)
+or a device change without an extraConfig change is answered by reading that VM's
+devices and extraConfig back once (device changes are rare; govmomi's simulator
+reports every reconfigure as a ``config.hardware.device`` change and never reports
+``config.extraConfig``).
 
 Events: ``latestPage`` (``EVENT_PAGE_SIZE`` events) repeats old events, so only keys
 above the highest seen count; more than a page of matching events between two long
@@ -32,129 +36,48 @@ Threads: ``wait()``/``resync()`` from one thread; ``cancel()`` may come from ano
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime
 import http.client
 import logging
 import threading
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator
 
 from pyVmomi import vim, vmodl
 
 from networking_dvs_fabric.vcenter import errors
 from networking_dvs_fabric.vcenter.session import VCenterSession, collect
 
+# The values and pure conversions live in vm_state; Nic is imported too so that
+# ``vm_watch`` keeps offering every name it always did.
+from networking_dvs_fabric.vcenter.vm_state import (  # noqa: F401 - re-exported
+    DEST_HOST_EVENTS,
+    DEVICES,
+    DONE_MOVE_EVENTS,
+    EXTRA_CONFIG,
+    VM_PROPERTIES,
+    Change,
+    MigrationStarting,
+    Nic,
+    VmGone,
+    VmState,
+    destination_of,
+    events_in,
+    merge,
+    moid_of,
+    nics_of,
+    type_id,
+)
+
 LOG = logging.getLogger(__name__)
 
-IFACE_ID_PREFIX = "nvp.iface-id."
-FREE_IFACE_ID = "free"        # what Nova writes into nvp.iface-id.N when it detaches the NIC
-DEVICES = "config.hardware.device"
-EXTRA_CONFIG = "config.extraConfig"
-SIMPLE_PROPERTIES = ("name", "runtime.host", "runtime.powerState")
-VM_PROPERTIES = SIMPLE_PROPERTIES + (DEVICES, EXTRA_CONFIG)
-# Events that name the host a VM is about to run on.  VmEmigratingEvent is left out:
-# it has no destination.  DrsVmMigratedEvent is a *completed* DRS move (a
-# VmMigratedEvent: its ``host`` is the destination); it still tells the destination
-# before ``runtime.host`` might be seen, so it counts.
-DEST_HOST_EVENTS = (vim.event.VmBeingHotMigratedEvent, vim.event.VmBeingMigratedEvent,
-                    vim.event.VmBeingRelocatedEvent)
-DONE_MOVE_EVENTS = (vim.event.DrsVmMigratedEvent,)
 EVENT_PAGE_SIZE = 50          # events that may arrive between two long polls without loss
 
 _PCQ = vmodl.query.PropertyCollector
-_CARD = vim.vm.device.VirtualEthernetCard
 
 
 class WatchLost(errors.VCenterError):
     """The watch's session, connection or collector is gone: resync with a fresh session."""
 
     permanent = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Nic:
-    mac: str                      # lower-case
-    port_group_key: str | None    # DVS port group key (None: not a DVS port backing)
-    dvs_uuid: str | None
-    iface_id: str | None          # extraConfig nvp.iface-id.<N> for the N-th ethernet card
-
-
-@dataclasses.dataclass(frozen=True)
-class VmState:
-    moid: str
-    name: str
-    host: str | None              # ESXi host name (not moid)
-    powered_on: bool
-    nics: tuple[Nic, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class VmGone:                     # deleted, or left the datacenter
-    moid: str
-
-
-@dataclasses.dataclass(frozen=True)
-class MigrationStarting:
-    vm_moid: str
-    destination_host: str         # ESXi host name
-    event_key: int
-    created: datetime.datetime
-
-
-Change = VmState | VmGone | MigrationStarting
-
-
-# -- turning vCenter values into plain ones -------------------------------------------
-def _moid(ref: Any) -> str | None:
-    return None if ref is None else str(ref._moId)
-
-
-def _iface_ids(extra_config: Iterable[Any]) -> dict[int, str]:
-    """nvp.iface-id.<N> -> port id; a later duplicate key wins, "free" means none."""
-    out: dict[int, str] = {}
-    for option in extra_config:
-        key = getattr(option, "key", None) or ""
-        if not key.startswith(IFACE_ID_PREFIX):
-            continue
-        index = key[len(IFACE_ID_PREFIX):]
-        if not index.isdigit():
-            continue
-        value = getattr(option, "value", None)
-        if isinstance(value, str) and value and value != FREE_IFACE_ID:
-            out[int(index)] = value
-        else:
-            out.pop(int(index), None)
-    return out
-
-
-def _nic(card: Any, iface_id: str | None) -> Nic:
-    backing = card.backing
-    port = getattr(backing, "port", None) \
-        if isinstance(backing, _CARD.DistributedVirtualPortBackingInfo) else None
-    return Nic(mac=(card.macAddress or "").lower(),
-               port_group_key=getattr(port, "portgroupKey", None) or None,
-               dvs_uuid=getattr(port, "switchUuid", None) or None,
-               iface_id=iface_id)
-
-
-def nics_of(devices: Sequence[Any], extra_config: Sequence[Any]) -> tuple[Nic, ...]:
-    """The VM's ethernet cards in device order; card N gets nvp.iface-id.N."""
-    ids = _iface_ids(extra_config)
-    cards = [dev for dev in devices if isinstance(dev, _CARD)]
-    return tuple(_nic(card, ids.get(n)) for n, card in enumerate(cards))
-
-
-def _destination(event: Any) -> Any:
-    """The HostEventArgument naming the destination of a migration event, or None."""
-    if isinstance(event, DEST_HOST_EVENTS):
-        return getattr(event, "destHost", None)
-    if isinstance(event, DONE_MOVE_EVENTS):
-        return getattr(event, "host", None)
-    return None
-
-
-def _type_id(kind: type) -> str:
-    return kind.__name__.rpartition(".")[2]      # vim.event.X -> X (an eventTypeId)
 
 
 # -- the watch ------------------------------------------------------------------------
@@ -250,7 +173,7 @@ class VmWatch:
         self._pc.CreateFilter(_event_collector_filter(self._events), partialUpdates=False)
         updates = self._wait_updates(0)
         self._last_event_key = max(
-            (event.key for event in _events_in(updates)), default=0)
+            (event.key for event in events_in(updates)), default=0)
         for filter_update in updates:   # the events in it are history: not reported
             for object_update in filter_update.objectSet or []:
                 if isinstance(object_update.obj, vim.VirtualMachine):
@@ -273,7 +196,7 @@ class VmWatch:
     def _read_hosts(self) -> None:
         datacenter = vim.Datacenter(self._datacenter_moid, self._si._stub)
         hosts = self._session.retrieve(self._si, vim.HostSystem, ["name"], root=datacenter)
-        self._hosts = {_moid(obj) or "": props.get("name", "") for obj, props in hosts}
+        self._hosts = {moid_of(obj) or "": props.get("name", "") for obj, props in hosts}
 
     def _host_name(self, moid: str | None) -> str | None:
         if moid is None:
@@ -311,7 +234,7 @@ class VmWatch:
                     out.extend(self._migrations(object_update))
                 elif isinstance(obj, vim.VirtualMachine):
                     gone = self._apply_vm(object_update)
-                    moid = _moid(obj) or ""
+                    moid = moid_of(obj) or ""
                     if gone:
                         self._reported.pop(moid, None)
                         out.append(VmGone(moid))
@@ -329,7 +252,7 @@ class VmWatch:
     # -- VMs -----------------------------------------------------------------------------
     def _apply_vm(self, update: Any) -> bool:
         """Merge one object update into the VM's last known properties; True if it left."""
-        moid = _moid(update.obj) or ""
+        moid = moid_of(update.obj) or ""
         if update.kind == "leave":
             self._props.pop(moid, None)
             return True
@@ -337,7 +260,7 @@ class VmWatch:
         names = {change.name for change in update.changeSet or []}
         reread = False
         for change in update.changeSet or []:
-            reread |= not _merge(props, change.name, change.op, change.val)
+            reread |= not merge(props, change.name, change.op, change.val)
         if DEVICES in names and EXTRA_CONFIG not in names and update.kind == "modify":
             # Nova writes the NIC and its nvp.iface-id.N in one reconfigure; the
             # simulator reports the devices but never config.extraConfig.  One read.
@@ -364,7 +287,7 @@ class VmWatch:
         devices = props.get(DEVICES) or []
         extra = props.get(EXTRA_CONFIG) or []
         return VmState(moid=moid, name=props.get("name") or "",
-                       host=self._host_name(_moid(props.get("runtime.host"))),
+                       host=self._host_name(moid_of(props.get("runtime.host"))),
                        powered_on=props.get("runtime.powerState") == "poweredOn",
                        nics=nics_of(list(devices), list(extra)))
 
@@ -384,14 +307,14 @@ class VmWatch:
         return out
 
     def _migration(self, event: Any) -> MigrationStarting | None:
-        destination = _destination(event)
+        destination = destination_of(event)
         vm_arg = getattr(event, "vm", None)
         if destination is None or vm_arg is None or vm_arg.vm is None:
             return None
-        name = destination.name or self._host_name(_moid(destination.host))
+        name = destination.name or self._host_name(moid_of(destination.host))
         if not name:
             return None
-        return MigrationStarting(vm_moid=_moid(vm_arg.vm) or "", destination_host=name,
+        return MigrationStarting(vm_moid=moid_of(vm_arg.vm) or "", destination_host=name,
                                  event_key=int(event.key), created=event.createdTime)
 
 
@@ -413,44 +336,7 @@ def _event_collector_filter(collector: Any) -> Any:
 def _event_filter(datacenter: Any) -> Any:
     return vim.event.EventFilterSpec(
         entity=vim.event.EventFilterSpec.ByEntity(entity=datacenter, recursion="all"),
-        eventTypeId=[_type_id(kind) for kind in DEST_HOST_EVENTS + DONE_MOVE_EVENTS])
-
-
-def _events_in(filter_updates: list[Any]) -> Iterator[Any]:
-    for filter_update in filter_updates:
-        for object_update in filter_update.objectSet or []:
-            if not isinstance(object_update.obj, vim.event.EventHistoryCollector):
-                continue
-            for change in object_update.changeSet or []:
-                if change.name == "latestPage":
-                    yield from change.val or []
-
-
-def _merge(props: dict[str, Any], name: str, op: str, val: Any) -> bool:
-    """Apply one PropertyChange; False if it must be read back (a nested device path)."""
-    if name in VM_PROPERTIES:
-        if op in ("remove", "indirectRemove"):
-            props.pop(name, None)
-        else:
-            props[name] = val
-        return True
-    if name.startswith(EXTRA_CONFIG + "["):
-        return _merge_extra_config(props, name[len(EXTRA_CONFIG):], op, val)
-    return False
-
-
-def _merge_extra_config(props: dict[str, Any], tail: str, op: str, val: Any) -> bool:
-    """``["key"]`` (add/assign/remove an OptionValue) or ``["key"].value`` (assign)."""
-    key, sep, rest = tail[1:].partition("]")
-    key = key.strip('"')
-    if not sep or rest not in ("", ".value"):
-        return False
-    options = [o for o in props.get(EXTRA_CONFIG) or [] if o.key != key]
-    if op not in ("remove", "indirectRemove"):
-        value = val if rest else getattr(val, "value", None)
-        options.append(vim.option.OptionValue(key=key, value=value))
-    props[EXTRA_CONFIG] = options
-    return True
+        eventTypeId=[type_id(kind) for kind in DEST_HOST_EVENTS + DONE_MOVE_EVENTS])
 
 
 @contextlib.contextmanager

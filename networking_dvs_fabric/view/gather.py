@@ -47,7 +47,8 @@ from networking_dvs_fabric.fabric.api import FabricError, NetworkOnLeaf
 from networking_dvs_fabric.topology import Topology
 from networking_dvs_fabric.vcenter import errors
 from networking_dvs_fabric.vcenter.portgroups import PortGroup, PortGroupManager
-from networking_dvs_fabric.vcenter.vm_watch import VmState, VmWatch
+from networking_dvs_fabric.vcenter.vm_state import VmState
+from networking_dvs_fabric.vcenter.vm_watch import VmWatch
 
 SCHEMA_VERSION = 1
 NameOf = Callable[[str | None], str | None]

@@ -1,11 +1,12 @@
 """The vCenter watcher: where each Neutron port's VM really runs, kept in the database.
 
-Runs in ``neutron-periodic-workers`` (``fabric_hwvtep.get_workers``).  Every such
+Runs in ``neutron-periodic-workers`` (``fabric_hwvtep.get_workers``), on a channel
+of the process's one vCenter login (``runtime.py``).  Every such
 process starts one, but only the holder of the vCenter's lease watches; the others
 stand by and take over within ``LEASE_TTL`` + ``STANDBY_INTERVAL`` seconds when the
 holder dies.  Watching is ``vcenter/vm_watch.py`` (one PropertyCollector,
 ``WaitForUpdatesEx``, plus the event stream for migration starts); what it sees
-goes to ``dvs_fabric_port_locations``, and every network whose picture changed is
+goes to ``dvs_fabric_port_locations`` (``db/locations.py``), and every network whose picture changed is
 recorded in the journal for the fabric worker, which is woken at once.
 
 On start and after any reconnect the whole picture is read again, so moves that
@@ -14,64 +15,54 @@ happened while no watcher ran are caught.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import TYPE_CHECKING, Iterable
 
 from neutron_lib import context as n_context
-from neutron_lib import worker
 from neutron_lib.db import api as db_api
 
+from networking_dvs_fabric import names
+from networking_dvs_fabric.db import locations
 from networking_dvs_fabric.journal import lease, store
+from networking_dvs_fabric.thread_worker import ThreadWorker
 from networking_dvs_fabric.vcenter import errors
-from networking_dvs_fabric.watcher import locations
 
 if TYPE_CHECKING:
-    from networking_dvs_fabric.ml2.fabric_hwvtep import FabricHwvtepMechanismDriver
+    from networking_dvs_fabric.runtime import Runtime
 
 LOG = logging.getLogger(__name__)
 LEASE_TTL = 10.0              # a dead holder is replaced within TTL + STANDBY_INTERVAL
 RENEW_INTERVAL = 3.0
 STANDBY_INTERVAL = 3.0
 WAIT_SECONDS = 2              # the watch's long poll; bounded so the lease gets renewed
-RESOURCE_NETWORK = "network"
 
 
-class VCenterWatcher(worker.BaseWorker):
-    def __init__(self, driver: "FabricHwvtepMechanismDriver") -> None:
-        super().__init__(worker_process_count=0)
-        self._driver = driver
-        backend = driver.directory.backend        # type: ignore[union-attr]
-        self._backend = backend
-        self.lease_name = f"vcenter-watcher:{backend.session.config.url}"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+class VCenterWatcher(ThreadWorker):
+    name = "vCenter watcher"
+    thread_name = "dvs-vcenter-watcher"
+
+    def __init__(self, runtime: "Runtime") -> None:
+        super().__init__()
+        self._backend = runtime.require_vcenter()
+        self._waker = runtime.waker
+        self.lease_name = f"vcenter-watcher:{self._backend.session.config.url}"
         self._watch = None
         self.worker_id = ""
         self.holding = False
 
-    # -- BaseWorker -----------------------------------------------------------
-    def start(self, name: str = "vCenter watcher", desc: str | None = None) -> None:
-        super().start(name=name, desc=desc)
+    # -- ThreadWorker -----------------------------------------------------------
+    def _before_start(self) -> None:
         self.worker_id = store.make_worker_id()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="dvs-vcenter-watcher",
-                                        daemon=True)
-        self._thread.start()
+
+    def start(self, name: str | None = None, desc: str | None = None) -> None:
+        super().start(name=name, desc=desc)
         LOG.info("vCenter watcher %s started (lease %s)", self.worker_id, self.lease_name)
 
     def stop(self) -> None:
-        self._stop.set()
+        super().stop()
         watch = self._watch
         if watch is not None:
             watch.cancel()
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-
-    def reset(self) -> None:
-        pass
 
     # -- the loop -------------------------------------------------------------
     def _loop(self) -> None:
@@ -101,7 +92,8 @@ class VCenterWatcher(worker.BaseWorker):
 
     def _watch_while_holding(self, context) -> None:
         from networking_dvs_fabric.vcenter.vm_watch import VmWatch
-        session = self._backend._session_factory()
+        # A channel of the backend's login: the long poll runs beside the drivers' calls.
+        session = self._backend.session.channel()
         try:
             inventory = self._backend.inventory()
             watch = VmWatch(session, inventory.datacenter_moid, wait_seconds=WAIT_SECONDS)
@@ -137,7 +129,7 @@ class VCenterWatcher(worker.BaseWorker):
         return any(nic.iface_id for nic in getattr(state, "nics", ()))
 
     def apply(self, context, changes: Iterable) -> set[str]:
-        from networking_dvs_fabric.vcenter.vm_watch import MigrationStarting, VmGone
+        from networking_dvs_fabric.vcenter.vm_state import MigrationStarting, VmGone
         changed: set[str] = set()
         for change in changes:
             if isinstance(change, VmGone):
@@ -161,5 +153,5 @@ class VCenterWatcher(worker.BaseWorker):
             return
         with db_api.CONTEXT_WRITER.using(context):
             for network_id in sorted(networks):
-                store.record(context, RESOURCE_NETWORK, network_id, "location")
-        self._driver.waker.wake()
+                store.record(context, names.RESOURCE_NETWORK, network_id, "location")
+        self._waker.wake()

@@ -246,6 +246,14 @@ def test_switches_replicate_floods_to_every_listed_leaf(leaf_a, backend_a):
     assert mode == "source_node"
     # A switch of ours left without it (an older release) gets it on the next converge.
     leaf_a.vtep_ctl("clear", "Logical_Switch", "dvsf-n1", "replication_mode")
+    # The backend plans on its replica of the leaf's database, which hears of the
+    # change a moment later (seen to lag on a loaded machine): wait for it.
+    api = backend_a._connection("leaf-a").api()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(
+            list(ls.replication_mode) for ls in api.tables["Logical_Switch"].rows.values()
+            if ls.name == "dvsf-n1"):
+        time.sleep(0.02)
     res = backend_a.converge("leaf-a", {"n1": net("n1", 5000, [("eth1", 100)],
                                                   flood=[IP_B, IP_C])})
     assert res.changes == 1

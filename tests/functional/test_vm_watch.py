@@ -22,10 +22,10 @@ from pyVmomi import vim
 
 from networking_dvs_fabric.lab import vcsim as vcsim_mod
 from networking_dvs_fabric.lab.vcsim import VCenterSimulator
-from networking_dvs_fabric.vcenter import vm_watch
+from networking_dvs_fabric.vcenter import vm_state
 from networking_dvs_fabric.vcenter.session import VCenterConfig, VCenterSession
-from networking_dvs_fabric.vcenter.vm_watch import Change, MigrationStarting, Nic, VmGone, \
-    VmState, VmWatch, WatchLost
+from networking_dvs_fabric.vcenter.vm_state import Change, MigrationStarting, Nic, VmGone, VmState
+from networking_dvs_fabric.vcenter.vm_watch import VmWatch, WatchLost
 
 if shutil.which("go") is None or not (vcsim_mod.GOVMOMI_SRC / "simulator").is_dir():
     pytest.skip("needs the Debian packages golang-go and golang-github-vmware-govmomi-dev",
@@ -348,7 +348,7 @@ def test_migration_event_reported_exactly_once(watch: VmWatch, admin: Admin, vm:
 def test_destination_of_each_event_type(kind: type, field: str | None) -> None:
     arg = vim.event.HostEventArgument(name="esx-9")
     event = kind(**{field: arg}) if field else kind(host=arg)
-    assert vm_watch._destination(event) is (arg if field else None)
+    assert vm_state.destination_of(event) is (arg if field else None)
 
 
 def test_events_before_resync_are_history(session: VCenterSession, admin: Admin,

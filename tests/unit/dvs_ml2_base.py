@@ -41,10 +41,10 @@ from pyVim.connect import Disconnect, SmartConnect  # noqa: E402
 from pyVim.task import WaitForTask  # noqa: E402
 from pyVmomi import vim  # noqa: E402
 
-from networking_dvs_fabric import opts  # noqa: E402
 # Our tables must be in Neutron's model metadata before the test fixture creates the
 # schema (once per process, from that metadata).
 import networking_dvs_fabric.db.models  # noqa: E402,F401
+from networking_dvs_fabric import opts  # noqa: E402
 from networking_dvs_fabric.lab.vcsim import VCenterSimulator  # noqa: E402
 
 LOGGER = "networking_dvs_fabric"
@@ -315,7 +315,7 @@ class VSphereDVSTestCase(test_plugin.Ml2PluginV2TestCase):
         """Neutron's own set-up (the plugin and with it our driver), then find the driver."""
         super().setUp()
         self.mech = self.driver.mechanism_manager.mech_drivers["vsphere_dvs"].obj
-        self.addCleanup(self.mech.backend.stop)
+        self.addCleanup(self.mech.runtime.close)
 
     def setup_parent(self) -> None:
         # Ml2PluginV2TestCase.setUp sets its own VLAN ranges just before this.
@@ -366,8 +366,8 @@ class VSphereDVSTestCase(test_plugin.Ml2PluginV2TestCase):
     def drain_journal(self) -> int:
         """Run the port group journal worker (as neutron-periodic-workers would) until
         nothing is ready; returns how many passes handled something."""
-        from networking_dvs_fabric.ml2.port_group_worker import PortGroupWorker
-        worker = PortGroupWorker(self.mech)
+        from networking_dvs_fabric.vcenter.port_group_worker import PortGroupWorker
+        worker = PortGroupWorker(self.mech.runtime)
         passes = 0
         while worker.run_once():
             passes += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import dvs_ml2_base as base
 import yaml
@@ -20,7 +20,7 @@ from neutron_lib import context as n_context
 from oslo_config import cfg
 
 from networking_dvs_fabric import opts
-from networking_dvs_fabric.journal.fabric_worker import FabricWorker
+from networking_dvs_fabric.fabric.worker import FabricWorker
 from networking_dvs_fabric.lab import topology as lab_topology
 from networking_dvs_fabric.lab.leaves import LeafSwitch
 
@@ -37,6 +37,42 @@ def logical_switches(switch: LeafSwitch) -> dict[str, int]:
 def bindings(switch: LeafSwitch, port: str) -> dict[int, str]:
     """VLAN -> logical switch name on one port of a leaf."""
     return switch.bindings(port)
+
+
+class ModuleFabric:
+    """A test module's vCenter simulator and hardware_vtep leaves (the lab's three),
+    started once by its ``setUpModule`` and stopped by its ``tearDownModule``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.sim = base.SharedSimulator()
+        self.leaves: list[LeafSwitch] = []
+        self._dirs: list[Path] = []
+
+    def start(self, prepare_vcenter: Callable[[base.VCenter], None] | None = None) -> None:
+        self.sim.start()
+        if prepare_vcenter is not None:
+            vc = base.VCenter(self.sim.get())
+            try:
+                prepare_vcenter(vc)
+            finally:
+                vc.close()
+        workdir = Path(tempfile.mkdtemp(prefix=self.prefix))
+        self._dirs.append(workdir)
+        ports = lab_topology.leaf_ports()
+        for item in lab_topology.leaves():
+            self.leaves.append(LeafSwitch(item.name, item.tunnel_ip, workdir / item.name,
+                                          ports[item.name]).start())
+
+    def stop(self) -> None:
+        for item in self.leaves:
+            item.stop()
+        self.sim.stop()
+        for workdir in self._dirs:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def leaf(self, name: str) -> LeafSwitch:
+        return next(item for item in self.leaves if item.name == name)
 
 
 class FabricTestCase(base.VSphereDVSTestCase):
@@ -60,14 +96,10 @@ class FabricTestCase(base.VSphereDVSTestCase):
             cfg.CONF.set_override(name, value, group=opts.FABRIC_GROUP)
         super().start_plugin()
         self.fabric = self.driver.mechanism_manager.mech_drivers["fabric_hwvtep"].obj
-        self.worker = FabricWorker(self.fabric)
-        self.addCleanup(self._close_worker)
+        self.worker = FabricWorker(self.fabric.runtime)
+        self.addCleanup(self.fabric.runtime.close_fabric)
         self.addCleanup(self._clean_leaves)
         self.ctx = n_context.get_admin_context()
-
-    def _close_worker(self) -> None:
-        if self.worker.sync._backend is not None:
-            self.worker.sync._backend.close()
 
     def _clean_leaves(self) -> None:
         # Each test starts from empty leaves: remove what the test's networks left.

@@ -7,10 +7,6 @@ independently of the backend under test.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import dvs_ml2_base as base
 import fabric_base
 from neutron.db import segments_db
@@ -24,32 +20,22 @@ from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.lab import topology as lab_topology
 from networking_dvs_fabric.lab.leaves import LeafSwitch
 
-_SIM = base.SharedSimulator()
-_LEAVES: list[LeafSwitch] = []
-_DIR: list[Path] = []
+_FABRIC = fabric_base.ModuleFabric("fabric-unit-")
+_SIM = _FABRIC.sim
+_LEAVES = _FABRIC.leaves
 KVM_PHYSNET = lab_topology.KVM_PHYSICAL_NETWORK
 
 
 def setUpModule() -> None:
-    _SIM.start()
-    workdir = Path(tempfile.mkdtemp(prefix="fabric-unit-"))
-    _DIR.append(workdir)
-    ports = lab_topology.leaf_ports()
-    for leaf in lab_topology.leaves():
-        _LEAVES.append(LeafSwitch(leaf.name, leaf.tunnel_ip, workdir / leaf.name,
-                                  ports[leaf.name]).start())
+    _FABRIC.start()
 
 
 def tearDownModule() -> None:
-    for leaf in _LEAVES:
-        leaf.stop()
-    _SIM.stop()
-    for workdir in _DIR:
-        shutil.rmtree(workdir, ignore_errors=True)
+    _FABRIC.stop()
 
 
 def leaf(name: str) -> LeafSwitch:
-    return next(item for item in _LEAVES if item.name == name)
+    return _FABRIC.leaf(name)
 
 
 def attachment(esxi_host: str) -> lab_topology.Attachment:

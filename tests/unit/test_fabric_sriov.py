@@ -13,10 +13,6 @@ read back with ``vtep-ctl``.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import dvs_ml2_base as base
 import fabric_base
 from fabric_base import bindings, logical_switches
@@ -38,31 +34,21 @@ PF = "eth1"
 VF_PROFILE = {"pci_vendor_info": "8086:154c", "pci_slot": "0000:81:10.2",
               "physical_network": None}
 
-_SIM = base.SharedSimulator()
-_LEAVES: list[LeafSwitch] = []
-_DIR: list[Path] = []
+_FABRIC = fabric_base.ModuleFabric("fabric-sriov-")
+_SIM = _FABRIC.sim
+_LEAVES = _FABRIC.leaves
 
 
 def setUpModule() -> None:
-    _SIM.start()
-    workdir = Path(tempfile.mkdtemp(prefix="fabric-sriov-"))
-    _DIR.append(workdir)
-    ports = lab_topology.leaf_ports()
-    for item in lab_topology.leaves():
-        _LEAVES.append(LeafSwitch(item.name, item.tunnel_ip, workdir / item.name,
-                                  ports[item.name]).start())
+    _FABRIC.start()
 
 
 def tearDownModule() -> None:
-    for item in _LEAVES:
-        item.stop()
-    _SIM.stop()
-    for workdir in _DIR:
-        shutil.rmtree(workdir, ignore_errors=True)
+    _FABRIC.stop()
 
 
 def leaf(name: str) -> LeafSwitch:
-    return next(item for item in _LEAVES if item.name == name)
+    return _FABRIC.leaf(name)
 
 
 class FabricSriovTestCase(fabric_base.FabricTestCase):

@@ -19,9 +19,6 @@ dynamic VLAN segment given back after a binding whose lower level failed.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import dvs_ml2_base as base
@@ -43,9 +40,9 @@ C0, C1 = "DC0_C0", "DC0_C1"
 C0_PORT, C1_PORT = "swp1", "swp2"                  # see lab_topology.attachments()
 C1_VM_PORT_GROUP = "DC0_DVS1_VM_NETWORK"           # where C1's VMs' NICs are moved to
 
-_SIM = base.SharedSimulator()
-_LEAVES: list[LeafSwitch] = []
-_DIR: list[Path] = []
+_FABRIC = fabric_base.ModuleFabric("fabric-2dvs-")
+_SIM = _FABRIC.sim
+_LEAVES = _FABRIC.leaves
 
 
 # -- the module's vCenter: DVS1 for cluster C1, C1 off DVS0 -------------------------
@@ -102,26 +99,11 @@ def _second_dvs(vc: base.VCenter) -> None:
 
 
 def setUpModule() -> None:
-    _SIM.start()
-    vc = base.VCenter(_SIM.get())
-    try:
-        _second_dvs(vc)
-    finally:
-        vc.close()
-    workdir = Path(tempfile.mkdtemp(prefix="fabric-2dvs-"))
-    _DIR.append(workdir)
-    ports = lab_topology.leaf_ports()
-    for item in lab_topology.leaves():
-        _LEAVES.append(LeafSwitch(item.name, item.tunnel_ip, workdir / item.name,
-                                  ports[item.name]).start())
+    _FABRIC.start(_second_dvs)
 
 
 def tearDownModule() -> None:
-    for item in _LEAVES:
-        item.stop()
-    _SIM.stop()
-    for workdir in _DIR:
-        shutil.rmtree(workdir, ignore_errors=True)
+    _FABRIC.stop()
 
 
 def topology() -> dict:

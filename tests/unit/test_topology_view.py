@@ -20,7 +20,7 @@ from networking_dvs_fabric.lab import topology as lab_topology
 from networking_dvs_fabric.topology import Topology
 from networking_dvs_fabric.vcenter import errors
 from networking_dvs_fabric.vcenter.portgroups import PortGroup
-from networking_dvs_fabric.vcenter.vm_watch import Nic, VmState
+from networking_dvs_fabric.vcenter.vm_state import Nic, VmState
 from networking_dvs_fabric.view import gather, svg, text
 
 NET_A, NET_B = "aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002"

@@ -11,14 +11,14 @@ import uuid
 from concurrent import futures
 
 import dvs_ml2_base as base
-from neutron_lib.api.definitions import portbindings
 from neutron_lib import constants as n_const
+from neutron_lib.api.definitions import portbindings
 
-from networking_dvs_fabric.ml2.sweeper import PortGroupSweeper
 from networking_dvs_fabric.vcenter import pg_cache
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
 from networking_dvs_fabric.vcenter.portgroups import PortGroupManager
 from networking_dvs_fabric.vcenter.session import VCenterSession
+from networking_dvs_fabric.vcenter.sweeper import PortGroupSweeper
 
 _SIM = base.SharedSimulator()
 
@@ -250,7 +250,7 @@ class TestOwnership(VSphereDVSDriverTestCase):
         # Neither deleting the port and network nor sweeping removes it.
         self.delete_port(port["id"])
         self.delete_network(net["id"])
-        sweeper = PortGroupSweeper(self.mech, 60)
+        sweeper = PortGroupSweeper(self.mech.runtime, 60)
         sweeper.sweep_once()
         sweeper.sweep_once()
         self.assertEqual(foreign, self.vc.port_group(foreign.key))
@@ -259,7 +259,7 @@ class TestOwnership(VSphereDVSDriverTestCase):
         stranger = self.vc.create_port_group(f"vm-net-{uuid.uuid4()}", vlan=88)
         builtin = [pg for pg in self.vc.port_groups() if pg.name == "DC0_DVPG0"]
         self.assertEqual(1, len(builtin))
-        sweeper = PortGroupSweeper(self.mech, 60)
+        sweeper = PortGroupSweeper(self.mech.runtime, 60)
         for _ in range(3):
             deleted = sweeper.sweep_once()
             self.assertNotIn(stranger.name, deleted)
@@ -343,13 +343,13 @@ class TestCleanUp(VSphereDVSDriverTestCase):
         busy_net = self.make_network()
         busy = self.assertBoundToPortGroup(self.make_port(busy_net["id"]), busy_net)
 
-        sweeper = PortGroupSweeper(self.mech, 60)
+        sweeper = PortGroupSweeper(self.mech.runtime, 60)
         self.assertNotIn(pg.name, sweeper.sweep_once())
         self.assertNotIn(pg.name, sweeper.sweep_once())     # the VM still has its NIC
         self.assertEqual(pg, self.vc.port_group(pg.key))
 
         self.assertEqual(1, self.vc.detach_nics(pg))
-        fresh = PortGroupSweeper(self.mech, 60)
+        fresh = PortGroupSweeper(self.mech.runtime, 60)
         self.assertNotIn(pg.name, fresh.sweep_once())       # first sweep: only suspect
         self.assertEqual(pg, self.vc.port_group(pg.key))
         self.assertIn(pg.name, fresh.sweep_once())          # second sweep: removed
@@ -366,7 +366,7 @@ class TestCleanUp(VSphereDVSDriverTestCase):
         self.delete_port(port["id"])          # kept: the VM uses it
         self.vc.detach_nics(pg)
 
-        sweeper = PortGroupSweeper(self.mech, 60)
+        sweeper = PortGroupSweeper(self.mech.runtime, 60)
         sweeper.sweep_once()                  # suspect now
         again = self.make_port(net["id"])     # ...but a port arrives
         self.assertEqual(pg.key, again[portbindings.VIF_DETAILS]["pg_id"])
@@ -377,7 +377,7 @@ class TestCleanUp(VSphereDVSDriverTestCase):
         """Left behind by an earlier failure: the network is gone from Neutron."""
         network_id = str(uuid.uuid4())
         made = self.mech.backend.ensure_port_group(base.PHYSNET, network_id, "orphan", 300)
-        sweeper = PortGroupSweeper(self.mech, 60)
+        sweeper = PortGroupSweeper(self.mech.runtime, 60)
         self.assertNotIn(made.pg_name, sweeper.sweep_once())
         self.assertIn(made.pg_name, sweeper.sweep_once())
         self.assertPortGroupGone(made.pg_key)
@@ -445,7 +445,7 @@ class TestSweeperProjects(VSphereDVSDriverTestCase):
         net = self.make_network()
         port = self.make_port(net["id"], project_id="another-project")
         pg = self.assertBoundToPortGroup(port, net)
-        sweeper = PortGroupSweeper(self.mech, 60)
+        sweeper = PortGroupSweeper(self.mech.runtime, 60)
         sweeper.sweep_once()
         sweeper.sweep_once()
         self.assertEqual(pg, self.vc.port_group(pg.key))

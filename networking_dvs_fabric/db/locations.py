@@ -12,9 +12,9 @@ from typing import Iterable
 
 from neutron.db import models_v2
 from neutron_lib.db import api as db_api
+from oslo_utils.timeutils import utcnow
 
 from networking_dvs_fabric.db import models
-from networking_dvs_fabric.journal.store import utcnow
 
 Location = models.PortLocation
 

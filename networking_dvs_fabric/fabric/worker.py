@@ -11,52 +11,40 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Sequence
 
-from oslo_config import cfg
-
-from networking_dvs_fabric import opts
+from networking_dvs_fabric import names
 from networking_dvs_fabric.fabric.api import FabricBackend, FabricError, NetworkOnLeaf
 from networking_dvs_fabric.fabric.desired import desired_state, make_before_break
 from networking_dvs_fabric.fabric.intent import read_intents
 from networking_dvs_fabric.journal import store
-from networking_dvs_fabric.journal.full_sync import FullSync
-from networking_dvs_fabric.journal.worker import (JournalWorker, PermanentFailure,
-                                                  TemporaryFailure, WorkerSettings)
-from networking_dvs_fabric.sync.audit import Parts
+from networking_dvs_fabric.journal.worker import JournalWorker, PermanentFailure, TemporaryFailure
 from networking_dvs_fabric.vcenter import errors
 
 if TYPE_CHECKING:
-    from networking_dvs_fabric.ml2.fabric_hwvtep import FabricHwvtepMechanismDriver
+    from networking_dvs_fabric.runtime import Runtime
 
 LOG = logging.getLogger(__name__)
-RESOURCE_NETWORK = "network"
 
 
 class FabricSync:
     """The handler: converge the leaves for a batch of networks."""
 
-    def __init__(self, driver: "FabricHwvtepMechanismDriver",
-                 backend: FabricBackend | None = None) -> None:
-        self._driver = driver
-        self._backend = backend
+    def __init__(self, runtime: "Runtime") -> None:
+        self._runtime = runtime
         self.transactions = 0
 
     @property
     def backend(self) -> FabricBackend:
-        if self._backend is None:
-            from networking_dvs_fabric.fabric.hwvtep import HwvtepBackend
-            group = cfg.CONF[opts.FABRIC_GROUP]
-            self._backend = HwvtepBackend(list(self._driver.topology.leaves.values()),
-                                          connect_timeout=group.ovsdb_connect_timeout,
-                                          txn_timeout=group.ovsdb_transaction_timeout)
-        return self._backend
+        return self._runtime.fabric
 
     def __call__(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
         network_ids = [e.resource_id for e in entries]
         verdicts: dict[str, Exception | None] = {n: None for n in network_ids}
         try:
+            runtime = self._runtime
             intents = read_intents(context, network_ids)
-            desired = desired_state(intents, self._driver.topology, self._driver.directory,
-                                    self._driver.mac_distribution, self._driver.mode)
+            desired = desired_state(intents, runtime.require_topology(), runtime.directory,
+                                    runtime.fabric_settings.mac_distribution,
+                                    runtime.fabric_settings.mode)
         except errors.VCenterError as exc:
             failure = TemporaryFailure(f"vCenter needed to place cluster hosts: {exc}")
             return [failure for _ in entries]
@@ -117,28 +105,12 @@ class FabricSync:
 
 
 class FabricWorker(JournalWorker):
-    def __init__(self, driver: "FabricHwvtepMechanismDriver",
-                 backend: FabricBackend | None = None) -> None:
-        self.sync = FabricSync(driver, backend)
-        self._driver = driver
-        group = cfg.CONF[opts.FABRIC_GROUP]
-        super().__init__("fabric_hwvtep journal worker", self.sync,
-                         WorkerSettings.from_conf(group),
-                         resource_types=(RESOURCE_NETWORK,))
-        self.full_sync = FullSync(self._parts, group.full_sync_interval)
-
-    def _parts(self) -> Parts:
-        directory = self._driver.directory
-        return Parts(self._driver.topology, directory,
-                     getattr(directory, "backend", None), self.sync.backend,
-                     self._driver.mac_distribution, self._driver.mode)
-
-    def on_housekeeping(self, context) -> None:
-        why = self.full_sync.due()
-        if why:
-            self.full_sync.run(context, why)
+    def __init__(self, runtime: "Runtime") -> None:
+        self.sync = FabricSync(runtime)
+        self._runtime = runtime
+        super().__init__("fabric_hwvtep journal worker", self.sync, runtime.worker_settings,
+                         resource_types=(names.RESOURCE_NETWORK,))
 
     def wait(self) -> None:
         super().wait()
-        if self.sync._backend is not None:
-            self.sync._backend.close()
+        self._runtime.close_fabric()

@@ -11,42 +11,35 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Sequence
 
-from oslo_config import cfg
-
-from networking_dvs_fabric import opts
+from networking_dvs_fabric import names
 from networking_dvs_fabric.journal import store
-from networking_dvs_fabric.journal.worker import (JournalWorker, TemporaryFailure,
-                                                  WorkerSettings)
-from networking_dvs_fabric.ml2 import db
-from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.journal.worker import JournalWorker, TemporaryFailure
+from networking_dvs_fabric.vcenter import errors, usage
+from networking_dvs_fabric.vcenter.backend import VSphereBackend
 
 if TYPE_CHECKING:
-    from networking_dvs_fabric.ml2.vsphere_dvs import VSphereDVSMechanismDriver
+    from networking_dvs_fabric.runtime import Runtime
 
 LOG = logging.getLogger(__name__)
 
 
 class PortGroupRelease:
-    def __init__(self, driver: "VSphereDVSMechanismDriver") -> None:
-        self._driver = driver
+    def __init__(self, backend: VSphereBackend) -> None:
+        self._backend = backend
 
     def __call__(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
         return [self._one(context, entry) for entry in entries]
 
     def _one(self, context, entry: store.Entry) -> Exception | None:
-        from networking_dvs_fabric.ml2.vsphere_dvs import parse_port_group_resource
-        network_id, dvs_name = parse_port_group_resource(entry.resource_id)
-        backend = self._driver.backend
+        network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
+        backend = self._backend
         if dvs_name not in set(backend.settings.dvs_mappings.values()):
             LOG.info("vsphere_dvs: DVS %s no longer mapped; port group of network %s left "
                      "alone", dvs_name, network_id)
             return None
         try:
-            hosts = backend.binding_hosts(dvs_name)
-
-            def still_used() -> bool:
-                return db.network_exists(context, network_id) and \
-                    bool(db.ports_on_hosts(context, network_id, hosts))
+            still_used = usage.in_use_check(context, network_id,
+                                            backend.binding_hosts(dvs_name))
             if still_used():
                 return None
             if backend.release_port_group(dvs_name, network_id, still_used):
@@ -60,8 +53,8 @@ class PortGroupRelease:
 
 
 class PortGroupWorker(JournalWorker):
-    def __init__(self, driver: "VSphereDVSMechanismDriver") -> None:
-        from networking_dvs_fabric.ml2.vsphere_dvs import RESOURCE_PORT_GROUP
-        super().__init__("vsphere_dvs journal worker", PortGroupRelease(driver),
-                         WorkerSettings.from_conf(cfg.CONF[opts.FABRIC_GROUP]),
-                         resource_types=(RESOURCE_PORT_GROUP,))
+    def __init__(self, runtime: "Runtime") -> None:
+        super().__init__("vsphere_dvs journal worker",
+                         PortGroupRelease(runtime.require_vcenter()),
+                         runtime.worker_settings,
+                         resource_types=(names.RESOURCE_PORT_GROUP,))

@@ -6,7 +6,8 @@ binds ``vlan`` segments on the physical networks listed in ``[ml2_noop_vlan]
 physical_networks`` for any host, and with ``vxlan_too`` also VXLAN segments at
 level 0 (stock Neutron has no driver that binds without an agent, and a binding
 that fails is retried by ML2, which would make a baseline look slow).  Not for
-production use.
+production use: only the lab's Neutron can load it (``lab/neutron.py``,
+``write_lab_python``).
 """
 from __future__ import annotations
 

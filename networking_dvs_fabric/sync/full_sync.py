@@ -1,4 +1,4 @@
-"""When the fabric worker runs a full sync: periodically, and when a backend changed identity.
+"""The full sync the fabric worker runs: periodically, and when a backend changed identity.
 
 A vCenter that came back with a new instance UUID (restored, rebuilt), or that made
 our session log in again (restarted - the lab's simulator then comes back with an
@@ -7,14 +7,18 @@ came back with a new switch row (its database was remade) has lost its bindings.
 Neither tells Neutron: the journal holds nothing for them.  So the worker looks
 at both identities on every housekeeping pass and, when one changed (or the
 interval is up), runs the same audit + repair as ``dvs-fabric sync``.
+
+It checks port groups and leaves alike, so it lives with the audit and the repair
+it runs; ``fabric_hwvtep.get_workers`` hangs it on the fabric worker's
+housekeeping (``FullSync.run_if_due``).
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
 
 from networking_dvs_fabric.fabric.api import FabricError
+from networking_dvs_fabric.runtime import Runtime
 from networking_dvs_fabric.sync.audit import Parts, audit
 from networking_dvs_fabric.sync.repair import repair
 from networking_dvs_fabric.vcenter import errors
@@ -23,9 +27,9 @@ LOG = logging.getLogger(__name__)
 
 
 class FullSync:
-    def __init__(self, parts: Callable[[], Parts], interval: float) -> None:
-        self._parts = parts
-        self.interval = interval
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self.interval = runtime.fabric_settings.full_sync_interval
         self._last = time.monotonic()
         self._identities: dict[str, str] = {}
         self.runs = 0
@@ -51,6 +55,14 @@ class FullSync:
                 if identity:
                     found[f"leaf {leaf}"] = identity
         return found
+
+    def _parts(self) -> Parts:
+        return Parts.of(self._runtime)
+
+    def run_if_due(self, context) -> None:
+        why = self.due()
+        if why:
+            self.run(context, why)
 
     def due(self) -> str | None:
         """Why a full sync should run now (None: it should not)."""

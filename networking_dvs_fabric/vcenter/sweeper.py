@@ -10,45 +10,28 @@ before it goes, so a bind that is just starting is never undercut.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING
 
 from neutron_lib import context as n_context
-from neutron_lib import worker
 
-from networking_dvs_fabric.ml2 import db
-from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.thread_worker import ThreadWorker
+from networking_dvs_fabric.vcenter import errors, usage
 
 if TYPE_CHECKING:
-    from networking_dvs_fabric.ml2.vsphere_dvs import VSphereDVSMechanismDriver
+    from networking_dvs_fabric.runtime import Runtime
 
 LOG = logging.getLogger(__name__)
 
 
-class PortGroupSweeper(worker.BaseWorker):
-    def __init__(self, driver: "VSphereDVSMechanismDriver", interval: float) -> None:
-        super().__init__(worker_process_count=0)
-        self._driver = driver
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+class PortGroupSweeper(ThreadWorker):
+    name = "vsphere_dvs port group sweeper"
+    thread_name = "dvs-pg-sweeper"
+
+    def __init__(self, runtime: "Runtime", interval: float | None = None) -> None:
+        super().__init__()
+        self._backend = runtime.require_vcenter()
+        self._interval = runtime.sweep_interval if interval is None else interval
         self._suspects: set[tuple[str, str]] = set()
-
-    def start(self, name: str = "vsphere_dvs port group sweeper", desc: str | None = None):
-        super().start(name=name, desc=desc)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="dvs-pg-sweeper", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-
-    def reset(self) -> None:
-        pass
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -60,7 +43,7 @@ class PortGroupSweeper(worker.BaseWorker):
 
     def sweep_once(self) -> list[str]:
         """One pass; returns the names of the port groups it deleted."""
-        backend = self._driver.backend
+        backend = self._backend
         context = n_context.get_admin_context()
         deleted: list[str] = []
         suspects: set[tuple[str, str]] = set()
@@ -73,19 +56,15 @@ class PortGroupSweeper(worker.BaseWorker):
                 continue
             for pg in owned:
                 network_id = pg.network_id or ""
-                in_use = (db.network_exists(context, network_id)
-                          and db.ports_on_hosts(context, network_id, hosts))
-                if in_use:
+                still_used = usage.in_use_check(context, network_id, hosts)
+                if still_used():
                     continue
                 key = (dvs_name, network_id)
                 if key not in self._suspects:
                     suspects.add(key)
                     continue
                 try:
-                    gone = backend.release_port_group(
-                        dvs_name, network_id,
-                        lambda: bool(db.network_exists(context, network_id) and
-                                     db.ports_on_hosts(context, network_id, hosts)))
+                    gone = backend.release_port_group(dvs_name, network_id, still_used)
                 except errors.VCenterError as exc:
                     LOG.warning("vsphere_dvs sweep: %s", exc)
                     gone = False
