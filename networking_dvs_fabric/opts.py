@@ -53,6 +53,12 @@ vsphere_opts = [
                help="Seconds between sweeps that remove port groups no bound port uses "
                     "any more (including ones kept earlier because a VM still used "
                     "them)."),
+    cfg.BoolOpt("raise_dvs_mtu", default=False,
+                help="When a network's MTU is larger than its DVS's MTU (config.maxMtu; "
+                     "unset counts as vSphere's 1500), raise the DVS's MTU to the "
+                     "network's (never lowered; needs the DVSwitch.Modify privilege and "
+                     "changes the uplinks of every host on the DVS) instead of refusing "
+                     "to bind the port. The physical switch ports must carry it."),
 ]
 
 

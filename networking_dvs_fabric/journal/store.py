@@ -58,18 +58,11 @@ from oslo_log import log as logging
 
 from networking_dvs_fabric.journal.claiming import Lost, candidates, claim_one, processing_exists
 
-# Defined below this module (no import circle) and offered here as the public API.
-from networking_dvs_fabric.journal.common import (  # noqa: F401 - re-exported
-    COMPLETED,
-    FAILED,
-    PENDING,
-    PROCESSING,
-    Entry,
-    Journal,
-    parse_worker_id,
-    utcnow,
-)
-from networking_dvs_fabric.journal.maintenance import prune, release_stale_claims  # noqa: F401 - re-exported
+# Defined in modules below this one (no import circle), offered here as the public API.
+from networking_dvs_fabric.journal.common import (COMPLETED, FAILED, PENDING,  # noqa: F401
+                                                  PROCESSING, Entry, Journal, parse_worker_id,
+                                                  utcnow)
+from networking_dvs_fabric.journal.maintenance import prune, release_stale_claims  # noqa: F401
 
 LOG = logging.getLogger(__name__)
 

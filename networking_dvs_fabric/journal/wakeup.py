@@ -6,7 +6,10 @@ its transaction commits, the API worker sends one UDP datagram to each configure
 target; the workers of a host share one listening address (``SO_REUSEPORT``: the
 kernel hands each datagram to one of them, and any of them can claim the work).
 A datagram can be lost: the workers also poll the journal every ``poll_interval``,
-so a lost wake-up only costs latency, never work.
+so a lost wake-up only costs latency, never work.  Many wake-ups are no more
+work than one: a listener only says "woken since last cleared", and the worker
+spaces the claim rounds wake-ups start (``worker.WAKEUP_MIN_INTERVAL``), so a flood
+of datagrams does not become a flood of database queries.
 """
 from __future__ import annotations
 
@@ -75,11 +78,20 @@ class WakeupListener:
     def address(self) -> tuple[str, int] | None:
         return self._hub.address if self._hub is not None else None
 
-    def wait(self, timeout: float) -> bool:
-        """True when woken, False on timeout."""
+    def wait(self, timeout: float, clear: bool = True) -> bool:
+        """True when woken (since the last clear), False on timeout.
+
+        ``clear=False`` leaves the wake-up set, for :meth:`clear` to consume just
+        before the work it asks for begins: one arriving in between is not lost.
+        """
         woken = self._event.wait(max(0.0, timeout))
-        self._event.clear()
+        if clear:
+            self._event.clear()
         return woken
+
+    def clear(self) -> None:
+        """Forget the wake-ups received so far (the caller is about to look)."""
+        self._event.clear()
 
     def close(self) -> None:
         if self._hub is not None:

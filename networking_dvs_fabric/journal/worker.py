@@ -2,9 +2,18 @@
 
 Runs in ``neutron-periodic-workers`` (a driver's ``get_workers``) as a thread of
 that process (``thread_worker.ThreadWorker``).  Several may run on several hosts:
-the store hands each resource to one worker at a time.  What a batch means is the handler's business; this loop only
-turns its verdicts into journal states: done, retry later with backoff (no limit on
-count: a leaf may be down for a day), or failed for good (visible to operators).
+the store hands each resource to one worker at a time.  What a batch means is the
+handler's business; this loop only turns its verdicts into journal states: done,
+retry later with backoff (no limit on count: a leaf may be down for a day), or
+failed for good (visible to operators).
+
+Pacing: a pass that handled work is followed at once by the next one.  After an
+idle pass the worker sleeps until a wake-up, the earliest due retry or the poll,
+and then starts the next claim round no sooner than ``wakeup_min_interval`` after
+the previous one began: a flood of datagrams (a burst of API calls, or anyone who
+can reach the port) costs at most one claim round per interval, not one per
+datagram.  Wake-ups are coalesced, never lost: one that arrives during a pass or
+the spacing makes the next round happen.
 """
 from __future__ import annotations
 
@@ -23,6 +32,10 @@ from networking_dvs_fabric.thread_worker import ThreadWorker
 
 LOG = logging.getLogger(__name__)
 HOUSEKEEPING_INTERVAL = 10.0
+#: Least time (seconds) from the start of one claim round to the start of the next
+#: when the first found nothing: caps the claim (and ``next_due``) queries a flood
+#: of wake-ups can cause at one per interval per worker.
+WAKEUP_MIN_INTERVAL = 0.05
 
 
 class TemporaryFailure(Exception):
@@ -47,6 +60,7 @@ class WorkerSettings:
     claim_timeout: float = 300.0
     completed_retention: float = 3600.0
     wakeup_listen: str | None = None
+    wakeup_min_interval: float = WAKEUP_MIN_INTERVAL
 
     @classmethod
     def from_conf(cls, group) -> "WorkerSettings":
@@ -79,6 +93,7 @@ class JournalWorker(ThreadWorker):
         self.worker_id = store.make_worker_id()
         self._unsettled: list[tuple[store.Entry, Exception | None]] = []
         self._last_housekeeping = 0.0
+        self._round_started = float("-inf")     # time.monotonic() of the last pass
         self._housekeeping_hooks: list[Callable[[object], None]] = []
 
     # -- ThreadWorker -----------------------------------------------------------
@@ -99,27 +114,37 @@ class JournalWorker(ThreadWorker):
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                self._round_started = time.monotonic()
                 if self.run_once():
-                    continue
+                    continue    # work-driven: straight on, no spacing
                 self._sleep()
             except Exception:  # noqa: BLE001 - the database may be restarting
                 LOG.exception("%s: journal pass failed; retrying in 1 s", self.name)
                 self._stop.wait(1.0)
 
     def _sleep(self) -> None:
+        """After an idle pass: until a wake-up, the earliest due retry or the poll,
+        and in any case until ``wakeup_min_interval`` after that pass began."""
+        assert self._listener is not None
         timeout = self.settings.poll_interval
         due = store.next_due(n_context.get_admin_context())
         if due is not None:
             timeout = min(timeout, max(0.0, (due - store.utcnow()).total_seconds()))
-        # In slices, so stop() is honoured within a second.
+        # In slices, so stop() is honoured within a second.  The wake-up is left
+        # set here: it is consumed only just before the next claim (below).
         deadline = time.monotonic() + timeout
         while not self._stop.is_set():
             left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            assert self._listener is not None
-            if self._listener.wait(min(left, 1.0)):
-                return
+            if left <= 0 or self._listener.wait(min(left, 1.0), clear=False):
+                break
+        # Spacing: wake-ups arriving until the next claim begins are all covered
+        # by it (their work was committed before they were sent), so they are
+        # coalesced into that one round; any arriving later stay set and bring
+        # about the round after.
+        pause = self._round_started + self.settings.wakeup_min_interval - time.monotonic()
+        if pause > 0:
+            self._stop.wait(pause)
+        self._listener.clear()
 
     def run_once(self) -> bool:
         """One pass; True when it handled something (so the next pass runs at once)."""

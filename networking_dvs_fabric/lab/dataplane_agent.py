@@ -31,7 +31,8 @@ from networking_dvs_fabric.vcenter import errors
 from networking_dvs_fabric.vcenter.inventory import load_inventory
 from networking_dvs_fabric.vcenter.portgroups import PortGroupManager
 from networking_dvs_fabric.vcenter.session import VCenterConfig, VCenterSession
-from networking_dvs_fabric.vcenter.vm_state import MigrationStarting, VmGone, VmState
+from networking_dvs_fabric.vcenter.vm_state import (MigrationStarting, PortFacts, VmGone,
+                                                    VmState, place)
 from networking_dvs_fabric.vcenter.vm_watch import VmWatch
 
 LOG = logging.getLogger("dataplane")
@@ -64,19 +65,41 @@ class Agent:
         self.neutron = NeutronClient(status["neutron"]["url"], timeout=30)
         self.wired: dict[tuple[str, int], Wired] = {}
         self.vlans: dict[str, int] = {}          # port group key -> VLAN
+        self.networks: dict[str, str | None] = {}   # port group key -> network (ours)
         self.stop = threading.Event()
         self.watch: VmWatch | None = None
 
     # -- what the VM needs -----------------------------------------------------------
+    def _read_port_groups(self, managers: list[PortGroupManager]) -> None:
+        for manager in managers:
+            for pg in manager.list(full=True):
+                if pg.vlan is not None:
+                    self.vlans[pg.key] = pg.vlan
+                self.networks[pg.key] = pg.network_id
+
     def _vlan(self, managers: list[PortGroupManager], key: str | None) -> int | None:
         if key is None:
             return None
         if key not in self.vlans:
-            for manager in managers:
-                for pg in manager.list(full=True):
-                    if pg.vlan is not None:
-                        self.vlans[pg.key] = pg.vlan
+            self._read_port_groups(managers)
         return self.vlans.get(key)
+
+    def _network(self, managers: list[PortGroupManager], key: str | None) -> str | None:
+        if key is not None and key not in self.networks:
+            self._read_port_groups(managers)
+        return self.networks.get(key or "")
+
+    def _placed(self, managers: list[PortGroupManager], state: VmState) -> VmState:
+        """The VM's NICs with their ports, checked as the watcher does (by MAC)."""
+        facts: dict[str, PortFacts] = {}
+        for port_id in state.claims:
+            try:
+                port = self.neutron.get_port(port_id)
+            except NeutronError:
+                continue
+            facts[port_id] = PortFacts(port["mac_address"].lower(), port["network_id"],
+                                       port.get("device_id") or "")
+        return place(state, facts, lambda key: self._network(managers, key))[0]
 
     def _address(self, port_id: str) -> str | None:
         try:
@@ -99,6 +122,7 @@ class Agent:
         moid = change.moid
         wanted: dict[int, tuple[str, Any]] = {}
         if isinstance(change, VmState) and change.powered_on and change.host:
+            change = self._placed(managers, change)
             for index, nic in enumerate(change.nics):
                 if nic.iface_id:
                     wanted[index] = (change.host, nic)

@@ -98,11 +98,18 @@ class LeafSwitch:
         return self._daemon is not None and self._daemon.running()
 
     # -- lifecycle -----------------------------------------------------------
-    def start(self) -> "LeafSwitch":
-        """Start the server (unless it already runs) and make sure the rows exist."""
+    def start(self, fresh: bool = False) -> "LeafSwitch":
+        """Start the server (unless it already runs) and make sure the rows exist.
+
+        ``fresh``: a new lab: the databases of an earlier one in the same directory
+        go first (a restarted leaf, ``fresh`` False, keeps what it held).
+        """
         self.workdir.mkdir(parents=True, exist_ok=True)
         started_here = False
         if not self.running():
+            if fresh:
+                for path in (self.db_path, self.conf_db_path):
+                    path.unlink(missing_ok=True)
             self._create_db()
             self._start_server()
             started_here = True
@@ -280,14 +287,15 @@ def lab_leaves(workdir: Path, dataplane: bool = False) -> list[LeafSwitch]:
 
 
 def start_lab_leaves(workdir: Path, dataplane: bool = False) -> list[LeafSwitch]:
-    """Build and start the lab's three leaves under ``workdir/leaves/<name>``.
+    """Build and start the lab's three leaves under ``workdir/leaves/<name>``, with new
+    databases (a new lab's Neutron knows nothing of an earlier lab's networks).
 
     If one fails to start, the ones already started are stopped again.
     """
     started: list[LeafSwitch] = []
     try:
         for leaf in lab_leaves(workdir, dataplane):
-            started.append(leaf.start())
+            started.append(leaf.start(fresh=True))
     except BaseException:
         for leaf in started:
             leaf.stop()

@@ -2,8 +2,13 @@
 
 Nova binds a port to a cluster's compute host, then creates the VM on some ESXi
 host of that cluster with a vNIC on the port group from ``vif_details``, the port's
-MAC, and ``nvp.iface-id.<N>`` = the port id in the VM's extraConfig.  DRS or an
-admin then moves VMs with vMotion; vCenter announces the start with an event.
+MAC (``addressType manual``), model E1000 unless the image asks for another, and in
+the VM's extraConfig ``nvp.vm-uuid`` = the instance (every port's ``device_id``) and
+``nvp.iface-id.<N>`` = the port id, N the lowest index not in use: a detached port's
+key is set to ``free`` and the next attach takes it, whatever the card's position
+among the VM's devices (new cards go after the existing ones; a VM from a template
+may carry cards that are not Neutron's).  DRS or an admin then moves VMs with
+vMotion; vCenter announces the start with an event.
 This module does those things with pyVmomi so tests, the demo and the benchmark
 can watch the project follow.  Not used by the drivers.
 """
@@ -17,6 +22,12 @@ from pyVim.task import WaitForTask
 from pyVmomi import vim
 
 DATASTORE = "LocalDS_0"
+IFACE_ID = "nvp.iface-id."
+FREE = "free"
+NIC_MODELS = {"e1000": vim.vm.device.VirtualE1000, "e1000e": vim.vm.device.VirtualE1000e,
+              "vmxnet3": vim.vm.device.VirtualVmxnet3}
+DEFAULT_NIC_MODEL = "e1000"            # Nova's default VIF model for vSphere
+_CARD = vim.vm.device.VirtualEthernetCard
 START_EVENTS = ("VmBeingHotMigratedEvent", "VmBeingMigratedEvent", "DrsVmMigratedEvent")
 
 
@@ -56,6 +67,13 @@ class FakeNova:
                 return host
         raise LookupError(f"no ESXi host {name!r}")
 
+    def port_group(self, name: str) -> tuple[str, str]:
+        """(DVS uuid, key) of the port group called ``name``."""
+        for pg in self._all(vim.dvs.DistributedVirtualPortgroup):
+            if pg.name == name:
+                return pg.config.distributedVirtualSwitch.uuid, pg.key
+        raise LookupError(f"no port group {name!r}")
+
     def vm(self, name: str) -> Any:
         for vm in self._all(vim.VirtualMachine):
             if vm.name == name:
@@ -63,27 +81,30 @@ class FakeNova:
         raise LookupError(f"no VM {name!r}")
 
     # -- what Nova does -------------------------------------------------------------
-    def boot(self, name: str, esxi_host: str, ports: list[dict[str, Any]]) -> Any:
-        """A powered-on VM on ``esxi_host`` with one vNIC per bound port, as Nova makes it."""
+    def boot(self, name: str, esxi_host: str, ports: list[dict[str, Any]],
+             nic_model: str = DEFAULT_NIC_MODEL,
+             template_nics: list[tuple[str, str, str]] = (),
+             instance_uuid: str | None = None) -> Any:
+        """A powered-on VM on ``esxi_host`` with one vNIC per bound port, as Nova makes it.
+
+        ``template_nics``: (MAC, DVS uuid, port group key) of cards the VM's template
+        already has, before Neutron's.  ``instance_uuid``: for a VM booted without
+        ports (otherwise it is the ports' ``device_id``).
+        """
         host = self.host(esxi_host)
         cluster = host.parent
         datacenter = cluster.parent
         while not isinstance(datacenter, vim.Datacenter):
             datacenter = datacenter.parent
-        card = vim.vm.device.VirtualEthernetCard
-        changes, extra = [], []
+        changes = [vim.vm.device.VirtualDeviceSpec(
+            operation="add", device=_nic(NIC_MODELS[DEFAULT_NIC_MODEL], -200 - n, mac, dvs, pg))
+            for n, (mac, dvs, pg) in enumerate(template_nics)]
+        extra = [vim.option.OptionValue(key="nvp.vm-uuid",
+                                        value=instance_uuid or _instance(ports))]
         for index, port in enumerate(ports):
-            details = port["binding:vif_details"]
-            nic = vim.vm.device.VirtualVmxnet3(
-                key=-100 - index, addressType="manual", macAddress=port["mac_address"],
-                backing=card.DistributedVirtualPortBackingInfo(
-                    port=vim.dvs.PortConnection(switchUuid=details["dvs_id"],
-                                                portgroupKey=details["pg_id"])),
-                connectable=vim.vm.device.VirtualDevice.ConnectInfo(
-                    startConnected=True, connected=True, allowGuestControl=True))
-            changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=nic))
-            extra.append(vim.option.OptionValue(key=f"nvp.iface-id.{index}",
-                                                value=port["id"]))
+            changes.append(vim.vm.device.VirtualDeviceSpec(
+                operation="add", device=_port_nic(port, nic_model, -100 - index)))
+            extra.append(vim.option.OptionValue(key=f"{IFACE_ID}{index}", value=port["id"]))
         spec = vim.vm.ConfigSpec(
             name=name, guestId="otherGuest64", numCPUs=1, memoryMB=64,
             files=vim.vm.FileInfo(vmPathName=f"[{DATASTORE}]"),
@@ -93,6 +114,37 @@ class FakeNova:
         vm = self.vm(name)
         WaitForTask(vm.PowerOnVM_Task())
         return vm
+
+    def attach(self, vm_name: str, port: dict[str, Any],
+               nic_model: str = DEFAULT_NIC_MODEL) -> int:
+        """Nova's interface attach: a new card after the others, the lowest free index.
+        Returns the index N of ``nvp.iface-id.N``."""
+        vm = self.vm(vm_name)
+        # The simulator appends a key set again instead of replacing it: the last wins.
+        keys = {o.key: o.value for o in vm.config.extraConfig or []}
+        used = {int(key[len(IFACE_ID):]) for key, value in keys.items()
+                if key.startswith(IFACE_ID) and key[len(IFACE_ID):].isdigit()
+                and value and value != FREE}
+        index = next(n for n in range(len(used) + 1) if n not in used)
+        WaitForTask(vm.ReconfigVM_Task(vim.vm.ConfigSpec(
+            deviceChange=[vim.vm.device.VirtualDeviceSpec(
+                operation="add", device=_port_nic(port, nic_model, -300))],
+            extraConfig=[vim.option.OptionValue(key=f"{IFACE_ID}{index}",
+                                                value=port["id"])])))
+        return index
+
+    def detach(self, vm_name: str, port: dict[str, Any]) -> None:
+        """Nova's interface detach: the card with the port's MAC goes, its key says free."""
+        vm = self.vm(vm_name)
+        mac = port["mac_address"].lower()
+        cards = [dev for dev in vm.config.hardware.device
+                 if isinstance(dev, _CARD) and (dev.macAddress or "").lower() == mac]
+        keys = [o.key for o in vm.config.extraConfig or []
+                if o.key.startswith(IFACE_ID) and o.value == port["id"]]
+        WaitForTask(vm.ReconfigVM_Task(vim.vm.ConfigSpec(
+            deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="remove", device=card)
+                          for card in cards],
+            extraConfig=[vim.option.OptionValue(key=key, value=FREE) for key in keys])))
 
     def announce_migration(self, vm_name: str, destination: str,
                            kind: str = "VmBeingHotMigratedEvent") -> None:
@@ -130,17 +182,6 @@ class FakeNova:
         WaitForTask(vm.RelocateVM_Task(vim.vm.RelocateSpec(host=dest,
                                                             pool=dest.parent.resourcePool)))
 
-    def detach_nics(self, vm_name: str) -> int:
-        """Remove every vNIC of the VM (an interface detach); returns how many."""
-        vm = self.vm(vm_name)
-        nics = [dev for dev in vm.config.hardware.device
-                if isinstance(dev, vim.vm.device.VirtualEthernetCard)]
-        if nics:
-            WaitForTask(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
-                vim.vm.device.VirtualDeviceSpec(operation="remove", device=nic)
-                for nic in nics])))
-        return len(nics)
-
     def power_off(self, vm_name: str) -> None:
         WaitForTask(self.vm(vm_name).PowerOffVM_Task())
 
@@ -149,3 +190,27 @@ class FakeNova:
         if vm.runtime.powerState == "poweredOn":
             WaitForTask(vm.PowerOffVM_Task())
         WaitForTask(vm.Destroy_Task())
+
+
+def _instance(ports: list[dict[str, Any]]) -> str:
+    """The instance the ports belong to: Nova sets each port's device_id to it first."""
+    devices = {port.get("device_id") or "" for port in ports}
+    if len(devices) != 1 or "" in devices:
+        raise ValueError("Nova boots a VM with ports whose device_id is its instance uuid; "
+                         f"these ports say {sorted(devices)}")
+    return devices.pop()
+
+
+def _nic(model: type, key: int, mac: str, dvs_uuid: str, pg_key: str) -> Any:
+    return model(
+        key=key, addressType="manual", macAddress=mac,
+        backing=_CARD.DistributedVirtualPortBackingInfo(
+            port=vim.dvs.PortConnection(switchUuid=dvs_uuid, portgroupKey=pg_key)),
+        connectable=vim.vm.device.VirtualDevice.ConnectInfo(
+            startConnected=True, connected=True, allowGuestControl=True))
+
+
+def _port_nic(port: dict[str, Any], model: str, key: int) -> Any:
+    details = port["binding:vif_details"]
+    return _nic(NIC_MODELS[model], key, port["mac_address"], details["dvs_id"],
+                details["pg_id"])

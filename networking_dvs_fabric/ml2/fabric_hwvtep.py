@@ -34,6 +34,11 @@ HOLD_TRIES = 3
 ConfigurationError = runtime.FabricConfigurationError
 
 
+class SegmentReleasedUnderBind(n_exc.NeutronException):
+    message = ("dynamic VLAN segment of network %(network)s on physical network %(physnet)s "
+               "was released under the bind %(tries)d times in a row")
+
+
 class FabricHwvtepMechanismDriver(api.MechanismDriver):
     """Hierarchical port binding of VXLAN networks onto leaf switches."""
 
@@ -134,9 +139,8 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
                      "port %(port)s was being bound; asking for the segment again",
                      {"seg": dynamic[api.ID], "net": context.network.current["id"],
                       "port": context.current["id"]})
-        raise n_exc.NeutronException(
-            message=f"dynamic segment of network {context.network.current['id']} on "
-                    f"{physical_network} released under the bind {HOLD_TRIES} times")
+        raise SegmentReleasedUnderBind(network=context.network.current["id"],
+                                       physnet=physical_network, tries=HOLD_TRIES)
 
     def _record_inactive_binding(self, context: api.PortContext) -> None:
         """A second, inactive binding (live migration's destination) is being made.

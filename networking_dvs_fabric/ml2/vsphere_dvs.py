@@ -2,9 +2,10 @@
 
 Binds, at whatever level ML2 asks, a ``vlan`` segment whose physical_network is
 mapped to a DVS, for a binding host that is a mapped cluster (or an ESXi host)
-on that DVS.  Before answering it makes sure the network's port group exists
-with the segment's VLAN; Nova's VMware driver reads ``vif_details``.  Everything
-else is left to other drivers.
+on that DVS.  Before answering it checks that the network's MTU fits the DVS's
+(refusing the binding, or raising the DVS's MTU with ``raise_dvs_mtu``) and makes
+sure the network's port group exists with the segment's VLAN; Nova's VMware
+driver reads ``vif_details``.  Everything else is left to other drivers.
 """
 from __future__ import annotations
 
@@ -16,16 +17,20 @@ from neutron_lib import exceptions as n_exc
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.db import api as db_api
 from neutron_lib.plugins.ml2 import api
+from oslo_config import cfg
 
-from networking_dvs_fabric import names, runtime
+from networking_dvs_fabric import names, opts, runtime
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.levels import segment_bound_by
 from networking_dvs_fabric.vcenter import errors
-from networking_dvs_fabric.vcenter.backend import VSphereBackend
+from networking_dvs_fabric.vcenter.backend import DVSMtuNotRaised, VSphereBackend
 
 LOG = logging.getLogger(__name__)
 
 DRIVER_NAME = names.VSPHERE_DRIVER
+# ML2 tries a failed binding up to ten times in one request: an MTU refusal is
+# logged as an ERROR once per port and cause within this many seconds.
+REFUSAL_LOG_WINDOW = 60.0
 VIF_TYPE_DVS = "dvs"
 ConfigurationError = runtime.VSphereConfigurationError
 
@@ -44,6 +49,8 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
         self.runtime = runtime.for_process()
         self.backend = self.runtime.require_vcenter()
         self.waker = self.runtime.waker
+        self.raise_dvs_mtu: bool = cfg.CONF[opts.VSPHERE_GROUP].raise_dvs_mtu
+        self._refusals_logged: dict[tuple, float] = {}
         try:
             # The port group watch starts with the first bind: processes that never
             # bind (neutron-periodic-workers) do not follow vCenter for nothing.
@@ -82,6 +89,8 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
                 if not self.backend.serves(host, physnet):
                     LOG.debug("vsphere_dvs: host %s is not on the DVS of %s", host, physnet)
                     continue
+                if not self._mtu_fits(context, physnet):
+                    continue
                 network = context.network.current
                 started = time.perf_counter()
                 binding = self.backend.ensure_port_group(
@@ -104,6 +113,57 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
                       "vlan": binding.vlan, "level": len(context.binding_levels or []),
                       "ms": (time.perf_counter() - started) * 1000})
             return
+
+    def _mtu_fits(self, context: api.PortContext, physnet: str) -> bool:
+        """Does the network's MTU fit its DVS's (raised first with raise_dvs_mtu)?
+
+        Checked before anything is written to vCenter: the DVS would drop larger
+        frames.  No I/O when the cached inventory's MTU is big enough.
+        """
+        network = context.network.current
+        mtu = int(network.get("mtu") or 0)
+        if not mtu:
+            return True
+        failure = None
+        try:
+            dvs_mtu = self.backend.dvs_mtu(physnet, mtu, raise_it=self.raise_dvs_mtu)
+        except DVSMtuNotRaised as exc:
+            failure = str(exc)
+            dvs_mtu = self.backend.inventory().dvs[self.backend.dvs_for(physnet)].max_mtu
+        if mtu <= dvs_mtu:
+            return True
+        args = {"port": context.current["id"], "host": context.host,
+                "net": network["id"], "name": network.get("name") or "", "mtu": mtu,
+                "dvs": self.backend.dvs_for(physnet), "physnet": physnet, "max": dvs_mtu,
+                "failure": failure}
+        if failure is None:
+            cause = ("Lower the network's MTU (for new networks: Neutron's "
+                     "global_physnet_mtu or [ml2] physical_network_mtus), raise the DVS's "
+                     "MTU in vSphere, or set [ml2_vsphere] raise_dvs_mtu = true")
+        else:
+            cause = ("Raising it failed: %(failure)s. Raise the DVS's MTU in vSphere or "
+                     "lower the network's MTU (for new networks: Neutron's "
+                     "global_physnet_mtu or [ml2] physical_network_mtus)")
+        self._log_refusal(
+            (args["port"], args["net"], mtu, args["dvs"], dvs_mtu, failure is None),
+            "vsphere_dvs: not binding port %(port)s on host %(host)s: network %(net)s "
+            "(%(name)s) has MTU %(mtu)d, larger than the maxMtu %(max)d of DVS %(dvs)s "
+            "(physical network %(physnet)s), which would drop the larger frames. " + cause,
+            args)
+        return False
+
+    def _log_refusal(self, key: tuple, message: str, args: dict) -> None:
+        now = time.monotonic()
+        logged = self._refusals_logged
+        if len(logged) > 512:
+            for old in [k for k, t in logged.items() if now - t > REFUSAL_LOG_WINDOW]:
+                del logged[old]
+        last = logged.get(key)
+        if last is not None and now - last <= REFUSAL_LOG_WINDOW:
+            LOG.debug(message, args)
+            return
+        logged[key] = now
+        LOG.error(message, args)
 
     # -- clean-up: recorded in Neutron's transaction, done by the journal worker --
     # The release itself runs in neutron-periodic-workers (PortGroupWorker), so a

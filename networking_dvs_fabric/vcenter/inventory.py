@@ -1,7 +1,7 @@
 """What the driver needs to know of vCenter's inventory, read in one PropertyCollector call.
 
-The datacenter, its DVSs (uuid, member hosts), its clusters (member hosts) and
-the ESXi host names.  Values are frozen: a refresh builds a new ``Inventory``.
+The datacenter, its DVSs (uuid, member hosts, MTU), its clusters (member hosts)
+and the ESXi host names.  Values are frozen: a refresh builds a new ``Inventory``.
 """
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from pyVmomi import vim, vmodl
 from networking_dvs_fabric.vcenter import errors
 from networking_dvs_fabric.vcenter.session import VCenterSession, collect
 
+# vSphere's MTU of a new DVS.  A DVS whose ``config.maxMtu`` is unset (0 or absent:
+# govmomi's simulator never sets it) runs at this MTU.
+DEFAULT_DVS_MTU = 1500
+
 
 @dataclasses.dataclass(frozen=True)
 class DVSInfo:
@@ -20,6 +24,7 @@ class DVSInfo:
     uuid: str
     moid: str
     host_ids: frozenset[str]
+    max_mtu: int = DEFAULT_DVS_MTU     # config.maxMtu; unset reads as DEFAULT_DVS_MTU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +53,34 @@ class Inventory:
         return names
 
 
+def max_mtu_of(config: Any) -> int:
+    """The MTU a DVS runs at, from its ``config`` (maxMtu None or 0: unset)."""
+    return int(getattr(config, "maxMtu", None) or 0) or DEFAULT_DVS_MTU
+
+
+# Read whole: maxMtu is a field of VMware's DVS config (VMwareDVSConfigInfo), and
+# vCenter's PropertyCollector refuses a path through a property into a subtype's
+# field ("config.maxMtu" -> InvalidProperty), whichever DVS type the spec names.
+DVS_CONFIG = "config"
+
+
+def read_dvs_mtu(session: VCenterSession, dvs: DVSInfo) -> tuple[int, str | None]:
+    """The DVS's MTU now and its config version (for a reconfigure): one read."""
+    def read(si: Any) -> tuple[int, str | None]:
+        pcq = vmodl.query.PropertyCollector
+        spec = pcq.FilterSpec(
+            objectSet=[pcq.ObjectSpec(obj=vim.DistributedVirtualSwitch(dvs.moid, si._stub),
+                                      skip=False)],
+            propSet=[pcq.PropertySpec(type=vim.DistributedVirtualSwitch,
+                                      pathSet=[DVS_CONFIG])])
+        found = collect(si.content.propertyCollector, [spec])
+        if not found:
+            raise errors.VCenterNotFound(f"DVS {dvs.name} not found")
+        config = found[0][1].get(DVS_CONFIG)
+        return max_mtu_of(config), getattr(config, "configVersion", None)
+    return session.invoke(read, f"read the MTU of DVS {dvs.name}")
+
+
 def _find_datacenter(session: VCenterSession, si: Any, name: str) -> tuple[Any, Any]:
     for obj, props in session.retrieve(si, vim.Datacenter, ["name", "networkFolder"]):
         if props.get("name") == name:
@@ -70,7 +103,8 @@ def load_inventory(session: VCenterSession, datacenter: str,
                 objectSet=[pcq.ObjectSpec(obj=view, skip=True, selectSet=[pcq.TraversalSpec(
                     name="view", path="view", skip=False, type=vim.view.ContainerView)])],
                 propSet=[pcq.PropertySpec(type=vim.DistributedVirtualSwitch,
-                                          pathSet=["name", "uuid", "summary.hostMember"]),
+                                          pathSet=["name", "uuid", "summary.hostMember",
+                                                   DVS_CONFIG]),
                          pcq.PropertySpec(type=vim.ClusterComputeResource,
                                           pathSet=["name", "host"]),
                          pcq.PropertySpec(type=vim.HostSystem, pathSet=["name"])])
@@ -84,7 +118,8 @@ def load_inventory(session: VCenterSession, datacenter: str,
             if isinstance(obj, vim.DistributedVirtualSwitch):
                 dvs[props["name"]] = DVSInfo(
                     name=props["name"], uuid=props["uuid"], moid=obj._moId,
-                    host_ids=frozenset(h._moId for h in props.get("summary.hostMember") or []))
+                    host_ids=frozenset(h._moId for h in props.get("summary.hostMember") or []),
+                    max_mtu=max_mtu_of(props.get(DVS_CONFIG)))
             elif isinstance(obj, vim.ClusterComputeResource):
                 clusters[props["name"]] = frozenset(h._moId for h in props.get("host") or [])
             elif isinstance(obj, vim.HostSystem):

@@ -3,8 +3,12 @@
 An entry names a (network, DVS).  Level-triggered like the fabric: if any port of
 the network is still bound (or being bound) on a host of that DVS, the port group
 stays and the entry is done; otherwise it is deleted.  vCenter unreachable, or
-VMs Neutron does not know still using the port group, make the entry retry later
-with backoff - the port group is kept meanwhile and the reason logged.
+VMs Neutron does not know still using the port group, and every other temporary
+error (``errors.VCenterError.temporary``: vCenter busy, a concurrent change...) make
+the entry retry later with backoff - the port group is kept meanwhile and the
+reason logged.  A permanent one (NoPermission, InvalidArgument, any fault not known
+to be temporary) marks the entry failed with the message, for ``dvs-fabric
+journal``; the periodic sweep still removes the port group once vCenter lets it.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from networking_dvs_fabric import names
 from networking_dvs_fabric.journal import store
-from networking_dvs_fabric.journal.worker import JournalWorker, TemporaryFailure
+from networking_dvs_fabric.journal.worker import JournalWorker, PermanentFailure, TemporaryFailure
 from networking_dvs_fabric.vcenter import errors, usage
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
 
@@ -49,7 +53,10 @@ class PortGroupRelease:
             return TemporaryFailure(f"port group of network {network_id} on {dvs_name} is "
                                     "still used by VMs Neutron does not know; kept")
         except errors.VCenterError as exc:
-            return TemporaryFailure(str(exc))
+            if exc.temporary:
+                return TemporaryFailure(str(exc))
+            # The entry (network:DVS) is listed with the message: the fault leads it.
+            return PermanentFailure(str(exc))
 
 
 class PortGroupWorker(JournalWorker):

@@ -137,7 +137,9 @@ class PortGroupManager:
             created = True
             LOG.info("Created port group %(name)s VLAN %(vlan)s on DVS %(dvs)s",
                      {"name": name, "vlan": vlan, "dvs": self.dvs.name})
-        except vim.fault.DuplicateName:
+        except errors.VCenterError as exc:
+            if not exc.is_fault(vim.fault.DuplicateName):
+                raise
             duplicate = True
             LOG.info("Port group %(name)s already exists on DVS %(dvs)s (created "
                      "concurrently); adopting it", {"name": name, "dvs": self.dvs.name})
@@ -195,19 +197,21 @@ class PortGroupManager:
         if not pg.owned:
             raise errors.PortGroupNotOwned(
                 f"port group {pg.name!r} has no networking-dvs-fabric marker; not deleting it")
-        users = self.vms_using(pg)
-        if users:
-            raise errors.PortGroupInUse(
-                f"port group {pg.name!r} on DVS {self.dvs.name} is still used by VM(s) "
-                f"{', '.join(users)}; kept, will retry")
         what = f"delete port group {pg.name!r} from DVS {self.dvs.name}"
         try:
+            users = self.vms_using(pg)
+            if users:
+                raise errors.PortGroupInUse(
+                    f"port group {pg.name!r} on DVS {self.dvs.name} is still used by VM(s) "
+                    f"{', '.join(users)}; kept, will retry")
             task = self.session.invoke(lambda si: self._pg(si, pg.moid).Destroy_Task(), what)
             self.session.wait_for_task(task, what)
         except errors.VCenterNotFound:
             LOG.info("Port group %s was already gone", pg.name)
             return
-        except vim.fault.ResourceInUse as exc:
+        except errors.VCenterError as exc:
+            if not exc.is_fault(vim.fault.ResourceInUse):
+                raise
             raise errors.PortGroupInUse(f"{what}: vCenter says it is in use; kept, will retry") \
                 from exc
         LOG.info("Deleted port group %(name)s from DVS %(dvs)s",

@@ -4,8 +4,12 @@ Every call into vCenter goes through ``VCenterSession.invoke``, which
  - logs in lazily and again when vCenter says the session is gone,
  - retries temporary faults (refused, reset, timed out) with backoff, a bounded
    number of times,
- - turns permanent faults into the project's own errors at once, with a message
-   that says which (wrong password, certificate, object not found).
+ - turns every vCenter fault (``vmodl.MethodFault``, from a call or as a task's
+   error) into the project's own errors at once, temporary or permanent, with a
+   message naming the call, the fault and vCenter's text (``faults.to_error``;
+   wrong password, certificate, object not found keep their own types).  Those
+   faults are not retried here - a call may not be safe to repeat as it is -
+   but by whoever decides on ``temporary`` (journal worker, sweep, ML2's bind).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 from pyVim import connect as pyvim_connect
 from pyVmomi import vim, vmodl
 
-from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.vcenter import errors, faults
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -164,6 +168,9 @@ class _Login:
                 f"{self.config.username!r}: wrong user name or password") from exc
         except errors.VCenterError:
             raise
+        except vmodl.MethodFault as exc:
+            raise faults.to_error(exc, f"log in to vCenter {self.config.url} as "
+                                       f"{self.config.username!r}") from exc
         except Exception as exc:  # noqa: BLE001 - classified below
             if _is_cert_error(exc):
                 raise errors.VCenterCertificateError(
@@ -257,9 +264,8 @@ class VCenterSession:
                 LOG.info("vCenter session expired; logging in again (%s)", what)
                 attempt -= 1
                 continue
-            except vmodl.fault.ManagedObjectNotFound as exc:
-                raise errors.VCenterNotFound(f"{what}: object {exc.obj} no longer exists") \
-                    from exc
+            except vmodl.MethodFault as exc:   # ManagedObjectNotFound, NoPermission...
+                raise faults.to_error(exc, what) from exc
             except (errors.VCenterUnreachable,) + _TEMPORARY as exc:
                 if _is_cert_error(exc):
                     self._shared.drop(si)
@@ -293,19 +299,21 @@ class VCenterSession:
             info = task.info
             if info.state in ("success", "error"):
                 return info
-            return self._wait_task_updates(si, task)
+            return self._wait_task_updates(si, task, what)
 
         info = self.invoke(wait, what)
         if info.state == "error":
             # pyVmomi hands TaskInfo.error over as the fault itself (the wire's
             # LocalizedMethodFault wrapper is unwrapped); allow for a wrapper anyway.
             fault = getattr(info.error, "fault", None) or info.error
+            if isinstance(fault, vmodl.MethodFault):
+                raise faults.to_error(fault, what, task=True) from fault
             if isinstance(fault, BaseException):
                 raise fault
             raise errors.VCenterTaskFailed(f"{what}: vCenter task failed")
         return info.result
 
-    def _wait_task_updates(self, si: Any, task: Any) -> Any:
+    def _wait_task_updates(self, si: Any, task: Any, what: str) -> Any:
         pc = si.content.propertyCollector.CreatePropertyCollector()
         try:
             spec = vmodl.query.PropertyCollector.FilterSpec(
@@ -318,8 +326,9 @@ class VCenterSession:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise errors.VCenterTaskFailed(
-                        f"task {task} not finished after {self.config.task_timeout:.0f} s")
+                    raise errors.VCenterTaskTimeout(
+                        f"{what}: task {task._moId} not finished after "
+                        f"{self.config.task_timeout:.0f} s")
                 options = vmodl.query.PropertyCollector.WaitOptions(
                     maxWaitSeconds=max(1, min(int(left), 30)))
                 update = pc.WaitForUpdatesEx(version, options)

@@ -6,6 +6,11 @@ whether any port of that network sits on a host of that DVS, and deletes the
 unused ones - which also retries those kept earlier because a VM Neutron does
 not know still used them.  A port group must look unused on two sweeps in a row
 before it goes, so a bind that is just starting is never undercut.
+
+One port group or DVS that fails (a vCenter fault such as NoPermission on its
+delete, or anything else) is logged, naming it and the error, and the sweep goes
+on with the next port group and the next DVS; the failed one is tried again on
+the next sweep.
 """
 from __future__ import annotations
 
@@ -54,25 +59,41 @@ class PortGroupSweeper(ThreadWorker):
             except errors.VCenterError as exc:
                 LOG.warning("vsphere_dvs sweep: DVS %s not readable now: %s", dvs_name, exc)
                 continue
+            except Exception:  # noqa: BLE001 - one DVS must not end the sweep
+                LOG.exception("vsphere_dvs sweep: DVS %s not readable now", dvs_name)
+                continue
             for pg in owned:
-                network_id = pg.network_id or ""
-                still_used = usage.in_use_check(context, network_id, hosts)
-                if still_used():
-                    continue
-                key = (dvs_name, network_id)
-                if key not in self._suspects:
-                    suspects.add(key)
-                    continue
+                key = (dvs_name, pg.network_id or "")
                 try:
-                    gone = backend.release_port_group(dvs_name, network_id, still_used)
+                    gone = self._sweep_one(context, dvs_name, key[1], hosts, suspects)
                 except errors.VCenterError as exc:
-                    LOG.warning("vsphere_dvs sweep: %s", exc)
+                    LOG.warning("vsphere_dvs sweep: port group %(pg)s on DVS %(dvs)s not "
+                                "removed (%(kind)s error, tried again next sweep): %(err)s",
+                                {"pg": pg.name, "dvs": dvs_name, "err": exc,
+                                 "kind": "temporary" if exc.temporary else "permanent"})
+                    gone = False
+                except Exception:  # noqa: BLE001 - one port group must not end the sweep
+                    LOG.exception("vsphere_dvs sweep: port group %(pg)s on DVS %(dvs)s not "
+                                  "removed (tried again next sweep)",
+                                  {"pg": pg.name, "dvs": dvs_name})
                     gone = False
                 if gone:
                     deleted.append(pg.name)
-                else:
-                    suspects.add(key)
+                elif gone is False and key in self._suspects:
+                    suspects.add(key)       # looked unused twice already: retried next time
         self._suspects = suspects
         if deleted:
             LOG.info("vsphere_dvs sweep removed port groups: %s", ", ".join(deleted))
         return deleted
+
+    def _sweep_one(self, context, dvs_name: str, network_id: str, hosts: set[str],
+                   suspects: set[tuple[str, str]]) -> bool | None:
+        """True: deleted; False: tried and kept (a suspect again); None: not tried
+        (still used, or suspected for the first time - then added to ``suspects``)."""
+        still_used = usage.in_use_check(context, network_id, hosts)
+        if still_used():
+            return None
+        if (dvs_name, network_id) not in self._suspects:
+            suspects.add((dvs_name, network_id))
+            return None
+        return self._backend.release_port_group(dvs_name, network_id, still_used)

@@ -3,18 +3,21 @@
 ``Nic``, ``VmState``, ``VmGone`` and ``MigrationStarting`` (a ``Change``) are what
 ``vm_watch.VmWatch`` hands its caller; the functions here turn pyVmomi values (devices,
 extraConfig, migration events) into them, read events out of property-collector updates
-and merge one property change into a VM's last known properties.  No session, no I/O.
+and merge one property change into a VM's last known properties.  ``place`` checks a
+VM's claims (Nova's ``nvp.iface-id.N`` keys) against what Neutron says of the ports and
+puts each port on the NIC that carries it.  No session, no I/O.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from pyVmomi import vim
 
 IFACE_ID_PREFIX = "nvp.iface-id."
 FREE_IFACE_ID = "free"        # what Nova writes into nvp.iface-id.N when it detaches the NIC
+VM_UUID_KEY = "nvp.vm-uuid"   # the Nova instance: the device_id of the VM's ports
 DEVICES = "config.hardware.device"
 EXTRA_CONFIG = "config.extraConfig"
 SIMPLE_PROPERTIES = ("name", "runtime.host", "runtime.powerState")
@@ -35,7 +38,9 @@ class Nic:
     mac: str                      # lower-case
     port_group_key: str | None    # DVS port group key (None: not a DVS port backing)
     dvs_uuid: str | None
-    iface_id: str | None          # extraConfig nvp.iface-id.<N> for the N-th ethernet card
+    # The Neutron port this NIC carries, once checked (:func:`place`); the watch
+    # itself never sets it: ``nvp.iface-id.N`` only names candidates.
+    iface_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +50,17 @@ class VmState:
     host: str | None              # ESXi host name (not moid)
     powered_on: bool
     nics: tuple[Nic, ...]
+    claims: tuple[str, ...] = ()  # port ids in nvp.iface-id.* (Nova's lowest-free-index keys)
+    vm_uuid: str | None = None    # nvp.vm-uuid
+
+
+@dataclasses.dataclass(frozen=True)
+class PortFacts:
+    """What Neutron says of a claimed port, to check the claim against the VM."""
+
+    mac: str
+    network_id: str
+    device_id: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +112,61 @@ def _nic(card: Any, iface_id: str | None) -> Nic:
                iface_id=iface_id)
 
 
-def nics_of(devices: Sequence[Any], extra_config: Sequence[Any]) -> tuple[Nic, ...]:
-    """The VM's ethernet cards in device order; card N gets nvp.iface-id.N."""
+def nics_of(devices: Sequence[Any]) -> tuple[Nic, ...]:
+    """The VM's ethernet cards in device order, no port placed yet."""
+    return tuple(_nic(card, None) for card in devices if isinstance(card, _CARD))
+
+
+def claims_of(extra_config: Sequence[Any]) -> tuple[str, ...]:
+    """The port ids ``nvp.iface-id.N`` names, by N.  N is Nova's lowest free index, not
+    the card's position (a detached port's key says ``free`` and is reused)."""
     ids = _iface_ids(extra_config)
-    cards = [dev for dev in devices if isinstance(dev, _CARD)]
-    return tuple(_nic(card, ids.get(n)) for n, card in enumerate(cards))
+    return tuple(dict.fromkeys(ids[n] for n in sorted(ids)))
+
+
+def vm_uuid_of(extra_config: Sequence[Any]) -> str | None:
+    for option in extra_config:
+        if getattr(option, "key", None) == VM_UUID_KEY:
+            value = getattr(option, "value", None)
+            return value if isinstance(value, str) and value else None
+    return None
+
+
+def place(state: VmState, ports: Mapping[str, PortFacts],
+          network_of: Callable[[str | None], str | None]) -> tuple[VmState, dict[str, str]]:
+    """Put each claimed port on the NIC that really carries it.
+
+    A claim holds when Neutron knows the port (``ports``), the VM's ``nvp.vm-uuid``
+    (where set) is the port's ``device_id``, and a NIC has the port's MAC (Nova sets
+    it, ``addressType manual``) on a port group of the port's network
+    (``network_of(port group key)``).  Returns the state with those NICs' ``iface_id``
+    set, and why each other claim of a port Neutron knows was refused.  Claims of
+    ports Neutron does not know are dropped without a word (another cloud's, or gone).
+    """
+    placed: dict[int, str] = {}
+    refused: dict[str, str] = {}
+    for port_id in state.claims:
+        facts = ports.get(port_id)
+        if facts is None:
+            continue
+        if state.vm_uuid and state.vm_uuid != facts.device_id:
+            refused[port_id] = (f"{VM_UUID_KEY} {state.vm_uuid} is not the port's device_id "
+                                f"{facts.device_id or '(none)'}")
+            continue
+        index = next((n for n, nic in enumerate(state.nics)
+                      if nic.mac == facts.mac.lower() and n not in placed), None)
+        if index is None:
+            refused[port_id] = f"no NIC has the port's MAC {facts.mac}"
+            continue
+        nic = state.nics[index]
+        if network_of(nic.port_group_key) != facts.network_id:
+            refused[port_id] = (f"the NIC with the port's MAC is on port group "
+                                f"{nic.port_group_key}, not one of network {facts.network_id}")
+            continue
+        placed[index] = port_id
+    nics = tuple(dataclasses.replace(nic, iface_id=placed.get(n))
+                 for n, nic in enumerate(state.nics))
+    return dataclasses.replace(state, nics=nics), refused
 
 
 def destination_of(event: Any) -> Any:

@@ -13,7 +13,7 @@ and hands the caller plain frozen values: ``VmState`` (the whole merged state of
 that changed), ``VmGone`` and ``MigrationStarting``.  It knows nothing of Neutron.
 Those values, and the pure conversions from pyVmomi values to them (NICs, migration
 destinations, merging one property change), live in ``vm_state``; this module keeps
-the session-bound watch and its filter specs, and still offers the value names.
+the session-bound watch and its filter specs.
 
 Merging: the VM filter uses partialUpdates; whole properties are merged into the last
 known state per VM (``vm_state.merge``), ``config.extraConfig["key"]`` paths are
@@ -46,26 +46,12 @@ from pyVmomi import vim, vmodl
 from networking_dvs_fabric.vcenter import errors
 from networking_dvs_fabric.vcenter.session import VCenterSession, collect
 
-# The values and pure conversions live in vm_state; Nic is imported too so that
-# ``vm_watch`` keeps offering every name it always did.
-from networking_dvs_fabric.vcenter.vm_state import (  # noqa: F401 - re-exported
-    DEST_HOST_EVENTS,
-    DEVICES,
-    DONE_MOVE_EVENTS,
-    EXTRA_CONFIG,
-    VM_PROPERTIES,
-    Change,
-    MigrationStarting,
-    Nic,
-    VmGone,
-    VmState,
-    destination_of,
-    events_in,
-    merge,
-    moid_of,
-    nics_of,
-    type_id,
-)
+from networking_dvs_fabric.vcenter.vm_state import (DEST_HOST_EVENTS, DEVICES, DONE_MOVE_EVENTS,
+                                                    EXTRA_CONFIG, VM_PROPERTIES, Change,
+                                                    MigrationStarting, VmGone, VmState,
+                                                    claims_of, destination_of, events_in,
+                                                    merge, moid_of, nics_of, type_id,
+                                                    vm_uuid_of)
 
 LOG = logging.getLogger(__name__)
 
@@ -289,7 +275,8 @@ class VmWatch:
         return VmState(moid=moid, name=props.get("name") or "",
                        host=self._host_name(moid_of(props.get("runtime.host"))),
                        powered_on=props.get("runtime.powerState") == "poweredOn",
-                       nics=nics_of(list(devices), list(extra)))
+                       nics=nics_of(list(devices)), claims=claims_of(list(extra)),
+                       vm_uuid=vm_uuid_of(list(extra)))
 
     # -- events ----------------------------------------------------------------------------
     def _migrations(self, update: Any) -> list[MigrationStarting]:

@@ -33,9 +33,10 @@ The document (``dvs-fabric topology --json``), version 1::
   unreachable  [what could not be read, and why]
 
 ``vni`` is what the leaves hold (Neutron's VXLAN segmentation id when no leaf holds
-the network); ``neutron_vni`` is Neutron's.  ``port_id`` is the Neutron port Nova
-wrote into the VM (``nvp.iface-id.N``); ``network_id`` is the owner of the NIC's port
-group (null: not a port group of ours).  Lists are in a stable order.
+the network); ``neutron_vni`` is Neutron's.  ``port_id`` is the Neutron port the NIC
+carries: one Nova named in the VM (``nvp.iface-id.N``) whose MAC, network and device
+the NIC and VM match (``vm_state.place``, as the watcher checks); ``network_id`` is
+the owner of the NIC's port group (null: not a port group of ours).  Lists are in a stable order.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from networking_dvs_fabric.fabric.api import FabricError, NetworkOnLeaf
 from networking_dvs_fabric.topology import Topology
 from networking_dvs_fabric.vcenter import errors
 from networking_dvs_fabric.vcenter.portgroups import PortGroup, PortGroupManager
-from networking_dvs_fabric.vcenter.vm_state import VmState
+from networking_dvs_fabric.vcenter.vm_state import VmState, place
 from networking_dvs_fabric.vcenter.vm_watch import VmWatch
 
 SCHEMA_VERSION = 1
@@ -173,9 +174,19 @@ def gather(context: Any, parts: Any) -> dict[str, Any]:
             src.unreachable.append(f"vCenter: {exc}")
     try:
         src.networks = read_neutron_networks(context, network_ids(src.leaves, src.vcenter))
+        if src.vcenter is not None:
+            src.vcenter = place_ports(context, src.vcenter)
     except db_exc.DBError as exc:
-        src.unreachable.append(f"Neutron database (network names): {exc}")
+        src.unreachable.append(f"Neutron database (network names, ports): {exc}")
     return assemble(src)
+
+
+def place_ports(context: Any, vc: VCenterRead) -> VCenterRead:
+    """Each VM's NICs with the Neutron port each carries, checked as the watcher does."""
+    from networking_dvs_fabric.watcher.claims import port_facts
+    facts = port_facts(context, {port for vm in vc.vms for port in vm.claims})
+    networks = {key: pg.network_id for (_, key), (_, pg) in vc.port_groups.items()}
+    return dataclasses.replace(vc, vms=[place(vm, facts, networks.get)[0] for vm in vc.vms])
 
 
 # -- the document ---------------------------------------------------------------------

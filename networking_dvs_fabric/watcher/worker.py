@@ -1,13 +1,14 @@
 """The vCenter watcher: where each Neutron port's VM really runs, kept in the database.
 
-Runs in ``neutron-periodic-workers`` (``fabric_hwvtep.get_workers``), on a channel
-of the process's one vCenter login (``runtime.py``).  Every such
+Runs in ``neutron-periodic-workers`` (``fabric_hwvtep.get_workers``), on a
+channel of the process's one vCenter login (``runtime.py``).  Every such
 process starts one, but only the holder of the vCenter's lease watches; the others
 stand by and take over within ``LEASE_TTL`` + ``STANDBY_INTERVAL`` seconds when the
 holder dies.  Watching is ``vcenter/vm_watch.py`` (one PropertyCollector,
-``WaitForUpdatesEx``, plus the event stream for migration starts); what it sees
-goes to ``dvs_fabric_port_locations`` (``db/locations.py``), and every network whose picture changed is
-recorded in the journal for the fabric worker, which is woken at once.
+``WaitForUpdatesEx``, plus the event stream for migration starts); each VM's claims
+are checked (``claims.py``: which vNIC carries which port), what it sees goes to
+``dvs_fabric_port_locations`` (``db/locations.py``), and every network whose
+picture changed is recorded in the journal for the fabric worker, woken at once.
 
 On start and after any reconnect the whole picture is read again, so moves that
 happened while no watcher ran are caught.
@@ -26,6 +27,7 @@ from networking_dvs_fabric.db import locations
 from networking_dvs_fabric.journal import lease, store
 from networking_dvs_fabric.thread_worker import ThreadWorker
 from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.watcher.claims import ClaimChecker
 
 if TYPE_CHECKING:
     from networking_dvs_fabric.runtime import Runtime
@@ -45,6 +47,7 @@ class VCenterWatcher(ThreadWorker):
         super().__init__()
         self._backend = runtime.require_vcenter()
         self._waker = runtime.waker
+        self._claims = ClaimChecker(self._backend)
         self.lease_name = f"vcenter-watcher:{self._backend.session.config.url}"
         self._watch = None
         self.worker_id = ""
@@ -126,7 +129,7 @@ class VCenterWatcher(ThreadWorker):
     # -- what was seen -> locations -> journal --------------------------------
     @staticmethod
     def _ours(state) -> bool:
-        return any(nic.iface_id for nic in getattr(state, "nics", ()))
+        return bool(getattr(state, "claims", ()))
 
     def apply(self, context, changes: Iterable) -> set[str]:
         from networking_dvs_fabric.vcenter.vm_state import MigrationStarting, VmGone
@@ -142,6 +145,7 @@ class VCenterWatcher(ThreadWorker):
             else:
                 seen = []
                 if change.powered_on and change.host:
+                    change = self._claims.place(context, change)
                     seen = [locations.Seen(nic.iface_id, change.moid, change.name,
                                            change.host, nic.mac, nic.port_group_key)
                             for nic in change.nics if nic.iface_id]

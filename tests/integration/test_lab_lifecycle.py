@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,37 @@ def test_up_status_restart_down(lab_dir: Path):
     # The dataplane's namespaces went with it.
     tag = f"dvsf-{lab_tag(lab_dir)}-"
     assert not [ns for ns in netns.list_ns() if ns.startswith(tag)]
+
+
+def test_up_after_down_in_the_same_directory_starts_a_consistent_lab(lab_dir: Path):
+    """A new lab's Neutron knows nothing of the last one's networks, and neither may its
+    leaves: the second lab's audit is clean (it used to report the first lab's logical
+    switches as orphans)."""
+    from networking_dvs_fabric.lab import topology
+    from networking_dvs_fabric.lab.client import NeutronClient
+
+    _cli(lab_dir, "lab", "up", "--no-dataplane")
+    status = json.loads(_cli(lab_dir, "lab", "status", "--json").stdout)
+    client = NeutronClient(status["neutron"]["url"])
+    net = client.create_network("first-lab")
+    client.create_port(net["id"], host=topology.compute_host("DC0_C0"))
+    ls = f"dvsf-{net['id']}"
+
+    def switches() -> set[str]:
+        found = set()
+        for leaf in json.loads(_cli(lab_dir, "lab", "status", "--json").stdout)["leaves"]:
+            out = subprocess.run(["vtep-ctl", f"--db={leaf['ovsdb']}", "list-ls"],
+                                 capture_output=True, text=True, check=True, timeout=30)
+            found |= set(out.stdout.split())
+        return found
+    deadline = time.monotonic() + 30
+    while ls not in switches():
+        assert time.monotonic() < deadline, "the first lab never programmed its network"
+        time.sleep(0.5)
+    _cli(lab_dir, "lab", "down")
+
+    _cli(lab_dir, "lab", "up", "--no-dataplane")
+    assert switches() == set()
+    audit = _cli(lab_dir, "audit", "--json", check=False)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert json.loads(audit.stdout)["drifts"] == []

@@ -106,7 +106,7 @@ def boot(lab: Lab, neutron, nova: FakeNova, esxi_host: str, network=None):
                                        binding_host_id=topology.compute_host(cluster),
                                        device_owner="compute:nova", device_id=unique("inst"))
     assert port.binding_vif_type == "dvs"
-    raw = {"id": port.id, "mac_address": port.mac_address,
+    raw = {"id": port.id, "mac_address": port.mac_address, "device_id": port.device_id,
            "binding:vif_details": port.binding_vif_details}
     vm_name = unique("vm")
     nova.boot(vm_name, esxi_host, [raw])
@@ -277,6 +277,76 @@ def test_vm_deleted_or_nic_detached_clears_location_and_binding(lab, neutron, no
     if how == "destroy":
         nova.destroy(vm)
     else:
-        assert nova.detach_nics(vm) == 1
+        nova.detach(vm, {"id": port.id, "mac_address": port.mac_address})
     wait_for(lambda: port.id not in located(lab), what="location cleared")
     wait_for(lambda: not bindings(lab, net.id), what="on_demand binding gone")
+
+
+def test_ports_are_placed_on_the_nics_that_carry_them(lab, neutron, nova):
+    """Nova's rules, not card order: a template card that is not Neutron's comes first;
+    attach A (index 0), attach B (1), detach A (0 is free again), attach C: C takes
+    index 0 on the VM's third card.  Each port is recorded with its own NIC's MAC and
+    port group on the VM's host, and each network is bound behind that host.  A second
+    VM of another instance that claims B in its extraConfig, with a card of B's MAC on
+    B's port group, is not believed."""
+    esxi_host, other_host = "DC0_C0_H1", "DC0_C0_H2"
+    compute = topology.compute_host("DC0_C0")
+    instance = unique("inst")
+
+    def port_on(net, device_id=instance):
+        port = neutron.network.create_port(network_id=net.id, binding_host_id=compute,
+                                           device_owner="compute:nova",
+                                           device_id=device_id)
+        assert port.binding_vif_type == "dvs"
+        return {"id": port.id, "mac_address": port.mac_address, "network_id": net.id,
+                "device_id": device_id, "binding:vif_details": port.binding_vif_details}
+
+    nets = {name: neutron.network.create_network(name=unique(f"nic-{name}"))
+            for name in "ABC"}
+    ports = {name: port_on(net) for name, net in nets.items()}
+    dvs_uuid, template_pg = nova.port_group("DC0_DVPG0")       # the simulator's own
+    vm = unique("vm")
+    nova.boot(vm, esxi_host, [], instance_uuid=instance,
+              template_nics=[("00:50:56:0a:0b:0c", dvs_uuid, template_pg)])
+    assert nova.attach(vm, ports["A"]) == 0
+    assert nova.attach(vm, ports["B"]) == 1
+    wait_for(lambda: {ports["A"]["id"], ports["B"]["id"]} <= set(located(lab)),
+             what="A and B located")
+    nova.detach(vm, ports["A"])
+    assert nova.attach(vm, ports["C"]) == 0
+    cards = [d.macAddress.lower() for d in nova.vm(vm).config.hardware.device
+             if hasattr(d, "macAddress") and d.macAddress]
+    assert cards == ["00:50:56:0a:0b:0c", ports["B"]["mac_address"],
+                     ports["C"]["mac_address"]]
+
+    def placed():
+        rows = located(lab)
+        return None if ports["A"]["id"] in rows or ports["C"]["id"] not in rows else rows
+    rows = wait_for(placed, what="A gone, C located")
+    for name in "BC":
+        port = ports[name]
+        row = rows[port["id"]]
+        assert (row["vm"], row["esxi_host"], row["mac"], row["port_group"]) == (
+            vm, esxi_host, port["mac_address"], port["binding:vif_details"]["pg_id"]), name
+    att = attachment(esxi_host)
+    for name in "BC":
+        wait_for(lambda: bindings(lab, nets[name].id) == {(att.leaf, att.port)},
+                 what=f"network {name} bound behind {esxi_host} only")
+    wait_for(lambda: not bindings(lab, nets["A"].id), what="network A unbound")
+
+    # A forged claim: another instance's VM names B's port and carries B's MAC.
+    forger = unique("vm")
+    nova.boot(forger, other_host, [], instance_uuid=unique("other"))
+    nova.attach(forger, ports["B"])
+    # Every worker process has a watcher; the one that holds the lease says it once.
+    logs = sorted((lab.dir / "logs").glob("neutron-periodic-workers*.log"))
+    refusal = f"VM {forger} ("
+
+    def refused():
+        return any(refusal in line and f"claims port {ports['B']['id']}" in line
+                   and "ignored" in line
+                   for log in logs for line in log.read_text(errors="replace").splitlines())
+    wait_for(refused, what="the watcher refusing the forged claim")
+    row = located(lab)[ports["B"]["id"]]
+    assert (row["vm"], row["esxi_host"]) == (vm, esxi_host)
+    assert bindings(lab, nets["B"].id) == {(att.leaf, att.port)}

@@ -7,6 +7,8 @@ independently of the backend under test.
 """
 from __future__ import annotations
 
+from unittest import mock
+
 import dvs_ml2_base as base
 import fabric_base
 from neutron.db import segments_db
@@ -17,6 +19,7 @@ from oslo_config import cfg
 
 from networking_dvs_fabric import opts
 from networking_dvs_fabric.journal import store
+from networking_dvs_fabric.ml2 import segments
 from networking_dvs_fabric.lab import topology as lab_topology
 from networking_dvs_fabric.lab.leaves import LeafSwitch
 
@@ -194,6 +197,19 @@ class TestCleanUp(FabricHwvtepTestCase):
         for item in _LEAVES:
             view = LeafView(item)
             self.assertEqual({}, view.logical_switches(), item.name)
+
+    def test_a_segment_released_under_every_bind_attempt_is_logged_saying_so(self):
+        # The race (another port's postcommit releasing the segment between ML2's
+        # answer and the binder's lock) cannot be forced from the API on every one of
+        # the three tries: the lock is injected as always losing it.
+        net = self.vxlan_network()
+        with mock.patch.object(segments, "hold", return_value=(False, None)), \
+                self.assertLogs("neutron.plugins.ml2.managers", "ERROR") as logged:
+            self.make_port(net["id"], host=base.HOST_C0)
+        text = "\n".join(logged.output)
+        self.assertIn(f"dynamic VLAN segment of network {net['id']} on physical network "
+                      f"{base.PHYSNET} was released under the bind 3 times in a row", text)
+        self.assertNotIn("An unknown exception occurred", text)
 
     def test_network_delete_removes_its_logical_switches(self):
         net = self.vxlan_network()
