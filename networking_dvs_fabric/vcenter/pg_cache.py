@@ -58,6 +58,7 @@ class PortGroupCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pc: Any = None    # the watch's PropertyCollector, to cancel its wait
+        self._watch_si: Any = None  # the login the watch started with
 
     # -- reading --------------------------------------------------------------
     @property
@@ -141,6 +142,10 @@ class PortGroupCache:
             except Exception as exc:  # noqa: BLE001 - any failure: resync from scratch
                 if self._stop.is_set():
                     break
+                if isinstance(exc, vim.fault.NotAuthenticated) and self._watch_si is not None:
+                    # The watch talks SOAP itself (not through ``invoke``): its session,
+                    # a channel of the process's login, is told the login is gone.
+                    session.drop_login(self._watch_si)
                 LOG.warning("Port group watch interrupted (%s); cache off, resync in "
                             "%.0f s", exc, backoff)
             finally:
@@ -150,7 +155,8 @@ class PortGroupCache:
             backoff = min(backoff * 2, 30.0)
 
     def _watch(self, session: VCenterSession) -> None:
-        si = session.si
+        self._watch_si = None
+        si = self._watch_si = session.si
         content = si.content
         dc = vim.Datacenter(self._datacenter_moid, si._stub)
         view = content.viewManager.CreateContainerView(

@@ -53,7 +53,9 @@ class PortGroupRelease:
             return TemporaryFailure(f"port group of network {network_id} on {dvs_name} is "
                                     "still used by VMs Neutron does not know; kept")
         except errors.VCenterError as exc:
-            if exc.temporary:
+            # A DVS, cluster or datacenter not found (an inventory being rebuilt) is
+            # retried as before; the port group itself gone counts as done (release).
+            if exc.temporary or isinstance(exc, errors.VCenterNotFound):
                 return TemporaryFailure(str(exc))
             # The entry (network:DVS) is listed with the message: the fault leads it.
             return PermanentFailure(str(exc))

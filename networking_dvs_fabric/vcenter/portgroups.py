@@ -198,12 +198,14 @@ class PortGroupManager:
             raise errors.PortGroupNotOwned(
                 f"port group {pg.name!r} has no networking-dvs-fabric marker; not deleting it")
         what = f"delete port group {pg.name!r} from DVS {self.dvs.name}"
+        # Outside the try: a VM deleted while its name is read (ManagedObjectNotFound)
+        # must not read as "the port group is already gone".
+        users = self.vms_using(pg)
+        if users:
+            raise errors.PortGroupInUse(
+                f"port group {pg.name!r} on DVS {self.dvs.name} is still used by VM(s) "
+                f"{', '.join(users)}; kept, will retry")
         try:
-            users = self.vms_using(pg)
-            if users:
-                raise errors.PortGroupInUse(
-                    f"port group {pg.name!r} on DVS {self.dvs.name} is still used by VM(s) "
-                    f"{', '.join(users)}; kept, will retry")
             task = self.session.invoke(lambda si: self._pg(si, pg.moid).Destroy_Task(), what)
             self.session.wait_for_task(task, what)
         except errors.VCenterNotFound:

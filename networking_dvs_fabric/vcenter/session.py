@@ -236,6 +236,12 @@ class VCenterSession:
             return None
         return si.content.sessionManager.currentSession.key
 
+    def drop_login(self, si: Any) -> None:
+        """Forget the login ``si`` (vCenter said NotAuthenticated to a call made
+        outside :meth:`invoke`): the next call logs in again.  A login made since is
+        kept."""
+        self._shared.drop(si)
+
     def close(self) -> None:
         if self._owner:
             self._shared.logout()

@@ -153,15 +153,17 @@ def place(state: VmState, ports: Mapping[str, PortFacts],
             refused[port_id] = (f"{VM_UUID_KEY} {state.vm_uuid} is not the port's device_id "
                                 f"{facts.device_id or '(none)'}")
             continue
-        index = next((n for n, nic in enumerate(state.nics)
-                      if nic.mac == facts.mac.lower() and n not in placed), None)
+        mac = facts.mac.lower()
+        # MACs are unique per network only: a VM may have two cards of one MAC.
+        same_mac = [n for n, nic in enumerate(state.nics) if nic.mac == mac and n not in placed]
+        index = next((n for n in same_mac
+                      if network_of(state.nics[n].port_group_key) == facts.network_id), None)
         if index is None:
-            refused[port_id] = f"no NIC has the port's MAC {facts.mac}"
-            continue
-        nic = state.nics[index]
-        if network_of(nic.port_group_key) != facts.network_id:
-            refused[port_id] = (f"the NIC with the port's MAC is on port group "
-                                f"{nic.port_group_key}, not one of network {facts.network_id}")
+            refused[port_id] = (
+                f"no NIC has the port's MAC {facts.mac}" if not same_mac else
+                f"the NIC with the port's MAC is on port group "
+                f"{state.nics[same_mac[0]].port_group_key}, not one of network "
+                f"{facts.network_id}")
             continue
         placed[index] = port_id
     nics = tuple(dataclasses.replace(nic, iface_id=placed.get(n))

@@ -16,7 +16,6 @@ from typing import Iterable
 from neutron.db import models_v2
 from neutron_lib.db import api as db_api
 
-from networking_dvs_fabric.vcenter import errors
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
 from networking_dvs_fabric.vcenter.vm_state import PortFacts, VmState, place
 
@@ -47,27 +46,27 @@ class ClaimChecker:
         self._logged: set[tuple[str, str, str]] = set()
 
     def _network_of(self, port_group_key: str | None) -> str | None:
+        """The network of our port group ``port_group_key`` (None: not ours).  Raises
+        VCenterError when the port groups could not be read: not known is not "no"."""
         if not port_group_key:
             return None
         if port_group_key not in self._networks:
             self._read_port_groups()
-        return self._networks.get(port_group_key)
+            # Still unknown after a full read: not on a mapped DVS; do not read again.
+            self._networks.setdefault(port_group_key, None)
+        return self._networks[port_group_key]
 
     def _read_port_groups(self) -> None:
         networks: dict[str, str | None] = {}
         for dvs_name in sorted(set(self._backend.settings.dvs_mappings.values())):
-            try:
-                networks.update({pg.key: pg.network_id
-                                 for pg in self._backend.port_groups(dvs_name)})
-            except errors.VCenterError as exc:
-                LOG.warning("vCenter watcher: port groups of %s not readable (%s); claims "
-                            "on them wait", dvs_name, exc)
-                networks.update({key: network for key, network in self._networks.items()
-                                 if key not in networks})
+            networks.update({pg.key: pg.network_id
+                             for pg in self._backend.port_groups(dvs_name)})
         self._networks = networks
 
     def place(self, context, state: VmState) -> VmState:
-        """``state`` with each checked port on its NIC; refused claims logged once."""
+        """``state`` with each checked port on its NIC; refused claims logged once.
+        Raises VCenterError when a claim cannot be checked now (vCenter unreadable):
+        the caller then leaves what it knew of the VM as it was."""
         if not state.claims:
             return state
         placed, refused = place(state, port_facts(context, state.claims), self._network_of)

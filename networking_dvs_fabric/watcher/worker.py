@@ -145,7 +145,13 @@ class VCenterWatcher(ThreadWorker):
             else:
                 seen = []
                 if change.powered_on and change.host:
-                    change = self._claims.place(context, change)
+                    try:
+                        change = self._claims.place(context, change)
+                    except errors.VCenterError as exc:
+                        LOG.warning("vCenter watcher: claims of VM %(vm)s not checkable now "
+                                    "(%(err)s); its ports stay where they were seen",
+                                    {"vm": change.name, "err": exc})
+                        continue
                     seen = [locations.Seen(nic.iface_id, change.moid, change.name,
                                            change.host, nic.mac, nic.port_group_key)
                             for nic in change.nics if nic.iface_id]

@@ -311,6 +311,33 @@ def test_fault_makes_the_watch_resync_with_a_new_session(watch: Watch, admin: Ad
     assert wait_for(lambda: watch.get(network_id) is not None)
 
 
+def test_a_watch_on_a_channel_logs_in_again_when_the_login_is_gone(
+        sim: VCenterSimulator, admin: Admin) -> None:
+    """As the backend runs it: the watch on channels of the process's one login.  The
+    login ended in vCenter, the watch alone (no other call) brings the cache back."""
+    main = VCenterSession(_config(sim))
+    try:
+        inventory = load_inventory(main, "DC0", [DVS])
+        cache = PortGroupCache(main.channel, inventory.datacenter_moid, WAIT_SECONDS)
+        cache.start()
+        try:
+            assert cache.wait_ready(20)
+            key = main.session_key()
+            assert key is not None and main.logins == 1
+            admin.terminate_session(key)
+            assert wait_for(lambda: main.logins == 2, timeout=WAIT_SECONDS + 15), \
+                "the watch never logged in again"
+            assert cache.wait_ready(20)
+            network_id, name = _network()
+            admin.create(name, naming.marker(network_id))
+            dvs = inventory.dvs[DVS].moid
+            assert wait_for(lambda: cache.get(dvs, network_id) is not None)
+        finally:
+            cache.stop()
+    finally:
+        main.close()
+
+
 def test_raw_wait_raises_soap_faults(sim: VCenterSimulator) -> None:
     session = VCenterSession(_config(sim))
     try:

@@ -108,3 +108,15 @@ def test_without_vm_uuid_the_nic_checks_still_hold():
                [option("nvp.iface-id.0", "port-a")])
     placed, refused = place(state, PORTS, NETWORK_OF)
     assert carried(placed) == [("fa:16:3e:00:00:0a", "port-a")] and refused == {}
+
+
+def test_two_cards_of_one_mac_each_carry_the_port_of_their_network():
+    # Neutron's MACs are unique per network only: ports of two networks may share one.
+    ports = {"port-a": PortFacts("fa:16:3e:00:00:0a", "net-a", INSTANCE),
+             "port-b": PortFacts("fa:16:3e:00:00:0a", "net-b", INSTANCE)}
+    state = vm([card("fa:16:3e:00:00:0a", "dvportgroup-12"),
+                card("fa:16:3e:00:00:0a", "dvportgroup-11")],
+               [option("nvp.vm-uuid", INSTANCE), option("nvp.iface-id.0", "port-a"),
+                option("nvp.iface-id.1", "port-b")])
+    placed, refused = place(state, ports, NETWORK_OF)
+    assert [nic.iface_id for nic in placed.nics] == ["port-b", "port-a"] and refused == {}
