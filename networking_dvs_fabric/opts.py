@@ -98,9 +98,10 @@ fabric_opts = [
     cfg.IntOpt("full_sync_interval", default=600, min=0,
                help="Seconds between full syncs by the fabric worker (what 'dvs-fabric "
                     "sync' does: port groups and every leaf against Neutron). A full "
-                    "sync also runs at once when vCenter's instance UUID changes or a "
-                    "leaf comes back as a new switch (e.g. an empty database). 0: only "
-                    "on those changes."),
+                    "sync also runs when a worker starts, and at once when vCenter's "
+                    "instance UUID changes or a leaf comes back as a new switch (e.g. an "
+                    "empty database); one process at a time. 0: only at start and on "
+                    "those changes."),
     cfg.FloatOpt("poll_interval", default=2.0, min=0.05,
                  help="Longest sleep of an idle journal worker. Wake-ups (below) make it "
                       "start at once when an API worker records work."),

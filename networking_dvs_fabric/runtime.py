@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import ssl
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from neutron_lib import exceptions as n_exc
 from neutron_lib.utils import helpers
@@ -72,7 +72,9 @@ def _mappings(option: str, values: list[str]) -> dict[str, str]:
         raise VSphereConfigurationError(option=option, reason=str(exc)) from exc
 
 
-def vcenter_backend_from_conf(group: Any) -> VSphereBackend:
+def vcenter_backend_from_conf(group: Any,
+                              deployment: Callable[[], str | None] = lambda: None
+                              ) -> VSphereBackend:
     """A (not yet started) backend from ``[ml2_vsphere]``; bad options raise, naming them."""
     dvs_mappings = _mappings("dvs_mappings", group.dvs_mappings)
     if not dvs_mappings:
@@ -98,7 +100,7 @@ def vcenter_backend_from_conf(group: Any) -> VSphereBackend:
         host_mappings=_mappings("host_mappings", group.host_mappings),
         name_format=group.port_group_name_format,
         unreachable_holdoff=group.unreachable_holdoff)
-    return VSphereBackend(settings, lambda: VCenterSession(vcenter))
+    return VSphereBackend(settings, lambda: VCenterSession(vcenter), deployment)
 
 
 _UNBUILT: Any = object()
@@ -120,6 +122,22 @@ class Runtime:
         self._topology: Topology | None = None
         self._waker: Waker | None = None
         self._fabric: FabricBackend | None = None
+        self._deployment: str | None = None
+
+    # -- which deployment we are ---------------------------------------------------
+    @property
+    def deployment_id(self) -> str:
+        """This deployment's id (``db/deployment.py``), read from Neutron's database once."""
+        with self._lock:
+            if self._deployment is None:
+                from neutron_lib import context as n_context
+
+                from networking_dvs_fabric.db import deployment
+                self._deployment = deployment.deployment_id(n_context.get_admin_context())
+            return self._deployment
+
+    def _deployment_id(self) -> str | None:
+        return self.deployment_id
 
     # -- vCenter --------------------------------------------------------------
     @property
@@ -129,14 +147,16 @@ class Runtime:
             if self._vcenter is _UNBUILT:
                 if not self._vsphere_group.vcenter_url:
                     return None
-                self._vcenter = vcenter_backend_from_conf(self._vsphere_group)
+                self._vcenter = vcenter_backend_from_conf(self._vsphere_group,
+                                                          self._deployment_id)
             return self._vcenter
 
     def require_vcenter(self) -> VSphereBackend:
         """The vCenter backend, or the configuration error that says what is missing."""
         with self._lock:
             if self._vcenter is _UNBUILT or self._vcenter is None:
-                self._vcenter = vcenter_backend_from_conf(self._vsphere_group)
+                self._vcenter = vcenter_backend_from_conf(self._vsphere_group,
+                                                          self._deployment_id)
             return self._vcenter
 
     @property
@@ -183,7 +203,8 @@ class Runtime:
                 self._fabric = HwvtepBackend(
                     list(self.require_topology().leaves.values()),
                     connect_timeout=settings.ovsdb_connect_timeout,
-                    txn_timeout=settings.ovsdb_transaction_timeout)
+                    txn_timeout=settings.ovsdb_transaction_timeout,
+                    deployment=self._deployment_id)
             return self._fabric
 
     @property

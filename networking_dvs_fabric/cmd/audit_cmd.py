@@ -24,6 +24,8 @@ KIND_TITLES = {
     "mac_wrong": "remote MACs pointing at the wrong leaf",
     "mac_extra": "remote MACs not needed",
     "flood_list": "flooding lists that differ",
+    "port_group_legacy": "port groups of an earlier version, to adopt",
+    "switch_legacy": "logical switches of an earlier version, to adopt",
 }
 
 
@@ -87,14 +89,20 @@ def format_report(report) -> str:
         lines.append(f"  {'where':22} {'network':36}  detail")
         for d in drifts:
             lines.append(f"  {d.where:22} {d.network_id:36}  {d.detail}")
+    if report.foreign:
+        lines.append(f"\nforeign: other deployments' objects, left alone ({len(report.foreign)}):")
+        lines.extend(f"  {line}" for line in report.foreign)
     checked = ", ".join(f"{k}: {v} of ours" for k, v in sorted(report.checked.items()))
     verdict = {0: "clean", 1: f"{len(report.drifts)} drifts",
                2: "some backends could not be read"}[report.exit_code]
     lines.append(f"\naudit: {verdict} ({checked or 'nothing checked'})")
+    if report.deployment:
+        lines.append(f"deployment: {report.deployment}")
     return "\n".join(lines).lstrip("\n")
 
 
 def to_json(report) -> str:
     return json.dumps({"drifts": [d.__dict__ for d in report.drifts],
                        "unreachable": report.unreachable, "checked": report.checked,
+                       "deployment": report.deployment, "foreign": report.foreign,
                        "exit_code": report.exit_code}, indent=2)

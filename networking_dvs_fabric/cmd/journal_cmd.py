@@ -22,8 +22,14 @@ def format_rows(found: list[dict]) -> str:
     for row in found:
         lines.append(f"{row['id']:>7} {row['state']:10} {row['resource_type']:10} "
                      f"{row['resource_id'][:48]:48} {row['attempts']:>5}  "
-                     f"{(row['last_error'] or '')[:100]}")
+                     f"{_error(row)}")
     return "\n".join(lines)
+
+
+def _error(row: dict) -> str:
+    """A failed entry's error in full (it says why nothing is retried); others cut."""
+    text = row["last_error"] or ""
+    return text if row["state"] == "failed" else text[:100]
 
 
 def to_json(found: list[dict]) -> str:

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from networking_dvs_fabric.lab import topology as lab_topology
 from networking_dvs_fabric.lab.client import NeutronError
 from networking_dvs_fabric.lab.lab import DATABASES, DEFAULT_DRIVERS, MODES, Lab
 from networking_dvs_fabric.lab.procs import LabError
@@ -17,7 +18,12 @@ def _lab(args: argparse.Namespace) -> Lab:
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
     lab = _lab(args)
-    lab.up(args.ml2_mechanism_drivers, args.mode, args.db, dataplane=args.dataplane)
+    extra = {}
+    if args.vlan_range:
+        extra["ml2_type_vlan"] = {"network_vlan_ranges": lab_topology.vlan_ranges(
+            *args.vlan_range)}
+    lab.up(args.ml2_mechanism_drivers, args.mode, args.db, dataplane=args.dataplane,
+           extra_config=extra, share=Path(args.share) if args.share else None)
     print(lab.how_to_reach())
     return 0
 
@@ -132,6 +138,16 @@ def _positive(value: str) -> int:
     return number
 
 
+def _vlan_range(value: str) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in value.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give LO:HI, e.g. 100:199") from None
+    if not 1 <= low <= high <= 4094:
+        raise argparse.ArgumentTypeError(f"{value!r}: need 1 <= LO <= HI <= 4094")
+    return low, high
+
+
 def _config_file_arg(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--config-file", action="append", default=[],
                         help=f"{what} (repeatable; default: the running lab's)")
@@ -158,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="real packets: software VTEP leaves (ovs-vtep), ESXi host bridges "
                          "and a namespace per VM (default: on where network namespaces "
                          "work; --dataplane makes it required)")
+    up.add_argument("--share", metavar="LAB_DIR",
+                    help="a second deployment: use the vCenter simulator and leaves of the "
+                         "lab running in LAB_DIR (own database and Neutron; give the two "
+                         "labs disjoint --vlan-range)")
+    up.add_argument("--vlan-range", type=_vlan_range, metavar="LO:HI",
+                    help="the VLANs this lab's Neutron hands out (default: "
+                         f"{lab_topology.VLAN_RANGE[0]}:{lab_topology.VLAN_RANGE[1]})")
     up.set_defaults(func=cmd_lab_up)
     lab_demo = lab_sub.add_parser(
         "demo", help="the three workflows (create network, boot VMs, vMotion) on a fresh "

@@ -88,5 +88,39 @@ class Lease(model_base.BASEV2):
     expires_at = sa.Column(TIMESTAMP, nullable=False)
 
 
+class Setting(model_base.BASEV2):
+    """A value the project keeps for the whole deployment (e.g. its identity)."""
+
+    __tablename__ = "dvs_fabric_settings"
+
+    name = sa.Column(sa.String(64), primary_key=True)
+    value = sa.Column(sa.String(255), nullable=False)
+
+
 OUR_TABLES = frozenset({JournalEntry.__tablename__, PortLocation.__tablename__,
-                        Lease.__tablename__})
+                        Lease.__tablename__, Setting.__tablename__})
+
+
+class PortGroupGuard(model_base.BASEV2):
+    """One row per (network, DVS): what keeps a bind and a port group release apart.
+
+    A release holds the row locked from its "still used?" check to the end of its
+    vCenter delete; a bind writes it before answering (``db/pg_guard.py``).
+    ``bound_*``: the last bind that answered - its port and that port's revision
+    then (a later change of the port, e.g. ML2 committing the binding, supersedes
+    it).  ``released_key``: the key of the last port group a release deleted, so
+    a bind that was handed it (from a cache) knows to make the port group again.
+    """
+
+    __tablename__ = "dvs_fabric_port_group_guards"
+
+    network_id = sa.Column(sa.String(36), primary_key=True)
+    dvs_name = sa.Column(sa.String(255), primary_key=True)
+    bound_at = sa.Column(TIMESTAMP, nullable=True)
+    bound_port_id = sa.Column(sa.String(36), nullable=True)
+    bound_revision = sa.Column(sa.BigInteger, nullable=True)
+    released_key = sa.Column(sa.String(255), nullable=True)
+    released_at = sa.Column(TIMESTAMP, nullable=True)
+
+
+OUR_TABLES = OUR_TABLES | frozenset({PortGroupGuard.__tablename__})

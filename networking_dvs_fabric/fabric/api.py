@@ -20,6 +20,9 @@ from networking_dvs_fabric.topology import LeafSpec, SslFiles  # noqa: F401
 MARKER_KEY = "managed-by"
 MARKER_VALUE = "networking-dvs-fabric"
 NETWORK_ID_KEY = "network-id"
+# The deployment that made the object (``db/deployment.py``); absent on objects of
+# versions before issue 12 ("legacy", adopted by the deployment that has the network).
+DEPLOYMENT_KEY = "deployment"
 
 
 class FabricError(Exception):
@@ -93,7 +96,16 @@ class FabricBackend(abc.ABC):
 
     @abc.abstractmethod
     def read(self, leaf: str) -> dict[str, NetworkOnLeaf]:
-        """What the leaf holds for every network the project owns there."""
+        """What the leaf holds for every network this deployment owns there."""
+
+    def others(self, leaf: str) -> dict[str, str | None]:
+        """Networks on the leaf with the project's marker that are not this deployment's:
+        network id -> the deployment that made them (None: a legacy marker without one)."""
+        return {}
+
+    def adopt(self, leaf: str, network_ids: set[str]) -> list[str]:
+        """Give the legacy objects of these networks (ours: Neutron has them) our id."""
+        return []
 
     @abc.abstractmethod
     def ports(self, leaf: str) -> set[str]:

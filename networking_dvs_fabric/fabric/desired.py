@@ -7,6 +7,7 @@ which is how removals happen (level-triggered: the backend converges to this).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from typing import Mapping
@@ -18,6 +19,7 @@ from networking_dvs_fabric.topology import HostDirectory, Placement, Topology
 LOG = logging.getLogger(__name__)
 
 DesiredByLeaf = dict[str, dict[str, NetworkOnLeaf | None]]
+HeldByLeaf = Mapping[str, Mapping[str, NetworkOnLeaf]]
 
 
 def desired_state(intents: Mapping[str, NetworkIntent | None], topology: Topology,
@@ -110,7 +112,7 @@ def make_before_break(desired: DesiredByLeaf,
     """
     step: DesiredByLeaf = {}
     for leaf, networks in desired.items():
-        wanted = {b for want in networks.values() if want is not None for b in want.bindings}
+        wanted = _wanted(networks)
         step[leaf] = {}
         for network_id, want in networks.items():
             have = current.get(leaf, {}).get(network_id)
@@ -127,3 +129,49 @@ def make_before_break(desired: DesiredByLeaf,
                     network_id, want.vni, want.bindings | kept, want.remote_macs,
                     want.flood_tunnel_ips | have.flood_tunnel_ips)
     return step
+
+
+def _wanted(networks: Mapping[str, NetworkOnLeaf | None]) -> set[tuple[str, int]]:
+    return {b for want in networks.values() if want is not None for b in want.bindings}
+
+
+def holders(desired: DesiredByLeaf, current: HeldByLeaf) -> set[str]:
+    """Networks of ours, not among ``desired``'s, that hold on some leaf a (port, VLAN)
+    one of ``desired``'s networks wants there: a VLAN Neutron took back from them and
+    handed out again, whose removal has not reached that leaf yet."""
+    found: set[str] = set()
+    for leaf, networks in desired.items():
+        wanted = _wanted(networks)
+        found.update(n for n, have in current.get(leaf, {}).items()
+                     if n not in networks and have.bindings & wanted)
+    return found
+
+
+def releases(desired: DesiredByLeaf, theirs: DesiredByLeaf,
+             current: HeldByLeaf) -> DesiredByLeaf:
+    """Per leaf, what to hand each holder (see :func:`holders`) in the same call as
+    ``desired``, so that the (port, VLAN)s it no longer needs are simply rebound.
+
+    ``theirs`` is the holders' own desired state.  A holder that needs nothing on the
+    leaf any more gets None: it leaves the leaf, as its own journal entry would have
+    it do.  One still needed there keeps what it has, less those (port, VLAN)s: it
+    gains nothing, so it claims nothing new, which is why one round of looking for
+    holders is enough.  A holder whose desired state still has every contested
+    (port, VLAN) is not named: Neutron gives that VLAN to two networks, and the leaf
+    refuses the taker as before.
+    """
+    out: DesiredByLeaf = {}
+    for leaf, networks in desired.items():
+        wanted = _wanted(networks)
+        out[leaf] = {}
+        for network_id, have in current.get(leaf, {}).items():
+            contested = have.bindings & wanted
+            if network_id in networks or not contested:
+                continue
+            want = theirs.get(leaf, {}).get(network_id)
+            if want is None:
+                out[leaf][network_id] = None
+            elif contested - want.bindings:
+                out[leaf][network_id] = dataclasses.replace(
+                    have, bindings=have.bindings - (contested - want.bindings))
+    return out

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ovs.db import idl as ovs_idl
 from ovsdbapp import exceptions as ovsdbapp_exc
 from ovsdbapp.backend.ovs_idl import command
 
-from networking_dvs_fabric.fabric.api import (MARKER_KEY, MARKER_VALUE, NETWORK_ID_KEY,
-                                              ConvergeResult, FabricBackend, FabricError, LeafBusy,
+from networking_dvs_fabric.fabric.api import (DEPLOYMENT_KEY, MARKER_KEY, MARKER_VALUE,
+                                              NETWORK_ID_KEY, ConvergeResult, FabricBackend, FabricError, LeafBusy,
                                               LeafRejected, LeafSpec, LeafUnreachable,
                                               NetworkOnLeaf)
 from networking_dvs_fabric.fabric.ovsdb_conn import LeafConnection
@@ -43,6 +43,7 @@ class _Writer:
         self._tables = tables
         self._ls: dict[str, Row] = dict(view.owned)
         self._locators: dict[str, Row] = dict(view.locators)
+        self._deployment = view.deployment
 
     def _insert(self, table: str, **columns: Any) -> Row:
         row = self._txn.insert(self._tables[table])
@@ -58,16 +59,26 @@ class _Writer:
         return self._locators[ip]
 
     def write(self, todo: Plan) -> None:
+        marker = {MARKER_KEY: MARKER_VALUE}
+        if self._deployment is not None:
+            marker[DEPLOYMENT_KEY] = self._deployment
+        for ls in todo.adoptions:
+            ls.setkey("other_config", DEPLOYMENT_KEY, self._deployment)
+            self._ls[ls.other_config[NETWORK_ID_KEY]] = ls
         for network_id, vni in todo.new_ls:
             self._ls[network_id] = self._insert(
                 "Logical_Switch", name=LS_PREFIX + network_id, tunnel_key=vni,
                 replication_mode=REPLICATION,
-                other_config={MARKER_KEY: MARKER_VALUE, NETWORK_ID_KEY: network_id})
+                other_config={**marker, NETWORK_ID_KEY: network_id})
         for ls, vni in todo.vni_updates:
             ls.tunnel_key = vni
         for ls in todo.replication_updates:
             ls.replication_mode = REPLICATION
         for port, vlan, network_id in todo.bind_sets:
+            # Verified: a (port, VLAN) another worker rebinds meanwhile must make
+            # this transaction plan again, never be overwritten or unbound by it
+            # (OVSDB deletes a map key whatever its value).
+            port.verify("vlan_bindings")
             port.setkey("vlan_bindings", vlan, self._ls[network_id])
         for network_id, mac, ip in todo.ucast_new:
             self._insert("Ucast_Macs_Remote", MAC=mac, logical_switch=self._ls[network_id],
@@ -86,6 +97,7 @@ class _Writer:
         for row in todo.ucast_dels + todo.flood_dels:
             row.delete()
         for port, vlan in todo.bind_dels:
+            port.verify("vlan_bindings")
             port.delkey("vlan_bindings", vlan)
         for ls in todo.ls_dels:
             ls.delete()
@@ -94,17 +106,33 @@ class _Writer:
 class _ConvergeCommand(command.BaseCommand):
     """Plans and writes against the replica the transaction actually runs on."""
 
-    def __init__(self, api: Any, leaf: str,
-                 desired: Mapping[str, NetworkOnLeaf | None]) -> None:
+    def __init__(self, api: Any, leaf: str, desired: Mapping[str, NetworkOnLeaf | None],
+                 deployment: str | None) -> None:
         super().__init__(api)
         self.leaf = leaf
         self.desired = desired
+        self.deployment = deployment
 
     def run_idl(self, txn: ovs_idl.Transaction) -> None:
-        view = read_view(self.api.tables, self.leaf)
+        view = read_view(self.api.tables, self.leaf, self.deployment)
         todo = plan(view, self.desired)
         _Writer(txn, self.api.tables, view).write(todo)
         self.result = todo
+
+
+class _AdoptCommand(command.BaseCommand):
+    """Give legacy logical switches (marker, no deployment id) our id."""
+
+    def __init__(self, api: Any, leaf: str, network_ids: set[str], deployment: str) -> None:
+        super().__init__(api)
+        self.leaf, self.network_ids, self.deployment = leaf, network_ids, deployment
+
+    def run_idl(self, txn: ovs_idl.Transaction) -> None:
+        view = read_view(self.api.tables, self.leaf, self.deployment)
+        adopted = sorted(n for n in self.network_ids if n in view.legacy)
+        for network_id in adopted:
+            view.legacy[network_id].setkey("other_config", DEPLOYMENT_KEY, self.deployment)
+        self.result = adopted
 
 
 # OVSDB's words when a transaction would duplicate a row of a table with an index.
@@ -115,7 +143,11 @@ class HwvtepBackend(FabricBackend):
     """Every leaf of the topology over its own lazily opened OVSDB connection."""
 
     def __init__(self, leaves: Sequence[LeafSpec], connect_timeout: float = 10.0,
-                 txn_timeout: float = 30.0) -> None:
+                 txn_timeout: float = 30.0,
+                 deployment: Callable[[], str | None] = lambda: None) -> None:
+        # This deployment's id, read when first needed (it is in Neutron's database);
+        # None: every marked logical switch is taken for ours (tools, tests).
+        self._deployment = deployment
         self._leaves: dict[str, LeafConnection] = {}
         for spec in leaves:
             if spec.name in self._leaves:
@@ -133,7 +165,7 @@ class HwvtepBackend(FabricBackend):
         conn = self._connection(leaf)
         api = conn.api()
         with api.ovsdb_connection.lock:
-            todo = plan(read_view(api.tables, leaf), desired)
+            todo = plan(read_view(api.tables, leaf, self._deployment()), desired)
         result = ConvergeResult(leaf=leaf, switch_removal_pending=set(todo.pending))
         if not todo.changes:
             LOG.debug("leaf %(leaf)s: %(n)d networks already converged",
@@ -155,7 +187,7 @@ class HwvtepBackend(FabricBackend):
                 desired: Mapping[str, NetworkOnLeaf | None]) -> Plan | None:
         """Send the one transaction; map ovsdbapp's errors onto the fabric's."""
         leaf, endpoint = conn.spec.name, conn.spec.ovsdb
-        cmd = _ConvergeCommand(api, leaf, desired)
+        cmd = _ConvergeCommand(api, leaf, desired, self._deployment())
         try:
             with api.transaction(check_error=True, log_errors=False) as txn:
                 txn.add(cmd)
@@ -179,8 +211,36 @@ class HwvtepBackend(FabricBackend):
     def read(self, leaf: str) -> dict[str, NetworkOnLeaf]:
         api = self._connection(leaf).api()
         with api.ovsdb_connection.lock:
-            view = read_view(api.tables, leaf)
+            view = read_view(api.tables, leaf, self._deployment())
             return {nid: network_on_leaf(view, nid, ls) for nid, ls in view.owned.items()}
+
+    def others(self, leaf: str) -> dict[str, str | None]:
+        api = self._connection(leaf).api()
+        with api.ovsdb_connection.lock:
+            view = read_view(api.tables, leaf, self._deployment())
+            found: dict[str, str | None] = {n: None for n in view.legacy}
+            found.update({n: ls.other_config.get(DEPLOYMENT_KEY)
+                          for n, ls in view.foreign.items()})
+            return found
+
+    def adopt(self, leaf: str, network_ids: set[str]) -> list[str]:
+        deployment = self._deployment()
+        if deployment is None or not network_ids:
+            return []
+        api = self._connection(leaf).api()
+        cmd = _AdoptCommand(api, leaf, set(network_ids), deployment)
+        try:
+            with api.transaction(check_error=True, log_errors=False) as txn:
+                txn.add(cmd)
+        except ovsdbapp_exc.TimeoutException as exc:
+            raise LeafUnreachable(f"leaf {leaf}: adopting switches timed out ({exc})") from exc
+        except RuntimeError as exc:
+            raise LeafRejected(f"leaf {leaf}: adopting switches: {exc}") from exc
+        if cmd.result:
+            LOG.info("leaf %(leaf)s: %(n)d logical switches of an earlier version adopted by "
+                     "deployment %(dep)s", {"leaf": leaf, "n": len(cmd.result),
+                                            "dep": deployment})
+        return list(cmd.result or [])
 
     def ports(self, leaf: str) -> set[str]:
         api = self._connection(leaf).api()

@@ -16,8 +16,10 @@ from typing import Any, Mapping
 
 from ovs.db import idl as ovs_idl
 
-from networking_dvs_fabric.fabric.api import (MARKER_KEY, MARKER_VALUE, NETWORK_ID_KEY, FabricError,
-                                              LeafRejected, LeafUnreachable, NetworkOnLeaf)
+from networking_dvs_fabric import ownership
+from networking_dvs_fabric.fabric.api import (DEPLOYMENT_KEY, MARKER_KEY, MARKER_VALUE, NETWORK_ID_KEY,
+                                              FabricError, LeafRejected, LeafUnreachable,
+                                              NetworkOnLeaf)
 
 LS_PREFIX = "dvsf-"
 FLOOD_MAC = "unknown-dst"
@@ -42,13 +44,16 @@ class LeafView:
     leaf: str
     ports: dict[str, Row]
     port_bindings: dict[str, dict[int, Row]]     # port -> VLAN -> Logical_Switch
-    owned: dict[str, Row]                         # network id -> marked Logical_Switch
+    owned: dict[str, Row]                         # network id -> our marked Logical_Switch
     ls_names: set[str]
     locators: dict[str, Row]                      # dst_ip -> reusable VXLAN locator
     bindings: dict[uuid.UUID, set[Binding]]       # LS uuid -> its bindings on this switch
     ucast: dict[uuid.UUID, list[Row]]             # LS uuid -> Ucast_Macs_Remote rows
     flood: dict[uuid.UUID, list[Row]]             # LS uuid -> unknown-dst Mcast_Macs_Remote
     pinned: set[uuid.UUID]                        # LS uuids we must not delete yet
+    deployment: str | None = None                 # ours (None: every marked LS is ours)
+    legacy: dict[str, Row] = dataclasses.field(default_factory=dict)   # marker, no id
+    foreign: dict[str, Row] = dataclasses.field(default_factory=dict)  # other deployments'
 
 
 def find_switch(tables: Mapping[str, Any], leaf: str) -> Row:
@@ -66,17 +71,25 @@ def find_switch(tables: Mapping[str, Any], leaf: str) -> Row:
                        f"{sorted(s.name for s in switches)}")
 
 
-def read_view(tables: Mapping[str, Any], leaf: str) -> LeafView:
-    """Index the replica for ``leaf`` (call with the connection lock held)."""
+def read_view(tables: Mapping[str, Any], leaf: str,
+              deployment: str | None = None) -> LeafView:
+    """Index the replica for ``leaf`` (call with the connection lock held).
+
+    ``deployment``: ours; marked switches of other deployments and legacy ones (no
+    id) are kept apart (``ownership.py``).
+    """
     switch = find_switch(tables, leaf)
     ports = {p.name: p for p in switch.ports}
     view = LeafView(leaf, ports, {name: dict(p.vlan_bindings) for name, p in ports.items()},
-                    {}, set(), {}, {}, {}, {}, set())
+                    {}, set(), {}, {}, {}, {}, set(), deployment)
+    kinds = {ownership.OURS: view.owned, ownership.LEGACY: view.legacy,
+             ownership.FOREIGN: view.foreign}
     for ls in tables["Logical_Switch"].rows.values():
         view.ls_names.add(ls.name)
         config = ls.other_config
         if config.get(MARKER_KEY) == MARKER_VALUE and config.get(NETWORK_ID_KEY):
-            view.owned[config[NETWORK_ID_KEY]] = ls
+            owner = ownership.owner_of(config.get(DEPLOYMENT_KEY), deployment)
+            kinds[owner][config[NETWORK_ID_KEY]] = ls
     for name, by_vlan in view.port_bindings.items():
         for vlan, ls in by_vlan.items():
             view.bindings.setdefault(ls.uuid, set()).add((name, vlan))
@@ -123,6 +136,7 @@ class Plan:
     """The changes one converge makes, grouped in the order they are written."""
 
     new_ls: list[tuple[str, int]] = _empty()
+    adoptions: list[Row] = _empty()
     vni_updates: list[tuple[Row, int]] = _empty()
     replication_updates: list[Row] = _empty()
     bind_sets: list[tuple[Row, int, str]] = _empty()
@@ -154,7 +168,15 @@ def plan(view: LeafView, desired: Mapping[str, NetworkOnLeaf | None]) -> Plan:
             continue
         if want.network_id != network_id:
             raise FabricError(f"desired[{network_id!r}] describes {want.network_id!r}")
+        if ls is None and network_id in view.legacy:
+            # Made by an earlier version for a network this deployment has: adopt it.
+            ls = view.legacy[network_id]
+            out.adoptions.append(ls)
         if ls is None:
+            if network_id in view.foreign:
+                other = view.foreign[network_id].other_config.get(DEPLOYMENT_KEY)
+                raise LeafRejected(f"leaf {view.leaf}: logical switch {LS_PREFIX}{network_id}"
+                                   f" belongs to deployment {other}")
             if LS_PREFIX + network_id in view.ls_names:
                 raise LeafRejected(f"leaf {view.leaf}: logical switch {LS_PREFIX}{network_id}"
                                    " exists without the project's marker")
@@ -207,6 +229,16 @@ def _check_may_take(view: LeafView, port: str, vlan: int, holder: Row,
     if config.get(MARKER_KEY) != MARKER_VALUE:
         raise LeafRejected(f"leaf {view.leaf}: port {port} VLAN {vlan} is bound to "
                            f"logical switch {holder.name!r}, which the project does not own")
+    owner = ownership.owner_of(config.get(DEPLOYMENT_KEY), view.deployment)
+    if owner == ownership.FOREIGN:
+        raise LeafRejected(f"leaf {view.leaf}: port {port} VLAN {vlan} is bound to network "
+                           f"{config.get(NETWORK_ID_KEY)} of deployment "
+                           f"{config.get(DEPLOYMENT_KEY)}; give the two deployments "
+                           "disjoint VLAN ranges")
+    if owner == ownership.LEGACY and desired.get(config.get(NETWORK_ID_KEY)) is None:
+        raise LeafRejected(f"leaf {view.leaf}: port {port} VLAN {vlan} is bound to network "
+                           f"{config.get(NETWORK_ID_KEY)}, made by an earlier version and "
+                           "not adopted by this deployment")
     if config.get(NETWORK_ID_KEY) not in desired:
         raise LeafRejected(f"leaf {view.leaf}: port {port} VLAN {vlan} is bound to network "
                            f"{config.get(NETWORK_ID_KEY)}, which this call does not name")

@@ -3,18 +3,24 @@
 Level-triggered: an entry only names a network.  For a batch of networks the
 worker reads Neutron's intent, computes what every leaf must hold and hands each
 leaf its part in one backend call (one OVSDB transaction per leaf per batch).  A
-leaf that does not answer makes the batch's networks retry later; one that refuses
-is retried network by network, so only the network at fault is marked failed.
+leaf that does not answer makes the batch's networks retry later (the leaves that
+answer converge meanwhile); one that refuses is retried network by network, so only
+the network at fault is marked failed.  A (port, VLAN) the batch wants that one of
+our networks outside it still holds (its VLAN given back and handed out again) is
+rebound when Neutron no longer gives it to that holder.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from networking_dvs_fabric import names
+from networking_dvs_fabric.fabric import provisioning
 from networking_dvs_fabric.fabric.api import FabricBackend, FabricError, NetworkOnLeaf
-from networking_dvs_fabric.fabric.desired import desired_state, make_before_break
-from networking_dvs_fabric.fabric.intent import read_intents
+from networking_dvs_fabric.fabric.desired import (DesiredByLeaf, desired_state, holders,
+                                                  make_before_break, releases)
+from networking_dvs_fabric.fabric.intent import NetworkIntent, read_intents
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.journal.worker import JournalWorker, PermanentFailure, TemporaryFailure
 from networking_dvs_fabric.vcenter import errors
@@ -31,6 +37,7 @@ class FabricSync:
     def __init__(self, runtime: "Runtime") -> None:
         self._runtime = runtime
         self.transactions = 0
+        self.landed = provisioning.Landed()       # this batch's converges that succeeded
 
     @property
     def backend(self) -> FabricBackend:
@@ -39,6 +46,7 @@ class FabricSync:
     def __call__(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
         network_ids = [e.resource_id for e in entries]
         verdicts: dict[str, Exception | None] = {n: None for n in network_ids}
+        self.landed = provisioning.Landed()
         try:
             runtime = self._runtime
             intents = read_intents(context, network_ids)
@@ -55,33 +63,52 @@ class FabricSync:
                     verdicts[network_id] = failure
         # Make before break: every leaf first gets what is added (and moved MACs), and
         # only then does any leaf lose what is no longer needed.
-        first: dict[str, dict[str, NetworkOnLeaf | None]] = {}
+        current: dict[str, dict[str, NetworkOnLeaf]] = {}
+        failed_first: dict[str, set[str]] = {}      # leaf -> networks its first step failed
         for leaf in desired:
             try:
-                current = self.backend.read(leaf)
+                current[leaf] = self.backend.read(leaf)
             except FabricError as exc:
                 note({n: TemporaryFailure(str(exc)) for n in desired[leaf]})
-                continue
-            first[leaf] = make_before_break({leaf: desired[leaf]}, {leaf: current})[leaf]
+                failed_first[leaf] = set(desired[leaf])
+        try:
+            riders = self._holders(context, desired, current)
+        except errors.VCenterError as exc:
+            failure = TemporaryFailure(f"vCenter needed to place cluster hosts: {exc}")
+            return [failure for _ in entries]
+        first = {leaf: make_before_break({leaf: desired[leaf]}, {leaf: have})[leaf]
+                 for leaf, have in current.items()}
         for leaf, networks in first.items():
             if networks != desired[leaf]:
-                note(self._converge(leaf, networks))
-        held = {n for n, verdict in verdicts.items() if verdict is not None}
+                failures = self._converge(leaf, networks, riders[leaf])
+                failed_first[leaf] = set(failures)
+                note(failures)
+        # A network that Neutron still has and whose first step failed on a leaf that
+        # must carry it (a VM moving to a leaf that is down) loses nothing yet anywhere:
+        # its old place is kept until the new one is programmed.  Nothing else holds
+        # back: a deleted network, or one that only leaves the failing leaf, converges
+        # fully on every leaf that answers (that leaf converges when it is back).
+        held = {n for leaf, failed in failed_first.items() for n in failed
+                if desired[leaf][n] is not None}
         for leaf, networks in desired.items():
             if leaf not in first:
                 continue                      # not readable now: retried later
-            # A network whose first step failed somewhere (a leaf down) still gets
-            # everything it gains on the leaves that answer, but loses nothing yet.
             target = {n: (first[leaf][n] if n in held else want)
                       for n, want in networks.items()}
-            note(self._converge(leaf, target))
+            note(self._converge(leaf, target, riders[leaf]))
+        note(provisioning.complete_carried(context, intents, desired, self.landed, runtime))
         return [verdicts[e.resource_id] for e in entries]
 
-    def _converge(self, leaf: str,
-                  networks: dict[str, NetworkOnLeaf | None]) -> dict[str, Exception]:
-        """Failures per network on this leaf (empty: all done)."""
+    def _converge(self, leaf: str, networks: dict[str, NetworkOnLeaf | None],
+                  riders: Mapping[str, NetworkOnLeaf | None] = MappingProxyType({})
+                  ) -> dict[str, Exception]:
+        """Failures per network on this leaf (empty: all done).
+
+        ``riders``: holders of (port, VLAN)s these networks take (see ``_holders``),
+        named in every call so the leaf lets them rebind; they get no verdict.
+        """
         try:
-            result = self.backend.converge(leaf, networks)
+            result = self.backend.converge(leaf, {**riders, **networks})
         except FabricError as exc:
             if exc.temporary:
                 return {n: TemporaryFailure(str(exc)) for n in networks}
@@ -92,16 +119,50 @@ class FabricSync:
                                                       "err": exc})
             failures: dict[str, Exception] = {}
             for network_id, want in networks.items():
-                failures.update(self._converge(leaf, {network_id: want}))
+                failures.update(self._converge(leaf, {network_id: want}, riders))
             return failures
         self.transactions += result.transactions
+        self.landed.add(leaf, networks)
         if result.changes:
             LOG.info("fabric: leaf %(leaf)s converged for %(n)d networks: %(c)d changes in "
                      "%(t)d transaction(s)", {"leaf": leaf, "n": len(networks),
                                               "c": result.changes, "t": result.transactions})
         return {n: TemporaryFailure(f"logical switch on {leaf} still referenced by the "
                                     "switch's local MACs; removal retried")
-                for n in result.switch_removal_pending}
+                for n in result.switch_removal_pending if n in networks}
+
+    def _holders(self, context, desired: DesiredByLeaf,
+                 current: dict[str, dict[str, NetworkOnLeaf]]) -> DesiredByLeaf:
+        """Per leaf, our networks outside the batch that hold a (port, VLAN) the batch
+        wants there, with what each is handed (``desired.releases``).
+
+        Their intent is read now and their desired state computed, so a VLAN Neutron
+        took back from one is rebound whatever the holder's own journal entry is doing
+        (pending behind a leaf that is down, or with another worker).  Only the
+        batch's own networks claim anything, so one round is enough.  Each holder
+        named also gets a journal entry of its own: whatever its in-flight entry and
+        this batch did to it in whichever order, it is converged once more after.
+        Raises what ``desired_state`` raises.
+        """
+        found = holders(desired, current)
+        if not found:
+            return {leaf: {} for leaf in desired}
+        theirs = self._desired(read_intents(context, found))
+        riders = releases(desired, theirs, current)
+        named = sorted({n for on_leaf in riders.values() for n in on_leaf})
+        if named:
+            LOG.info("fabric: networks %(held)s hold VLAN bindings that networks of this "
+                     "batch now have from Neutron; rebinding them and converging the "
+                     "holders again", {"held": ", ".join(named)})
+            for network_id in named:
+                store.record(context, names.RESOURCE_NETWORK, network_id, "vlan-rebound")
+        return riders
+
+    def _desired(self, intents: Mapping[str, NetworkIntent | None]) -> DesiredByLeaf:
+        runtime = self._runtime
+        return desired_state(intents, runtime.require_topology(), runtime.directory,
+                             runtime.fabric_settings.mac_distribution,
+                             runtime.fabric_settings.mode)
 
 
 class FabricWorker(JournalWorker):

@@ -48,6 +48,9 @@ class NeutronClient:
                 "device_id": "lab-vm"}
         return self._call("POST", "ports", {"port": body})["port"]
 
+    def list_ports(self, network_id: str) -> list[dict]:
+        return self._call("GET", f"ports?network_id={network_id}")["ports"]
+
     def delete_port(self, port_id: str) -> None:
         self._call("DELETE", f"ports/{port_id}")
 

@@ -5,6 +5,10 @@ database (SQLite file, or MariaDB), Neutron's API under uWSGI and the periodic
 workers, writes the configs and a ``state.json`` with every pid it started.
 ``Lab.down()`` stops exactly those pids.  ``up()`` on a running lab first takes
 it down, so running it again restarts cleanly.
+
+``up(share=<other lab's directory>)`` starts a second deployment: its own database
+and Neutron, using the other lab's vCenter simulator and leaves (not started, and
+not stopped by this lab's ``down``) - two clouds on one vCenter and one fabric.
 """
 from __future__ import annotations
 
@@ -78,8 +82,11 @@ class Lab:
     # -- up / down --------------------------------------------------------------
     def up(self, mechanism_drivers: str = DEFAULT_DRIVERS, mode: str = "pre_provision",
            db: str = "sqlite", extra_config: dict[str, dict[str, str]] | None = None,
-           dataplane: bool | None = False) -> dict[str, Any]:
-        """Start the lab.  ``dataplane``: True = required, None = where namespaces work."""
+           dataplane: bool | None = False, share: Path | None = None) -> dict[str, Any]:
+        """Start the lab.  ``dataplane``: True = required, None = where namespaces work.
+
+        ``share``: the directory of a running lab whose vCenter and leaves to use.
+        """
         if mode not in MODES:
             raise LabError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
         if db not in DATABASES:
@@ -87,6 +94,14 @@ class Lab:
         drivers = ",".join(d.strip() for d in mechanism_drivers.split(",") if d.strip())
         if not drivers:
             raise LabError("--ml2-mechanism-drivers: name at least one driver")
+        shared = None
+        if share is not None:
+            if Path(share).resolve() == self.dir.resolve():
+                raise LabError("--share: name another lab's directory, not this one")
+            shared = Lab(Path(share)).status()       # raises: no lab running there
+            if dataplane:
+                raise LabError("--dataplane: a lab sharing another's leaves has none")
+            dataplane = False
         dataplane_off = None
         if dataplane is not False:
             dataplane_off = netns.unavailable()
@@ -102,7 +117,7 @@ class Lab:
         self._save(state)      # from here on, 'down' can stop whatever was started
         try:
             self._start_all(state, drivers, mode, db, extra_config or {},
-                            dataplane is not False and not dataplane_off)
+                            dataplane is not False and not dataplane_off, shared, share)
         except BaseException:
             _progress("start failed; stopping what was started")
             self.down()
@@ -114,17 +129,29 @@ class Lab:
         self._save(state)
 
     def _start_all(self, state: dict[str, Any], drivers: str, mode: str, db: str,
-                   extra: dict[str, dict[str, str]], dataplane: bool) -> None:
-        _progress("starting the vCenter simulator")
-        vcsim = VCenterSimulator(self.dir / "vcsim")
-        self._record(state, "vcsim", vcsim)
-        vcsim.start()
-        self._record(state, "vcsim", vcsim)
+                   extra: dict[str, dict[str, str]], dataplane: bool,
+                   shared: dict[str, Any] | None = None, share: Path | None = None) -> None:
+        if shared is not None:
+            _progress(f"using the vCenter simulator and leaves of the lab in {share}")
+            vcenter = {k: shared["vcenter"][k] for k in ("url", "username", "password",
+                                                         "ca_file")}
+            leaves = [dict(leaf) for leaf in shared["leaves"]]
+            state["shared_from"] = str(Path(share).resolve())
+        else:
+            _progress("starting the vCenter simulator")
+            vcsim = VCenterSimulator(self.dir / "vcsim")
+            self._record(state, "vcsim", vcsim)
+            vcsim.start()
+            self._record(state, "vcsim", vcsim)
+            vcenter = {"url": vcsim.url, "username": vcsim.username,
+                       "password": vcsim.password, "ca_file": str(vcsim.ca_file)}
 
-        _progress("starting 3 leaf switches (ovsdb-server, hardware_vtep)")
-        leaves = start_lab_leaves(self.dir, dataplane)
-        state["services"]["leaves"] = [leaf.to_json() for leaf in leaves]
-        self._save(state)
+            _progress("starting 3 leaf switches (ovsdb-server, hardware_vtep)")
+            switches = start_lab_leaves(self.dir, dataplane)
+            state["services"]["leaves"] = [leaf.to_json() for leaf in switches]
+            self._save(state)
+            leaves = [{"name": leaf.name, "ovsdb": leaf.ovsdb, "tunnel_ip": leaf.tunnel_ip}
+                      for leaf in switches]
 
         if db == "mariadb":
             _progress("starting/using MariaDB")
@@ -141,20 +168,21 @@ class Lab:
             db_file.unlink(missing_ok=True)
             db_url = f"sqlite:///{db_file}"
 
-        access = neutron.VCenterAccess(vcsim.url, vcsim.username, vcsim.password,
-                                       str(vcsim.ca_file))
+        access = neutron.VCenterAccess(vcenter["url"], vcenter["username"],
+                                       vcenter["password"], vcenter["ca_file"])
         configs = neutron.write_configs(self.dir / "neutron", db_url, access, drivers, mode,
-                                        {leaf.name: leaf.ovsdb for leaf in leaves}, extra)
+                                        {leaf["name"]: leaf["ovsdb"] for leaf in leaves},
+                                        extra)
         _progress(f"creating Neutron's schema ({db})")
         neutron.prepare_database(db_url, configs, self.dir / "logs" / "db-manage.log")
 
         _progress(f"starting Neutron (uWSGI API + periodic workers; drivers {drivers})")
         names = drivers.split(",")
-        api, periodic, url = neutron.start_neutron(
+        daemons, url = neutron.start_neutron(
             self.dir, configs, api_processes=1 if db == "sqlite" else 4,
             journal_workers=sum(d in names for d in ("fabric_hwvtep", "vsphere_dvs")))
-        state["daemons"] = [api.to_json(), periodic.to_json()]
-        state["status"] = self._status_doc(url, vcsim, leaves, mode)
+        state["daemons"] = [daemon.to_json() for daemon in daemons]
+        state["status"] = self._status_doc(url, vcenter, leaves, mode)
         state["status"]["dataplane"] = dataplane
         state["config_files"] = [str(p) for p in configs]
         state["db"] = db
@@ -162,7 +190,7 @@ class Lab:
         self._save(state)
         self._write_clouds_yaml(url)
         if dataplane:
-            self._start_dataplane(state, leaves)
+            self._start_dataplane(state, switches)
 
     def _start_dataplane(self, state: dict[str, Any], leaves: list[LeafSwitch]) -> None:
         plane = Dataplane(self.dir / "dataplane", lab_tag(self.dir),
@@ -192,18 +220,15 @@ class Lab:
                            "--dataplane')")
         return Dataplane.from_json(data)
 
-    def _status_doc(self, url: str, vcsim: VCenterSimulator, leaves: list[LeafSwitch],
+    def _status_doc(self, url: str, vcenter: dict[str, str], leaves: list[dict[str, Any]],
                     mode: str) -> dict[str, Any]:
         dvs = topology.DVS_NAME
         return {
             "neutron": {"url": url},
-            "vcenter": {"url": vcsim.url, "username": vcsim.username,
-                        "password": vcsim.password, "ca_file": str(vcsim.ca_file),
-                        "datacenter": topology.DATACENTER,
+            "vcenter": {**vcenter, "datacenter": topology.DATACENTER,
                         "dvs": {topology.PHYSICAL_NETWORK: dvs}},
             "compute_hosts": topology.compute_hosts(),
-            "leaves": [{"name": leaf.name, "ovsdb": leaf.ovsdb, "tunnel_ip": leaf.tunnel_ip}
-                       for leaf in leaves],
+            "leaves": leaves,
             "attachments": [{"esxi_host": a.esxi_host, "dvs": dvs, "leaf": a.leaf,
                              "port": a.port} for a in topology.attachments()],
             "mode": mode,
@@ -271,6 +296,9 @@ class Lab:
         for data in state.get("services", {}).get("leaves", []):
             if data["name"] == name:
                 return LeafSwitch.from_json(data)
+        if state.get("shared_from"):
+            raise LabError(f"leaf {name!r} belongs to the lab in {state['shared_from']}, "
+                           "which this lab shares; control it there")
         raise LabError(f"no leaf named {name!r} in this lab")
 
     def stop_leaf(self, name: str) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import json
+import socket
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Mapping
@@ -64,7 +66,14 @@ def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
                     "transport_url": "fake:/", "state_path": str(workdir / "state"),
                     "debug": "false", "api_workers": "2",
                     "api_paste_config": str(Path(sys.prefix) / "etc" / "neutron" /
-                                            "api-paste.ini")},
+                                            "api-paste.ini"),
+                    # No Nova here: nothing to tell about ports (FakeNova reads vCenter).
+                    "notify_nova_on_port_status_changes": "false",
+                    "notify_nova_on_port_data_changes": "false"},
+        # Neutron asks placement about every segment it deletes, whatever its options
+        # say (see lab/placement.py); a keystone-less cloud names its placement so.
+        "placement": {"auth_type": "none",
+                      "endpoint": f"http://127.0.0.1:{free_port()}"},
         "database": {"connection": db_url, "max_retries": "10"},
         "oslo_concurrency": {"lock_path": str(workdir / "locks")},
         "oslo_policy": {"policy_file": str(policy_file)},
@@ -77,10 +86,7 @@ def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
                 "project_network_types": "vxlan" if fabric else "vlan",
                 "mechanism_drivers": mechanism_drivers,
                 "extension_drivers": "port_security"},
-        "ml2_type_vlan": {"network_vlan_ranges":
-                          f"{topology.PHYSICAL_NETWORK}:{topology.VLAN_RANGE[0]}:"
-                          f"{topology.VLAN_RANGE[1]},{topology.KVM_PHYSICAL_NETWORK}:"
-                          f"{topology.VLAN_RANGE[0]}:{topology.VLAN_RANGE[1]}"},
+        "ml2_type_vlan": {"network_vlan_ranges": topology.vlan_ranges()},
         "ml2_type_vxlan": {"vni_ranges": "5000:24999"},
         "ml2_vsphere": {
             "vcenter_url": vcenter.url, "username": vcenter.username,
@@ -195,6 +201,26 @@ def periodic_daemon(workdir: Path, config_files: list[Path], suffix: str = "") -
                   env=_env(config_files))
 
 
+def _placement_address(config_files: list[Path]) -> tuple[str, int]:
+    """Where ``write_configs`` told Neutron its placement is."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config_files[0])
+    endpoint = urllib.parse.urlsplit(parser["placement"]["endpoint"])
+    return str(endpoint.hostname), int(endpoint.port or 80)
+
+
+def placement_daemon(workdir: Path, config_files: list[Path]) -> Daemon:
+    """The lab's empty placement (lab/placement.py), where Neutron looks for it."""
+    host, port = _placement_address(config_files)
+    argv = [sys.executable, "-m", "networking_dvs_fabric.lab.placement", host, str(port)]
+    return Daemon("placement", argv, workdir / "logs" / "placement.log")
+
+
+def _listening(address: tuple[str, int]) -> bool:
+    with socket.create_connection(address, timeout=1):
+        return True
+
+
 def api_answers(url: str) -> bool:
     request = urllib.request.Request(url + "/v2.0/networks", headers={"Connection": "close"})
     with urllib.request.urlopen(request, timeout=5) as response:
@@ -206,23 +232,31 @@ JOURNAL_STARTED = "journal worker started"
 
 def start_neutron(workdir: Path, config_files: list[Path], api_processes: int,
                   timeout: float = 180.0, journal_workers: int = 0
-                  ) -> tuple[Daemon, Daemon, str]:
-    """Start the API and the periodic workers; wait until the API answers.
+                  ) -> tuple[list[Daemon], str]:
+    """Start placement, the API and the periodic workers; wait until the API answers.
 
+    Returns the daemons in start order (stop them in reverse) and the API's URL.
     SQLite cannot take writes from several processes at once (Neutron does not
     retry "database is locked"), so the lab runs one API process on SQLite and
     several on MariaDB.
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    api = api_daemon(workdir, config_files, port, api_processes).start()
-    periodic = None
+    started: list[Daemon] = []
     try:
+        placement = placement_daemon(workdir, config_files).start()
+        started.append(placement)
+        address = _placement_address(config_files)
+        wait_until(lambda: _listening(address), timeout, f"the lab's placement at {address}",
+                   alive=placement)
+        api = api_daemon(workdir, config_files, port, api_processes).start()
+        started.append(api)
         wait_until(lambda: api_answers(url), timeout, f"Neutron API at {url}", alive=api,
                    interval=0.5)
         # After the API: both sync the type drivers' allocations at start, and SQLite
         # does not take two writers.
         periodic = periodic_daemon(workdir, config_files).start()
+        started.append(periodic)
         if journal_workers:
             # Work recorded before the journal workers run would wait for them: a lab
             # that says it is up must converge at once.
@@ -231,8 +265,7 @@ def start_neutron(workdir: Path, config_files: list[Path], api_processes: int,
                 f"{journal_workers} journal worker(s) in neutron-periodic-workers",
                 alive=periodic, interval=0.2)
     except BaseException:
-        api.stop()
-        if periodic is not None:
-            periodic.stop()
+        for daemon in reversed(started):
+            daemon.stop()
         raise
-    return api, periodic, url
+    return started, url

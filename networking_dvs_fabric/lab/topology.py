@@ -88,3 +88,8 @@ def fabric_topology(leaf_endpoints: dict[str, str]) -> dict:
 
 def compute_hosts() -> dict[str, dict]:
     return {compute_host(c): {"cluster": c, "esxi_hosts": esxi_hosts(c)} for c in CLUSTERS}
+
+
+def vlan_ranges(low: int = VLAN_RANGE[0], high: int = VLAN_RANGE[1]) -> str:
+    """``[ml2_type_vlan] network_vlan_ranges``: the same VLANs on both physical networks."""
+    return f"{PHYSICAL_NETWORK}:{low}:{high},{KVM_PHYSICAL_NETWORK}:{low}:{high}"

@@ -6,7 +6,9 @@ SR-IOV host), it allocates a dynamic VLAN segment on the host's physical network
 and lets the next level bind it (``vsphere_dvs`` for vSphere, Open vSwitch for a
 KVM host, ...).  No switch I/O while binding: the network is recorded in the
 journal in precommit, inside Neutron's own transaction, and the fabric worker
-(``get_workers``, in ``neutron-periodic-workers``) programs the leaves.
+(``get_workers``, in ``neutron-periodic-workers``) programs the leaves.  A port
+it binds holds a provisioning block, so it stays DOWN until the worker sees the
+leaves carry it (``fabric/provisioning.py``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from neutron_lib.db import api as db_api
 from neutron_lib.plugins.ml2 import api
 
 from networking_dvs_fabric import levels, names, runtime
+from networking_dvs_fabric.fabric import provisioning
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.ml2 import segments
 from networking_dvs_fabric.topology import HostDirectory, Topology
@@ -72,7 +75,8 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         from networking_dvs_fabric.fabric.worker import FabricWorker
         from networking_dvs_fabric.sync.full_sync import FullSync
         fabric_worker = FabricWorker(self.runtime)
-        full_sync = FullSync(self.runtime)
+        # Its repair converges the leaves with the worker's own handler.
+        full_sync = FullSync(self.runtime, fabric_worker.sync)
         fabric_worker.add_housekeeping(full_sync.run_if_due)
         workers = [fabric_worker]
         if self.directory is not None:
@@ -131,8 +135,13 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
                 dynamic = None        # the VLAN range is used up (nothing was allocated)
             if dynamic is None:
                 return None, None
-            held, active_host = segments.hold(context.plugin_context, dynamic[api.ID],
-                                              context.current["id"])
+            with db_api.CONTEXT_WRITER.using(context.plugin_context):
+                held, active_host = segments.hold(context.plugin_context, dynamic[api.ID],
+                                                  context.current["id"])
+                if held:
+                    # DOWN until the leaves carry it; in the lock's transaction, so
+                    # it costs the bind no commit of its own.
+                    provisioning.hold(context.plugin_context, context.current["id"])
             if held:
                 return dynamic, active_host
             LOG.info("fabric_hwvtep: segment %(seg)s of network %(net)s was released while "
@@ -165,8 +174,14 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             store.record(plugin_context, RESOURCE_NETWORK, network_id)
 
     def update_port_precommit(self, context: api.PortContext) -> None:
-        if _ours(context.binding_levels) or _ours(context.original_binding_levels):
-            self._record(context.plugin_context, context.current["network_id"])
+        ours, was_ours = _ours(context.binding_levels), _ours(context.original_binding_levels)
+        if not (ours or was_ours) or _only_status_changed(context):
+            return      # a status change (ours, when the leaves carry the port) needs nothing
+        self._record(context.plugin_context, context.current["network_id"])
+        if was_ours and not ours:
+            provisioning.release(context.plugin_context, context.current["id"])
+        elif ours and _activated_without_bind(context):
+            provisioning.hold(context.plugin_context, context.current["id"])
 
     def delete_port_precommit(self, context: api.PortContext) -> None:
         if _ours(context.binding_levels):
@@ -185,6 +200,10 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         if old is not None and old != _segment_below_us(context.binding_levels):
             self._release_if_unused(context, old)
         self._release_after_failed_binding(context)
+        if context.vif_type == portbindings.VIF_TYPE_BINDING_FAILED:
+            # A level below us refused: nothing is bound through us, so our block
+            # (bind_port) must not keep the port DOWN once another driver binds it.
+            provisioning.release(context.plugin_context, context.current["id"])
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
         if _ours(context.binding_levels):
@@ -231,6 +250,35 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
 
 def _ours(binding_levels: list[dict] | None) -> bool:
     return levels.bound_by(binding_levels, DRIVER_NAME)
+
+
+def _level_ids(binding_levels: list[dict] | None) -> list[tuple]:
+    return [(level.get(api.BOUND_DRIVER), (level.get(api.BOUND_SEGMENT) or {}).get(api.ID))
+            for level in binding_levels or []]
+
+
+_STATUS_FIELDS = ("status", "revision_number", "updated_at")
+
+
+def _only_status_changed(context: api.PortContext) -> bool:
+    """Only the port's status (and its revision) changed: nothing the leaves hold
+    depends on it."""
+    original = context.original
+    if original is None or \
+            _level_ids(context.binding_levels) != _level_ids(context.original_binding_levels):
+        return False
+    return ({k: v for k, v in original.items() if k not in _STATUS_FIELDS} ==
+            {k: v for k, v in context.current.items() if k not in _STATUS_FIELDS})
+
+
+def _activated_without_bind(context: api.PortContext) -> bool:
+    """ML2 made an already bound binding the active one (a live migration's
+    activation): the port is DOWN now and bind_port did not run for it."""
+    return (context.current.get("status") == n_const.PORT_STATUS_DOWN
+            and context.original_vif_type not in (portbindings.VIF_TYPE_UNBOUND,
+                                                  portbindings.VIF_TYPE_BINDING_FAILED)
+            and _level_ids(context.binding_levels) !=
+            _level_ids(context.original_binding_levels))
 
 
 def _segment_below_us(binding_levels: list[dict] | None) -> str | None:

@@ -4,25 +4,31 @@ Binds, at whatever level ML2 asks, a ``vlan`` segment whose physical_network is
 mapped to a DVS, for a binding host that is a mapped cluster (or an ESXi host)
 on that DVS.  Before answering it checks that the network's MTU fits the DVS's
 (refusing the binding, or raising the DVS's MTU with ``raise_dvs_mtu``) and makes
-sure the network's port group exists with the segment's VLAN; Nova's VMware
-driver reads ``vif_details``.  Everything else is left to other drivers.
+sure the network's port group exists with the segment's VLAN, noted in its guard
+row so that no release deletes it meanwhile (``vcenter/usage.ensure_for_bind``);
+Nova's VMware driver reads ``vif_details``.  The port is ACTIVE at once, unless someone holds a
+provisioning block on it (a top-level driver waiting for its fabric; DHCP).
+Everything else is left to other drivers.
 """
 from __future__ import annotations
 
 import logging
 import time
 
+from neutron.db import models_v2
+from neutron.db.models import provisioning_block
 from neutron_lib import constants as n_const
 from neutron_lib import exceptions as n_exc
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.db import api as db_api
 from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
+from oslo_db import exception as db_exc
 
 from networking_dvs_fabric import names, opts, runtime
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.levels import segment_bound_by
-from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.vcenter import errors, usage
 from networking_dvs_fabric.vcenter.backend import DVSMtuNotRaised, VSphereBackend
 
 LOG = logging.getLogger(__name__)
@@ -93,20 +99,27 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
                     continue
                 network = context.network.current
                 started = time.perf_counter()
-                binding = self.backend.ensure_port_group(
-                    physnet, network["id"], network.get("name") or "",
-                    int(segment[api.SEGMENTATION_ID]))
-            except errors.VCenterError as exc:
+                # Ensured and written down in the port group's guard row before it is
+                # answered: a release in another process never deletes it under us.
+                binding = usage.ensure_for_bind(
+                    context.plugin_context, self.backend, physnet, network["id"],
+                    network.get("name") or "", int(segment[api.SEGMENTATION_ID]),
+                    context.current["id"])
+            except (errors.VCenterError, db_exc.DBError) as exc:
                 LOG.error("vsphere_dvs: cannot bind port %(port)s on host %(host)s: "
                           "%(reason)s", {"port": context.current["id"], "host": host,
                                          "reason": exc})
                 return
+            # ACTIVE at once, unless someone holds a provisioning block on the port (a
+            # top-level driver such as fabric_hwvtep until its fabric carries the port,
+            # ML2 for DHCP): ML2 makes it ACTIVE when the last block goes.
+            blocked = _blocked(context.plugin_context, context.current["id"])
             context.set_binding(
                 segment[api.ID], VIF_TYPE_DVS,
                 {"dvs_id": binding.dvs_uuid, "pg_id": binding.pg_key,
                  "dvs_port_group_name": binding.pg_name,
                  portbindings.VIF_DETAILS_CONNECTIVITY: self.connectivity},
-                status=n_const.PORT_STATUS_ACTIVE)
+                status=None if blocked else n_const.PORT_STATUS_ACTIVE)
             LOG.info("vsphere_dvs: bound port %(port)s on %(host)s to port group %(pg)s "
                      "(VLAN %(vlan)s, level %(level)d, port group ensured in %(ms).1f ms)",
                      {"port": context.current["id"], "host": host, "pg": binding.pg_name,
@@ -211,3 +224,12 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
 
 def _our_segment(levels: list[dict] | None) -> dict | None:
     return segment_bound_by(levels, DRIVER_NAME)
+
+
+def _blocked(plugin_context, port_id: str) -> bool:
+    """Does anyone hold a provisioning block on the port?  (One query.)"""
+    block = provisioning_block.ProvisioningBlock
+    with db_api.CONTEXT_READER.using(plugin_context):
+        return plugin_context.session.query(block.entity).join(
+            models_v2.Port, models_v2.Port.standard_attr_id == block.standard_attr_id).filter(
+            models_v2.Port.id == port_id).first() is not None

@@ -6,19 +6,25 @@ actual state from vCenter (our port groups, with their VLANs) and from each leaf
 (``FabricBackend.read``: only what carries our marker).  A backend that cannot be
 read is reported as unreachable - never as empty, which would look like "everything
 is missing" and, to a repair, like "delete everything".
+
+Only this deployment's objects are compared (``ownership.py``).  Another
+deployment's are listed as ``foreign`` and never repaired; a legacy object (made
+before deployments had ids) is ours to adopt when this Neutron has its network
+(drift ``*_legacy``, which the repair adopts), else foreign too.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+from networking_dvs_fabric import ownership
 from networking_dvs_fabric.fabric.api import FabricError, NetworkOnLeaf
 from networking_dvs_fabric.fabric.desired import desired_state
 from networking_dvs_fabric.fabric.intent import read_intents
 from networking_dvs_fabric.runtime import Runtime
 from networking_dvs_fabric.sync import expected
 from networking_dvs_fabric.topology import HostDirectory, Topology
-from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.vcenter import errors, usage
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
 
 
@@ -32,6 +38,7 @@ class Parts:
     fabric: Any                      # FabricBackend
     mac_distribution: str = "controller"
     mode: str = "pre_provision"
+    deployment: str | None = None    # this deployment's id (None: every marked object)
 
     @classmethod
     def of(cls, runtime: Runtime) -> "Parts":
@@ -39,7 +46,8 @@ class Parts:
         topology = runtime.topology
         return cls(topology, runtime.directory, runtime.vcenter,
                    runtime.fabric if topology is not None else None,
-                   runtime.fabric_settings.mac_distribution, runtime.fabric_settings.mode)
+                   runtime.fabric_settings.mac_distribution, runtime.fabric_settings.mode,
+                   runtime.deployment_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +69,11 @@ class Report:
     port_groups: dict[tuple[str, str], expected.ExpectedPortGroup] = dataclasses.field(
         default_factory=dict)
     orphan_port_groups: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    # Other deployments' objects (and legacy ones of networks this Neutron lacks):
+    # reported, never touched.
+    foreign: list[str] = dataclasses.field(default_factory=list)
+    legacy_port_groups: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
+    deployment: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -68,7 +81,7 @@ class Report:
 
 
 def audit(context, parts: Parts) -> Report:
-    report = Report()
+    report = Report(deployment=parts.deployment)
     if parts.vsphere is not None:
         _audit_port_groups(context, parts.vsphere, report)
     if parts.topology is not None and parts.fabric is not None:
@@ -82,10 +95,23 @@ def _audit_port_groups(context, vsphere: VSphereBackend, report: Report) -> None
     for dvs_name in sorted(set(vsphere.settings.dvs_mappings.values())):
         where = f"vCenter DVS {dvs_name}"
         try:
-            have = {pg.network_id: pg for pg in vsphere.owned_port_groups(dvs_name, full=True)}
+            marked = vsphere.marked_port_groups(dvs_name, full=True)
         except errors.VCenterError as exc:
             report.unreachable.append(f"{where}: {exc}")
             continue
+        have = {pg.network_id: pg for pg in marked[ownership.OURS]}
+        for pg in marked[ownership.LEGACY]:
+            if usage.network_exists(context, pg.network_id or ""):
+                have[pg.network_id] = pg
+                report.legacy_port_groups.append((dvs_name, pg))
+                report.drifts.append(Drift("port_group_legacy", where, pg.network_id or "",
+                                           f"port group {pg.name!r} made by an earlier "
+                                           "version: to adopt"))
+            else:
+                report.foreign.append(f"{where}: port group {pg.name!r} (network "
+                                      f"{pg.network_id}, no deployment id, network not here)")
+        report.foreign.extend(f"{where}: port group {pg.name!r} (deployment {pg.deployment})"
+                              for pg in marked[ownership.FOREIGN])
         report.checked[where] = len(have)
         for (dvs, network_id), want in sorted(wanted.items()):
             if dvs != dvs_name:
@@ -108,13 +134,27 @@ def _audit_port_groups(context, vsphere: VSphereBackend, report: Report) -> None
 def _audit_leaves(context, parts: Parts, report: Report) -> None:
     assert parts.topology is not None
     actual: dict[str, dict[str, NetworkOnLeaf]] = {}
+    legacy: dict[str, set[str]] = {}
     for leaf in parts.topology.leaves:
         try:
             actual[leaf] = parts.fabric.read(leaf)
+            others = parts.fabric.others(leaf)
         except FabricError as exc:
+            actual.pop(leaf, None)
             report.unreachable.append(f"leaf {leaf}: {exc}")
-        else:
-            report.checked[f"leaf {leaf}"] = len(actual[leaf])
+            continue
+        report.checked[f"leaf {leaf}"] = len(actual[leaf])
+        for network_id, deployment in sorted(others.items()):
+            if deployment is None and usage.network_exists(context, network_id):
+                legacy.setdefault(leaf, set()).add(network_id)
+                report.drifts.append(Drift("switch_legacy", f"leaf {leaf}", network_id,
+                                           "logical switch made by an earlier version: "
+                                           "to adopt"))
+            else:
+                report.foreign.append(
+                    f"leaf {leaf}: logical switch of network {network_id} " +
+                    (f"(deployment {deployment})" if deployment else
+                     "(no deployment id, network not here)"))
     networks = expected.fabric_networks(context)
     for networks_on_leaf in actual.values():
         networks |= set(networks_on_leaf)          # orphans too: they must go

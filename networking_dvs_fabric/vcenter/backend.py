@@ -15,6 +15,7 @@ from typing import Callable, Mapping, TypeVar
 
 from pyVmomi import vim, vmodl
 
+from networking_dvs_fabric import ownership
 from networking_dvs_fabric.vcenter import errors, naming
 from networking_dvs_fabric.vcenter.inventory import DVSInfo, Inventory, load_inventory, read_dvs_mtu
 from networking_dvs_fabric.vcenter.pg_cache import PortGroupCache
@@ -53,8 +54,12 @@ class BackendSettings:
 
 class VSphereBackend:
     def __init__(self, settings: BackendSettings,
-                 session_factory: Callable[[], VCenterSession]) -> None:
+                 session_factory: Callable[[], VCenterSession],
+                 deployment: Callable[[], str | None] = lambda: None) -> None:
         self.settings = settings
+        # This deployment's id (``db/deployment.py``), read when first needed: it lives
+        # in Neutron's database, which may not be usable yet when the driver starts.
+        self.deployment = deployment
         # One login for everything this backend does; the port group watch (and the
         # vCenter watcher) use channels of it (``VCenterSession.channel``).
         self.session = session_factory()
@@ -230,7 +235,7 @@ class VSphereBackend:
     def _manager(self, dvs_name: str) -> PortGroupManager:
         inventory = self.inventory()
         return PortGroupManager(self.session, inventory.dvs[dvs_name],
-                                inventory.datacenter_moid)
+                                inventory.datacenter_moid, self.deployment())
 
     def _lock_for(self, dvs_name: str, network_id: str) -> threading.Lock:
         return self._locks[hash((dvs_name, network_id)) % LOCK_STRIPES]
@@ -272,7 +277,8 @@ class VSphereBackend:
             self._start_cache()
         cache = self._cache
         cached = cache.get(dvs.moid, network_id) if cache else None
-        if cached is not None and cached.vlan == vlan:
+        if cached is not None and cached.vlan == vlan and \
+                ownership.owner_of(cached.deployment, self.deployment()) == ownership.OURS:
             return PortGroupBinding(dvs.uuid, cached.key, cached.name, vlan)
         with self._lock_for(dvs_name, network_id):
             manager = self._manager(dvs_name)
@@ -297,8 +303,8 @@ class VSphereBackend:
                         physical_network=physical_network)
                     LOG.info("%s; using %r instead", exc, name)
                     pg = manager.create(name, network_id, vlan)
-            elif pg.vlan != vlan:
-                pg = manager.set_vlan(pg, vlan)
+            elif pg.vlan != vlan or manager.owner(pg) != ownership.OURS:
+                pg = manager.set_vlan(pg, vlan)       # a legacy one is adopted here too
             if cache is not None:
                 cache.remember(dvs.moid, pg)
         return PortGroupBinding(dvs.uuid, pg.key, pg.name, vlan)
@@ -308,20 +314,53 @@ class VSphereBackend:
         dvs = self.inventory().dvs[self.settings.dvs_mappings[physical_network]]
         return self._cache.get(dvs.moid, network_id) if self._cache is not None else None
 
+    def forget_port_group(self, physical_network: str, network_id: str, key: str) -> None:
+        """Drop the cached port group ``key`` of the network: another process deleted it
+        and the watch has not said so yet."""
+        cache = self._cache
+        if cache is None:
+            return
+        cached = cache.get(self.inventory().dvs[self.settings.dvs_mappings[physical_network]]
+                           .moid, network_id)
+        if cached is not None and cached.key == key:
+            cache.forget(cached)
+
     def port_groups(self, dvs_name: str) -> list[PortGroup]:
         """Every port group on the DVS, ours (``network_id`` set) and others."""
         return self._manager(dvs_name).list(full=False)
 
     def owned_port_groups(self, dvs_name: str, full: bool = False) -> list[PortGroup]:
-        """Our port groups on the DVS (``full``: with their VLANs)."""
-        return [pg for pg in self._manager(dvs_name).list(full=full) if pg.owned]
+        """This deployment's port groups on the DVS (``full``: with their VLANs)."""
+        return self.marked_port_groups(dvs_name, full)[ownership.OURS]
+
+    def marked_port_groups(self, dvs_name: str,
+                           full: bool = False) -> dict[str, list[PortGroup]]:
+        """The DVS's port groups with the project's marker, by ``ownership`` kind."""
+        manager = self._manager(dvs_name)
+        found: dict[str, list[PortGroup]] = {ownership.OURS: [], ownership.LEGACY: [],
+                                             ownership.FOREIGN: []}
+        for pg in manager.list(full=full):
+            owner = manager.owner(pg)
+            if owner is not None:
+                found[owner].append(pg)
+        return found
+
+    def adopt_port_group(self, dvs_name: str, pg: PortGroup) -> PortGroup:
+        """Give a legacy port group (of a network this Neutron has) our deployment id."""
+        with self._lock_for(dvs_name, pg.network_id or ""):
+            adopted = self._manager(dvs_name).adopt(pg)
+        if self._cache is not None:
+            self._cache.remember(self.inventory().dvs[dvs_name].moid, adopted)
+        return adopted
 
     def release_port_group(self, dvs_name: str, network_id: str,
-                           still_used: Callable[[], bool]) -> bool:
+                           still_used: Callable[[], bool],
+                           on_deleted: Callable[[PortGroup], None] | None = None) -> bool:
         """Delete the network's port group on ``dvs_name`` unless ``still_used()``.
 
         Returns True when it is gone.  VMs Neutron does not know keep it alive
-        (PortGroupInUse is logged and the periodic sweep retries).
+        (PortGroupInUse is logged and the periodic sweep retries).  ``on_deleted``
+        hears which port group was deleted (``vcenter/usage.release_if_unused``).
         """
         with self._lock_for(dvs_name, network_id):
             if still_used():
@@ -335,6 +374,8 @@ class VSphereBackend:
             except errors.PortGroupInUse as exc:
                 LOG.warning("%s", exc)
                 return False
+            if on_deleted is not None:
+                on_deleted(pg)
             if self._cache is not None:
                 self._cache.forget(pg)
             return True

@@ -16,7 +16,11 @@ DEFAULT_FORMAT = "{network_name}-{network_id}"
 # another DVS (port group names are unique per datacenter, not per DVS).
 DVS_QUALIFIED_FORMAT = "{network_name}-{dvs_name}-{network_id}"
 MARKER_PREFIX = "managed-by=networking-dvs-fabric"
-_MARKER_RE = re.compile(re.escape(MARKER_PREFIX) + r" network-id=([0-9a-fA-F-]{36})")
+# Since issue 12 the marker names the deployment that made the port group too;
+# earlier versions wrote it without (a "legacy" marker, adopted by the deployment
+# whose Neutron has the network).
+_MARKER_RE = re.compile(re.escape(MARKER_PREFIX) + r"(?: deployment=([0-9a-fA-F-]{1,64}))?"
+                        r" network-id=([0-9a-fA-F-]{36})")
 # vCenter escapes these in names ("%2f"), so a name with them reads back different.
 _UNSAFE = re.compile(r"[/\\%\x00-\x1f\x7f]")
 _FIELDS = {"network_name", "network_id", "dvs_name", "physical_network"}
@@ -69,11 +73,22 @@ def port_group_name(fmt: str, *, network_name: str, network_id: str, dvs_name: s
                   dvs_name=dvs_name, physical_network=physical_network)
 
 
-def marker(network_id: str) -> str:
-    return f"{MARKER_PREFIX} network-id={network_id}"
+def marker(network_id: str, deployment: str | None = None) -> str:
+    """The ownership marker; without ``deployment`` the legacy form (no identity)."""
+    if deployment is None:
+        return f"{MARKER_PREFIX} network-id={network_id}"
+    return f"{MARKER_PREFIX} deployment={deployment} network-id={network_id}"
+
+
+def parse_marker(description: str | None) -> tuple[str, str | None] | None:
+    """(network UUID, deployment id or None for a legacy marker), or None: not ours."""
+    match = _MARKER_RE.search(description or "")
+    if not match:
+        return None
+    return match.group(2).lower(), (match.group(1).lower() if match.group(1) else None)
 
 
 def owner_network(description: str | None) -> str | None:
-    """The network UUID in an ownership marker, or None if the port group is not ours."""
-    match = _MARKER_RE.search(description or "")
-    return match.group(1).lower() if match else None
+    """The network UUID in an ownership marker (any deployment's), or None."""
+    parsed = parse_marker(description)
+    return parsed[0] if parsed else None

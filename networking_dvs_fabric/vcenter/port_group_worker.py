@@ -2,11 +2,14 @@
 
 An entry names a (network, DVS).  Level-triggered like the fabric: if any port of
 the network is still bound (or being bound) on a host of that DVS, the port group
-stays and the entry is done; otherwise it is deleted.  vCenter unreachable, or
-VMs Neutron does not know still using the port group, and every other temporary
-error (``errors.VCenterError.temporary``: vCenter busy, a concurrent change...) make
-the entry retry later with backoff - the port group is kept meanwhile and the
-reason logged.  A permanent one (NoPermission, InvalidArgument, any fault not known
+stays and the entry is done; otherwise it is deleted - checked and deleted under
+the (network, DVS) guard row that binds in other processes meet
+(``usage.release_if_unused``).  A bind that answered the port group but whose
+binding ML2 has not committed yet keeps it too, and the entry is retried.
+vCenter unreachable, or VMs Neutron does not know still using the port group, a
+database error, and every other temporary error (``errors.VCenterError.temporary``:
+vCenter busy, a concurrent change...) make the entry retry later with backoff - the
+port group is kept meanwhile and the reason logged.  A permanent one (NoPermission, InvalidArgument, any fault not known
 to be temporary) marks the entry failed with the message, for ``dvs-fabric
 journal``; the periodic sweep still removes the port group once vCenter lets it.
 """
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Sequence
+
+from oslo_db import exception as db_exc
 
 from networking_dvs_fabric import names
 from networking_dvs_fabric.journal import store
@@ -42,14 +47,17 @@ class PortGroupRelease:
                      "alone", dvs_name, network_id)
             return None
         try:
-            still_used = usage.in_use_check(context, network_id,
-                                            backend.binding_hosts(dvs_name))
-            if still_used():
+            hosts = backend.binding_hosts(dvs_name)
+            if usage.port_group_in_use(context, network_id, hosts):
                 return None
-            if backend.release_port_group(dvs_name, network_id, still_used):
+            outcome = usage.release_if_unused(context, backend, dvs_name, network_id, hosts)
+            if outcome in (usage.RELEASED, usage.IN_USE):   # IN_USE: bound again meanwhile
                 return None
-            if still_used():        # bound again meanwhile: nothing to do
-                return None
+            if outcome == usage.BIND_RUNNING:
+                # Neutron shows the port in a moment (or the bind failed): look again.
+                return TemporaryFailure(f"port group of network {network_id} on {dvs_name} "
+                                        "was just answered to a bind that ML2 has not "
+                                        "committed yet; kept")
             return TemporaryFailure(f"port group of network {network_id} on {dvs_name} is "
                                     "still used by VMs Neutron does not know; kept")
         except errors.VCenterError as exc:
@@ -59,6 +67,10 @@ class PortGroupRelease:
                 return TemporaryFailure(str(exc))
             # The entry (network:DVS) is listed with the message: the fault leads it.
             return PermanentFailure(str(exc))
+        except db_exc.DBError as exc:
+            # E.g. the guard row's lock not granted in time (a long delete of the same
+            # port group by the sweep): this entry only, later.
+            return TemporaryFailure(f"database: {exc}")
 
 
 class PortGroupWorker(JournalWorker):

@@ -1,7 +1,8 @@
 """Port groups of one DVS: read, create, re-VLAN and delete - only our own.
 
 Every write is guarded by the ownership marker (``naming.marker``): a port group
-without it is never changed or deleted.  Creation tolerates a concurrent
+without it, or with another deployment's id in it (``ownership.py``), is never
+changed or deleted.  Creation tolerates a concurrent
 creator (``DuplicateName``): the loser adopts the winner's port group.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from networking_dvs_fabric import ownership
 from networking_dvs_fabric.vcenter import errors, naming
 from networking_dvs_fabric.vcenter.inventory import DVSInfo
 from networking_dvs_fabric.vcenter.session import VCenterSession, collect
@@ -29,8 +31,9 @@ class PortGroup:
     name: str
     moid: str
     vlan: int | None
-    network_id: str | None      # from the ownership marker; None: not ours
+    network_id: str | None      # from the ownership marker; None: not the project's
     config_version: str | None = None
+    deployment: str | None = None   # the marker's deployment id; None: legacy or unmarked
 
     @property
     def owned(self) -> bool:
@@ -43,17 +46,19 @@ def port_group_from_props(obj: Any, props: dict[str, Any]) -> PortGroup:
     spec = getattr(setting, "vlan", None)
     if isinstance(spec, vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec):
         vlan = int(spec.vlanId)
+    network_id, deployment = naming.parse_marker(props.get("config.description")) or \
+        (None, None)
     return PortGroup(key=props.get("key") or obj._moId, name=props.get("name", ""),
-                     moid=obj._moId, vlan=vlan,
-                     network_id=naming.owner_network(props.get("config.description")),
-                     config_version=props.get("config.configVersion"))
+                     moid=obj._moId, vlan=vlan, network_id=network_id,
+                     config_version=props.get("config.configVersion"), deployment=deployment)
 
 
-def _spec(name: str, network_id: str, vlan: int, config_version: str | None = None) -> Any:
+def _spec(name: str, network_id: str, vlan: int, config_version: str | None = None,
+          deployment: str | None = None) -> Any:
     port_setting = vim.dvs.VmwareDistributedVirtualSwitch.VmwarePortConfigPolicy(
         vlan=vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec(vlanId=vlan, inherited=False))
     spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
-        name=name, description=naming.marker(network_id), type="earlyBinding",
+        name=name, description=naming.marker(network_id, deployment), type="earlyBinding",
         numPorts=8, autoExpand=True, defaultPortConfig=port_setting)
     if config_version is not None:
         spec.configVersion = config_version
@@ -64,10 +69,17 @@ class PortGroupManager:
     """vCenter operations on the port groups of one DVS."""
 
     def __init__(self, session: VCenterSession, dvs: DVSInfo,
-                 datacenter_moid: str | None = None) -> None:
+                 datacenter_moid: str | None = None, deployment: str | None = None) -> None:
         self.session = session
         self.dvs = dvs
         self.datacenter_moid = datacenter_moid
+        self.deployment = deployment
+
+    def owner(self, pg: PortGroup) -> str | None:
+        """``ownership.OURS``/``LEGACY``/``FOREIGN`` for a marked port group, else None."""
+        if not pg.owned:
+            return None
+        return ownership.owner_of(pg.deployment, self.deployment)
 
     def _dvs(self, si: Any) -> Any:
         return vim.DistributedVirtualSwitch(self.dvs.moid, si._stub)
@@ -112,13 +124,14 @@ class PortGroupManager:
 
     def find(self, network_id: str | None = None, name: str | None = None,
              full: bool = True) -> PortGroup | None:
-        """Ours for ``network_id`` (by marker), else any named ``name``.
+        """Ours (or legacy) for ``network_id`` (by marker), else any named ``name``.
 
         ``full`` reads the match's VLAN and config version too (one more round trip).
         """
         entries = self.list()
         match = next((pg for pg in entries
-                      if network_id is not None and pg.network_id == network_id), None)
+                      if network_id is not None and pg.network_id == network_id
+                      and self.owner(pg) != ownership.FOREIGN), None)
         if match is None:
             match = next((pg for pg in entries if name is not None and pg.name == name), None)
         if match is None or not full:
@@ -131,7 +144,8 @@ class PortGroupManager:
         created = duplicate = False
         try:
             task = self.session.invoke(
-                lambda si: self._dvs(si).AddDVPortgroup_Task([_spec(name, network_id, vlan)]),
+                lambda si: self._dvs(si).AddDVPortgroup_Task(
+                    [_spec(name, network_id, vlan, deployment=self.deployment)]),
                 what)
             self.session.wait_for_task(task, what)
             created = True
@@ -144,14 +158,15 @@ class PortGroupManager:
             LOG.info("Port group %(name)s already exists on DVS %(dvs)s (created "
                      "concurrently); adopting it", {"name": name, "dvs": self.dvs.name})
         entries = self.list()
-        existing = next((pg for pg in entries if pg.network_id == network_id), None) or \
+        existing = next((pg for pg in entries if pg.network_id == network_id
+                         and self.owner(pg) != ownership.FOREIGN), None) or \
             next((pg for pg in entries if pg.name == name), None)
         if existing is None and duplicate:
             raise errors.PortGroupNameTaken(
                 f"{what}: the name is taken elsewhere in the datacenter")
         if existing is None:
             raise errors.VCenterNotFound(f"{what}: port group missing right after creation")
-        if existing.network_id != network_id:
+        if existing.network_id != network_id or self.owner(existing) == ownership.FOREIGN:
             raise errors.PortGroupNotOwned(
                 f"port group {name!r} on DVS {self.dvs.name} exists but was not created by "
                 "networking-dvs-fabric (no ownership marker); it is left alone - rename it or "
@@ -160,21 +175,39 @@ class PortGroupManager:
             # Just made from our own spec: only its key was unknown.
             return dataclasses.replace(existing, vlan=vlan)
         existing = self.read(existing.moid)
-        if existing.vlan != vlan:
+        if existing.vlan != vlan or self.owner(existing) != ownership.OURS:
             return self.set_vlan(existing, vlan)
         return existing
 
     def set_vlan(self, pg: PortGroup, vlan: int) -> PortGroup:
-        if not pg.owned:
-            raise errors.PortGroupNotOwned(f"port group {pg.name!r} is not ours; not changing it")
+        """Set the VLAN; the marker is written with our deployment id (adopts a legacy one)."""
+        owner = self.owner(pg)
+        if owner not in (ownership.OURS, ownership.LEGACY):
+            raise errors.PortGroupNotOwned(
+                f"port group {pg.name!r} is not ours"
+                f"{' (deployment ' + str(pg.deployment) + ')' if owner else ''}; not changing it")
         what = f"set VLAN {vlan} on port group {pg.name!r} (was {pg.vlan})"
         task = self.session.invoke(
             lambda si: self._pg(si, pg.moid).ReconfigureDVPortgroup_Task(
-                _spec(pg.name, pg.network_id or "", vlan, pg.config_version)), what)
+                _spec(pg.name, pg.network_id or "", vlan, pg.config_version,
+                      self.deployment)), what)
         self.session.wait_for_task(task, what)
-        LOG.info("Port group %(name)s: VLAN %(old)s -> %(new)s",
-                 {"name": pg.name, "old": pg.vlan, "new": vlan})
-        return dataclasses.replace(pg, vlan=vlan)
+        if owner == ownership.LEGACY and self.deployment is not None:
+            LOG.info("Port group %(name)s (network %(net)s, made by an earlier version) "
+                     "adopted by deployment %(dep)s", {"name": pg.name, "net": pg.network_id,
+                                                      "dep": self.deployment})
+        if pg.vlan != vlan:
+            LOG.info("Port group %(name)s: VLAN %(old)s -> %(new)s",
+                     {"name": pg.name, "old": pg.vlan, "new": vlan})
+        return dataclasses.replace(pg, vlan=vlan, deployment=self.deployment)
+
+    def adopt(self, pg: PortGroup) -> PortGroup:
+        """Write our deployment id into a legacy port group's marker (its VLAN kept)."""
+        full = self.read(pg.moid)
+        if full.vlan is None:       # never one of ours: they are made with a VLAN
+            raise errors.PortGroupNotOwned(f"port group {pg.name!r} has no VLAN of its own; "
+                                           "not adopting it")
+        return self.set_vlan(full, full.vlan)
 
     def vms_using(self, pg: PortGroup) -> list[str]:
         """Names of the VMs with a NIC on ``pg`` (vCenter's pg.vm and each VM's networks)."""
@@ -197,6 +230,9 @@ class PortGroupManager:
         if not pg.owned:
             raise errors.PortGroupNotOwned(
                 f"port group {pg.name!r} has no networking-dvs-fabric marker; not deleting it")
+        if self.owner(pg) == ownership.FOREIGN:
+            raise errors.PortGroupNotOwned(
+                f"port group {pg.name!r} belongs to deployment {pg.deployment}; not deleting it")
         what = f"delete port group {pg.name!r} from DVS {self.dvs.name}"
         # Outside the try: a VM deleted while its name is read (ManagedObjectNotFound)
         # must not read as "the port group is already gone".

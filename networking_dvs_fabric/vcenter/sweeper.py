@@ -5,7 +5,8 @@ level-triggered: it lists our port groups in vCenter, asks Neutron's database
 whether any port of that network sits on a host of that DVS, and deletes the
 unused ones - which also retries those kept earlier because a VM Neutron does
 not know still used them.  A port group must look unused on two sweeps in a row
-before it goes, so a bind that is just starting is never undercut.
+before it goes; the delete itself is guarded against binds in other processes
+(``usage.release_if_unused``).
 
 One port group or DVS that fails (a vCenter fault such as NoPermission on its
 delete, or anything else) is logged, naming it and the error, and the sweep goes
@@ -19,8 +20,10 @@ from typing import TYPE_CHECKING
 
 from neutron_lib import context as n_context
 
+from networking_dvs_fabric import ownership
 from networking_dvs_fabric.thread_worker import ThreadWorker
 from networking_dvs_fabric.vcenter import errors, usage
+from networking_dvs_fabric.vcenter.portgroups import PortGroup
 
 if TYPE_CHECKING:
     from networking_dvs_fabric.runtime import Runtime
@@ -55,7 +58,7 @@ class PortGroupSweeper(ThreadWorker):
         for dvs_name in sorted(set(backend.settings.dvs_mappings.values())):
             try:
                 hosts = backend.binding_hosts(dvs_name)
-                owned = backend.owned_port_groups(dvs_name)
+                owned = self._ours(context, dvs_name)
             except errors.VCenterError as exc:
                 LOG.warning("vsphere_dvs sweep: DVS %s not readable now: %s", dvs_name, exc)
                 continue
@@ -86,14 +89,31 @@ class PortGroupSweeper(ThreadWorker):
             LOG.info("vsphere_dvs sweep removed port groups: %s", ", ".join(deleted))
         return deleted
 
+    def _ours(self, context, dvs_name: str) -> list[PortGroup]:
+        """This deployment's port groups on the DVS, after adopting the legacy ones
+        (made before deployments had ids) whose network this Neutron has.  Another
+        deployment's, and legacy ones of networks unknown here, are left alone."""
+        backend = self._backend
+        marked = backend.marked_port_groups(dvs_name)
+        owned = list(marked[ownership.OURS])
+        for pg in marked[ownership.LEGACY]:
+            if not usage.network_exists(context, pg.network_id or ""):
+                continue
+            try:
+                owned.append(backend.adopt_port_group(dvs_name, pg))
+            except errors.VCenterError as exc:
+                LOG.warning("vsphere_dvs sweep: port group %(pg)s of an earlier version not "
+                            "adopted now: %(err)s", {"pg": pg.name, "err": exc})
+        return owned
+
     def _sweep_one(self, context, dvs_name: str, network_id: str, hosts: set[str],
                    suspects: set[tuple[str, str]]) -> bool | None:
         """True: deleted; False: tried and kept (a suspect again); None: not tried
         (still used, or suspected for the first time - then added to ``suspects``)."""
-        still_used = usage.in_use_check(context, network_id, hosts)
-        if still_used():
+        if usage.port_group_in_use(context, network_id, hosts):
             return None
         if (dvs_name, network_id) not in self._suspects:
             suspects.add((dvs_name, network_id))
             return None
-        return self._backend.release_port_group(dvs_name, network_id, still_used)
+        return usage.release_if_unused(context, self._backend, dvs_name, network_id,
+                                       hosts) == usage.RELEASED

@@ -12,12 +12,19 @@ picture changed is recorded in the journal for the fabric worker, woken at once.
 
 On start and after any reconnect the whole picture is read again, so moves that
 happened while no watcher ran are caught.
+
+The lease: the holder renews it from a thread of its own (``lease.Renewer``), so a
+full read of a big vCenter, or a call queued behind a long vCenter task on the
+process's one login, does not let it expire under a working holder.  Every
+location write is fenced (``lease.check_held`` in the write's transaction): a
+watcher that lost its lease - a takeover after its renewals failed - writes
+nothing once another one may have started, stops, and reads everything again if
+it gets the lease back.
 """
 from __future__ import annotations
 
 import logging
-import time
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from neutron_lib import context as n_context
 from neutron_lib.db import api as db_api
@@ -34,9 +41,9 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 LEASE_TTL = 10.0              # a dead holder is replaced within TTL + STANDBY_INTERVAL
-RENEW_INTERVAL = 3.0
+RENEW_INTERVAL = 3.0          # by the renewer thread, while the holder watches or reads
 STANDBY_INTERVAL = 3.0
-WAIT_SECONDS = 2              # the watch's long poll; bounded so the lease gets renewed
+WAIT_SECONDS = 2              # the watch's long poll: a lost lease is noticed this soon
 
 
 class VCenterWatcher(ThreadWorker):
@@ -81,6 +88,11 @@ class VCenterWatcher(ThreadWorker):
                 else:
                     self.holding = False
                     self._stop.wait(STANDBY_INTERVAL)
+            except lease.LeaseLost:
+                LOG.warning("vCenter watcher %s lost %s: wrote nothing more; standing by",
+                            self.worker_id, self.lease_name)
+                self.holding = False
+                self._stop.wait(STANDBY_INTERVAL)
             except errors.VCenterError as exc:
                 LOG.warning("vCenter watcher: %s; reading everything again in 2 s", exc)
                 self._stop.wait(2.0)
@@ -97,34 +109,40 @@ class VCenterWatcher(ThreadWorker):
         from networking_dvs_fabric.vcenter.vm_watch import VmWatch
         # A channel of the backend's login: the long poll runs beside the drivers' calls.
         session = self._backend.session.channel()
+        renewer = lease.Renewer(self.lease_name, self.worker_id, LEASE_TTL, RENEW_INTERVAL)
         try:
-            inventory = self._backend.inventory()
-            watch = VmWatch(session, inventory.datacenter_moid, wait_seconds=WAIT_SECONDS)
-            self._watch = watch
-            try:
-                states = watch.resync()
-                changed = self.apply(context, states)
-                changed |= locations.keep_only_vms(
-                    context, [s.moid for s in states if self._ours(s)])
-                self._journal(context, changed)
-                LOG.info("vCenter watcher: full read, %d VMs, %d networks to check",
-                         len(states), len(changed))
-                renewed = time.monotonic()
-                while not self._stop.is_set():
-                    if time.monotonic() - renewed >= RENEW_INTERVAL:
-                        if not lease.acquire(context, self.lease_name, self.worker_id,
-                                             LEASE_TTL):
-                            LOG.warning("vCenter watcher %s lost %s; standing by",
-                                        self.worker_id, self.lease_name)
-                            self.holding = False
-                            return
-                        renewed = time.monotonic()
-                    self._journal(context, self.apply(context, watch.wait()))
-            finally:
-                self._watch = None
-                watch.close()
+            with renewer:
+                inventory = self._backend.inventory()
+                watch = VmWatch(session, inventory.datacenter_moid,
+                                wait_seconds=WAIT_SECONDS)
+                self._watch = watch
+                try:
+                    states = watch.resync()
+                    changed = self.apply(context, states)
+                    try:
+                        changed |= self._fenced(context, locations.keep_only_vms,
+                                                [s.moid for s in states if self._ours(s)])
+                    finally:
+                        self._journal(context, changed)
+                    LOG.info("vCenter watcher: full read, %d VMs, %d networks to check",
+                             len(states), len(changed))
+                    while not self._stop.is_set() and not renewer.lost.is_set():
+                        self._journal(context, self.apply(context, watch.wait()))
+                finally:
+                    self._watch = None
+                    watch.close()
         finally:
             session.close()
+        if renewer.lost.is_set():
+            raise lease.LeaseLost(name=self.lease_name, holder=self.worker_id)
+
+    @db_api.retry_if_session_inactive()
+    def _fenced(self, context, write: Callable[..., set[str]], *args) -> set[str]:
+        """``write(context, *args)`` in one transaction with the check that this
+        watcher still holds the lease (``lease.LeaseLost`` if not: nothing written)."""
+        with db_api.CONTEXT_WRITER.using(context):
+            lease.check_held(context, self.lease_name, self.worker_id)
+            return write(context, *args)
 
     # -- what was seen -> locations -> journal --------------------------------
     @staticmethod
@@ -132,16 +150,27 @@ class VCenterWatcher(ThreadWorker):
         return bool(getattr(state, "claims", ()))
 
     def apply(self, context, changes: Iterable) -> set[str]:
-        from networking_dvs_fabric.vcenter.vm_state import MigrationStarting, VmGone
+        """Write what was seen (fenced by the lease); the networks whose picture changed."""
         changed: set[str] = set()
+        try:
+            self._apply(context, changes, changed)
+        except Exception:
+            # What was written before the failure (a lost lease, the database gone)
+            # still needs the fabric, and the full read that follows sees no change.
+            self._journal(context, changed)
+            raise
+        return changed
+
+    def _apply(self, context, changes: Iterable, changed: set[str]) -> None:
+        from networking_dvs_fabric.vcenter.vm_state import MigrationStarting, VmGone
         for change in changes:
             if isinstance(change, VmGone):
-                changed |= locations.set_vm(context, change.moid, [])
+                changed |= self._fenced(context, locations.set_vm, change.moid, [])
             elif isinstance(change, MigrationStarting):
                 LOG.info("vCenter watcher: VM %s is migrating to %s", change.vm_moid,
                          change.destination_host)
-                changed |= locations.set_destination(context, change.vm_moid,
-                                                     change.destination_host)
+                changed |= self._fenced(context, locations.set_destination, change.vm_moid,
+                                        change.destination_host)
             else:
                 seen = []
                 if change.powered_on and change.host:
@@ -155,8 +184,7 @@ class VCenterWatcher(ThreadWorker):
                     seen = [locations.Seen(nic.iface_id, change.moid, change.name,
                                            change.host, nic.mac, nic.port_group_key)
                             for nic in change.nics if nic.iface_id]
-                changed |= locations.set_vm(context, change.moid, seen)
-        return changed
+                changed |= self._fenced(context, locations.set_vm, change.moid, seen)
 
     def _journal(self, context, networks: set[str]) -> None:
         if not networks:

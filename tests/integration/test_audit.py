@@ -19,12 +19,14 @@ import pytest
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
-from networking_dvs_fabric.fabric.api import LeafSpec, NetworkOnLeaf
+from networking_dvs_fabric.fabric.api import DEPLOYMENT_KEY, LeafSpec, NetworkOnLeaf
 from networking_dvs_fabric.fabric.hwvtep import HwvtepBackend
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.client import NeutronClient
 from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.nova import FakeNova
+from networking_dvs_fabric.lab.probe import VCenterProbe
+from networking_dvs_fabric.vcenter import naming
 
 HOST_C0 = topology.compute_host("DC0_C0")
 
@@ -62,33 +64,48 @@ def test_clean_then_drift_found_then_repaired(lab):
     nets = [client.create_network(f"audit-{i}") for i in range(3)]
     ports = [client.create_port(n["id"], host=HOST_C0) for n in nets]
     deadline = time.monotonic() + 20
-    while audit(lab)[0] != 0:
-        assert time.monotonic() < deadline, audit(lab)[1]
+    while (clean := audit(lab))[0] != 0:
+        assert time.monotonic() < deadline, clean[1]
         time.sleep(0.5)
+    deployment = clean[1]["deployment"]
+    assert deployment
 
     # Drift, made for real.
+    upgraded = nets[2]["id"]          # as an earlier version left it: markers without an id
     with FakeNova(lab.status()["vcenter"]) as nova:
         pgs = {pg.key: pg for pg in _dvs(nova).portgroup}
         gone = pgs[ports[0]["binding:vif_details"]["pg_id"]]
         WaitForTask(gone.Destroy_Task())
         foreign = _add_port_group(nova, "someone-elses-pg", 42)
+        _set_description(pgs[ports[2]["binding:vif_details"]["pg_id"]],
+                         naming.marker(upgraded))
     leaf1 = lab.leaf("leaf1")
     # vtep-ctl prints VLANs zero-padded ("0742") and would read that back as octal.
-    vlan = str(int(leaf1.vtep_ctl("list-bindings", "leaf1", "swp1").split()[0], 10))
+    vlan = next(str(int(line.split()[0], 10))
+                for line in leaf1.vtep_ctl("list-bindings", "leaf1", "swp1").splitlines()
+                if line.strip() and upgraded not in line)
     leaf1.vtep_ctl("unbind-ls", "leaf1", "swp1", vlan)
-    orphan = str(uuid.uuid4())
-    backend = HwvtepBackend([LeafSpec("leaf2", lab.leaf("leaf2").ovsdb, "192.0.2.2")])
-    try:
-        backend.converge("leaf2", {orphan: NetworkOnLeaf(orphan, 7777,
-                                                         frozenset({("swp2", 3333)}))})
-    finally:
-        backend.close()
+    leaf1.vtep_ctl("remove", "Logical_Switch", f"dvsf-{upgraded}", "other_config",
+                   DEPLOYMENT_KEY)
+    orphan, unknown = str(uuid.uuid4()), str(uuid.uuid4())
+    for network_id, vlan, ours in ((orphan, 3333, deployment), (unknown, 3334, None)):
+        backend = HwvtepBackend([LeafSpec("leaf2", lab.leaf("leaf2").ovsdb, "192.0.2.2")],
+                                deployment=lambda d=ours: d)
+        try:
+            backend.converge("leaf2", {network_id: NetworkOnLeaf(
+                network_id, 7777, frozenset({("swp2", vlan)}))})
+        finally:
+            backend.close()
 
     code, report = audit(lab)
     assert code == 1
     found = kinds(report)
     assert ("port_group_missing", nets[0]["id"]) in found
     assert ("switch_orphan", orphan) in found
+    # (The port group may be adopted already: the sweeper adopts too, every 5 s here.)
+    assert ("switch_legacy", upgraded) in found
+    assert not [kind for kind, network_id in found if network_id == unknown]
+    assert any(unknown in line for line in report["foreign"])
     assert any(kind == "binding_missing" for kind, _ in found)
     text = run(lab, "audit")[1]
     assert "port groups missing in vCenter" in text and "leaf leaf2" in text
@@ -105,6 +122,16 @@ def test_clean_then_drift_found_then_repaired(lab):
         names = {pg.name for pg in _dvs(nova).portgroup}
     assert foreign in names                       # not ours: never touched
     assert "dvsf-" + orphan not in lab.leaf("leaf2").vtep_ctl("list-ls")
+    # The upgraded network's objects were adopted; the legacy switch of a network this
+    # Neutron does not have is left alone (and listed as foreign).
+    assert "dvsf-" + unknown in lab.leaf("leaf2").vtep_ctl("list-ls")
+    assert any(unknown in line for line in report["foreign"])
+    assert deployment in leaf1.vtep_ctl("get", "Logical_Switch", f"dvsf-{upgraded}",
+                                        "other_config")
+    with VCenterProbe(lab.status()["vcenter"]) as probe:
+        marks = {naming.parse_marker(pg.description) for pg in probe.port_groups(
+            topology.DVS_NAME)}
+    assert (upgraded, deployment) in marks
 
 
 def test_unreachable_leaf_is_reported_not_empty(lab):
@@ -126,6 +153,15 @@ def _dvs(nova: FakeNova):
         return next(d for d in view.view if d.name == topology.DVS_NAME)
     finally:
         view.Destroy()
+
+
+def _set_description(pg, description: str) -> None:
+    """Rewrite a port group's description as an admin would (the rest kept)."""
+    config = pg.config
+    WaitForTask(pg.ReconfigureDVPortgroup_Task(vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+        name=config.name, description=description, type=config.type,
+        numPorts=config.numPorts, autoExpand=config.autoExpand,
+        configVersion=config.configVersion, defaultPortConfig=config.defaultPortConfig)))
 
 
 def _add_port_group(nova: FakeNova, name: str, vlan: int) -> str:

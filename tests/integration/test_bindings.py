@@ -8,7 +8,8 @@ import uuid
 import pytest
 
 from networking_dvs_fabric.lab import topology
-from tests.integration.conftest import HOST_C0, HOST_C1, TOP_DRIVER, connect, unique
+from tests.integration.conftest import (HOST_C0, HOST_C1, TOP_DRIVER, connect, deployment_id,
+                                        unique)
 
 DVS = topology.DVS_NAME
 PHYSNET = topology.PHYSICAL_NETWORK
@@ -62,6 +63,7 @@ def test_hierarchical_under_a_top_level_driver(neutron, probe):
     net = neutron.network.create_network(name=unique("vx"), provider_network_type="vxlan")
     port = neutron.network.create_port(network_id=net.id, binding_host_id=HOST_C1)
     assert port.binding_vif_type == "dvs"
+    assert port.status == "ACTIVE"          # the top-level driver holds no provisioning block
     assert port.binding_vif_details["bound_drivers"] == {"0": TOP_DRIVER, "1": "vsphere_dvs"}
     [pg] = probe.port_groups_of_network(DVS, net.id)
     # The VLAN is the dynamic segment's, from the VLAN range, not the VNI.
@@ -134,7 +136,8 @@ def test_unbinding_a_port_releases_the_port_group(neutron, probe):
 
 def test_sweeper_in_periodic_workers_removes_orphans_and_spares_foreign(lab, probe):
     """The clean-up sweep runs in neutron-periodic-workers: a port group of ours whose
-    network does not exist goes (after two sweeps); one without our marker stays."""
+    network does not exist goes (after two sweeps); one without our marker stays, and so
+    do another deployment's and a legacy one (no deployment id) of a network not here."""
     from pyVmomi import vim
 
     orphan_net = str(uuid.uuid4())
@@ -148,8 +151,15 @@ def test_sweeper_in_periodic_workers_removes_orphans_and_spares_foreign(lab, pro
             time.sleep(0.05)
         assert task.info.state == "success"
 
-    add(f"orphan-{orphan_net}", f"managed-by=networking-dvs-fabric network-id={orphan_net}")
+    ours = deployment_id(lab)
+    add(f"orphan-{orphan_net}",
+        f"managed-by=networking-dvs-fabric deployment={ours} network-id={orphan_net}")
     foreign_net = str(uuid.uuid4())
     add(f"foreign-{foreign_net}", "made by someone else")
+    other_net, legacy_net = str(uuid.uuid4()), str(uuid.uuid4())
+    add(f"other-{other_net}",
+        f"managed-by=networking-dvs-fabric deployment={uuid.uuid4()} network-id={other_net}")
+    add(f"legacy-{legacy_net}", f"managed-by=networking-dvs-fabric network-id={legacy_net}")
     assert _wait_gone(probe, orphan_net, timeout=60), "the sweep never removed the orphan"
-    assert len(probe.port_groups_of_network(DVS, foreign_net)) == 1
+    for kept in (foreign_net, other_net, legacy_net):
+        assert len(probe.port_groups_of_network(DVS, kept)) == 1

@@ -150,6 +150,37 @@ def test_cluster_port_programs_exactly_the_clusters_leaf_ports(fabric_lab, neutr
     assert dynamic_vlans(fabric_lab, net.id) == []
 
 
+def wait_status(neutron, port_id: str, status: str, timeout: float = CONVERGE_TIMEOUT) -> None:
+    """Until the API shows the port in ``status``."""
+    started = time.monotonic()
+    while True:
+        port = neutron.network.get_port(port_id)
+        if port.status == status:
+            return
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"port {port_id} not {status} in {timeout} s: {port.status}")
+        time.sleep(0.05)
+
+
+def test_a_port_is_active_once_the_leaves_carry_it(fabric_lab, neutron):
+    """ACTIVE comes from neutron-periodic-workers (the fabric worker) once every leaf port
+    of the cluster holds the network; never before.  A second port of the network,
+    already carried, becomes ACTIVE too."""
+    net = neutron.network.create_network(name=unique("status"))
+    wanted = cluster_ports("DC0_C0")
+    ports = []
+    for _ in range(2):
+        port = neutron.network.create_port(network_id=net.id, binding_host_id=HOST_C0)
+        assert port.binding_vif_type == "dvs"
+        wait_status(neutron, port.id, "ACTIVE")
+        assert has_network(net.id, wanted)(snapshot(fabric_lab))
+        ports.append(port)
+    for port in ports:
+        neutron.network.delete_port(port)
+    neutron.network.delete_network(net)
+    wait_converged(fabric_lab, nothing_of(net.id))
+
+
 def test_ports_on_esxi_hosts_announce_their_macs(fabric_lab, neutron):
     a, b = topology.attachments()[0], topology.attachments()[1]
     assert a.leaf != b.leaf
@@ -270,7 +301,7 @@ def test_a_leaf_refusing_is_failed_for_good_and_shown_by_dvs_fabric_journal(fabr
     net = neutron.network.create_network(name=unique("clash"))
     leaf1 = leaves(fabric_lab)["leaf1"]
     leaf1.vtep_ctl("add-ls", f"dvsf-{net.id}")          # no ownership marker
-    neutron.network.create_port(network_id=net.id, binding_host_id=HOST_C0)
+    port = neutron.network.create_port(network_id=net.id, binding_host_id=HOST_C0)
     command = [sys.executable, "-m", "networking_dvs_fabric.cmd.main", "--lab-dir",
                str(fabric_lab.dir), "journal", "--state", "failed", "--json"]
     deadline = time.monotonic() + CONVERGE_TIMEOUT
@@ -283,6 +314,7 @@ def test_a_leaf_refusing_is_failed_for_good_and_shown_by_dvs_fabric_journal(fabr
         time.sleep(0.5)
     assert failed, "the refused network never showed up as failed"
     assert "leaf1" in failed[0]["last_error"]
+    assert neutron.network.get_port(port.id).status == "DOWN"      # not carried
     # The foreign switch is untouched (no marker added, no binding to it).
     assert leaf1.vtep_ctl("get", "Logical_Switch", f"dvsf-{net.id}",
                           "other_config").strip() == "{}"

@@ -9,7 +9,6 @@ lab's Neutron config); its JSON and its SVG must show that state.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.client import NeutronClient
 from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.nova import FakeNova
+from tests.integration.conftest import lab_directory
 
 CLUSTER = "DC0_C0"
 VMS = {"topo-vm-a": "DC0_C0_H0", "topo-vm-b": "DC0_C0_H1"}
@@ -42,23 +42,23 @@ def view(lab: Lab) -> dict:
 
 
 @pytest.fixture(scope="module")
-def lab_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, dict, list]]:
+def lab_state(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[tuple[Lab, dict, list]]:
     """The lab, the network, and the two ports (one per VM, in VMS order)."""
-    directory = tmp_path_factory.mktemp("lab-topology")
-    lab = Lab(directory)
-    try:
-        lab.up()
-        client = NeutronClient(lab.status()["neutron"]["url"])
-        network = client.create_network(NETWORK)
-        ports = [client.create_port(network["id"], host=topology.compute_host(CLUSTER))
-                 for _ in VMS]
-        with FakeNova(lab.status()["vcenter"]) as nova:
-            for (vm, esxi_host), port in zip(VMS.items(), ports):
-                nova.boot(vm, esxi_host, [port])
-        yield lab, network, ports
-    finally:
-        lab.down()
-        shutil.rmtree(directory, ignore_errors=True)
+    with lab_directory(request, tmp_path_factory, "lab-topology") as directory:
+        lab = Lab(directory)
+        try:
+            lab.up()
+            client = NeutronClient(lab.status()["neutron"]["url"])
+            network = client.create_network(NETWORK)
+            ports = [client.create_port(network["id"], host=topology.compute_host(CLUSTER))
+                     for _ in VMS]
+            with FakeNova(lab.status()["vcenter"]) as nova:
+                for (vm, esxi_host), port in zip(VMS.items(), ports):
+                    nova.boot(vm, esxi_host, [port])
+            yield lab, network, ports
+        finally:
+            lab.down()
 
 
 def settled(lab: Lab, ports: list) -> dict:

@@ -9,7 +9,6 @@ migration events; the tests post them as vCenter would.  Leaves are read with
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.leaves import LeafSwitch
 from networking_dvs_fabric.lab.nova import FakeNova
-from tests.integration.conftest import connect, unique
+from tests.integration.conftest import connect, lab_directory, unique
 
 HOST_C0 = topology.compute_host("DC0_C0")
 HOST_C1 = topology.compute_host("DC0_C1")
@@ -33,15 +32,15 @@ def attachment(esxi_host: str) -> topology.Attachment:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    directory = tmp_path_factory.mktemp("lab-watcher")
-    lab = Lab(directory)
-    lab.up(mechanism_drivers="fabric_hwvtep,vsphere_dvs", mode="on_demand", db="mariadb")
-    try:
-        yield lab
-    finally:
-        lab.down()
-        shutil.rmtree(directory, ignore_errors=True)
+def lab(request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with lab_directory(request, tmp_path_factory, "lab-watcher") as directory:
+        lab = Lab(directory)
+        lab.up(mechanism_drivers="fabric_hwvtep,vsphere_dvs", mode="on_demand", db="mariadb")
+        try:
+            yield lab
+        finally:
+            lab.down()
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +224,9 @@ def _lease_holder_pid(lab: Lab) -> int:
                            password=url.password, database=url.database)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT holder FROM dvs_fabric_leases")
+            # The watcher's lease (the full sync has one too, while it runs).
+            cur.execute("SELECT holder FROM dvs_fabric_leases "
+                        "WHERE name LIKE 'vcenter-watcher:%'")
             (holder,) = cur.fetchone()
     finally:
         conn.close()

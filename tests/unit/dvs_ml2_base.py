@@ -200,6 +200,16 @@ class VCenter:
                 vlan=vds.VlanIdSpec(vlanId=vlan, inherited=False)))
         WaitForTask(ref.ReconfigureDVPortgroup_Task(spec))
 
+    def set_description(self, pg: PG, description: str) -> None:
+        """Rewrite a port group's description (its marker), VLAN and the rest kept."""
+        ref = vim.dvs.DistributedVirtualPortgroup(pg.moid, self.si._stub)
+        config = ref.config
+        spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+            name=config.name, description=description, type=config.type,
+            numPorts=config.numPorts, autoExpand=config.autoExpand,
+            configVersion=config.configVersion, defaultPortConfig=config.defaultPortConfig)
+        WaitForTask(ref.ReconfigureDVPortgroup_Task(spec))
+
     def destroy_port_group(self, pg: PG) -> None:
         WaitForTask(vim.dvs.DistributedVirtualPortgroup(pg.moid, self.si._stub).Destroy_Task())
 

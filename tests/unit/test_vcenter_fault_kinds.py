@@ -355,7 +355,8 @@ class VSphereFaultsTestCase(base.VSphereDVSTestCase):
         made = self.mech.backend.ensure_port_group(physnet, network_id, "gone", vlan)
         pg = self.vc.port_group(made.pg_key, dvs_name=dvs)
         assert pg is not None
-        self.assertIn(naming.marker(network_id), pg.description or "")
+        self.assertIn(naming.marker(network_id, self.mech.backend.deployment()),
+                      pg.description or "")
         return pg
 
 

@@ -34,7 +34,8 @@ def tearDownModule() -> None:
 def second_backend(test, watch: bool = True) -> VSphereBackend:
     """What another API worker process has: its own session, locks and cache."""
     config = test.mech.backend.session.config
-    other = VSphereBackend(test.mech.backend.settings, lambda: VCenterSession(config))
+    other = VSphereBackend(test.mech.backend.settings, lambda: VCenterSession(config),
+                           test.mech.backend.deployment)
     other.start(watch=watch)
     test.addCleanup(other.stop)
     return other

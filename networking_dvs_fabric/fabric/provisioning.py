@@ -1,0 +1,190 @@
+"""A port is ACTIVE when the fabric carries it: Neutron's provisioning blocks.
+
+``fabric_hwvtep`` holds a block (entity :data:`ENTITY`) on every port it binds
+(:func:`hold`).  While a port has any block, ML2 leaves it DOWN; when the last
+one is lifted, ML2's ``_port_provisioned`` makes it ACTIVE.  Other holders
+compose with ours: ML2's DHCP block, an L2 agent's block below us.
+
+The fabric worker lifts ours (:func:`complete_carried`) for each port whose
+network now sits, as wanted, on every leaf port the port needs:
+
+* a port bound to an ESXi or KVM host: the host's leaf ports;
+* a port bound to a cluster, ``pre_provision``: every leaf port of the cluster;
+* a port bound to a cluster, ``on_demand``: the leaf ports of the ESXi host the
+  vCenter watcher saw its VM on - none before that, so the port stays DOWN
+  until the VM runs somewhere and its network reached that host's leaf ports.
+
+A network a leaf refuses never lands there, so its ports keep the block and
+stay DOWN; the journal entry says why (``dvs-fabric journal``).  Only the
+port's active binding counts (a live migration's destination does not).
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+from neutron.db import models_v2, provisioning_blocks
+from neutron.db.models import provisioning_block
+from neutron.plugins.ml2 import models as ml2_models
+from neutron_lib import constants as n_const
+from neutron_lib.api.definitions import portbindings
+from neutron_lib.callbacks import resources
+from neutron_lib.db import api as db_api
+
+from networking_dvs_fabric import names
+from networking_dvs_fabric.fabric.api import NetworkOnLeaf
+from networking_dvs_fabric.fabric.intent import BoundPort, NetworkIntent
+from networking_dvs_fabric.journal.worker import TemporaryFailure
+from networking_dvs_fabric.topology import HostDirectory, LeafPort, Topology
+from networking_dvs_fabric.vcenter import errors
+
+if TYPE_CHECKING:
+    from networking_dvs_fabric.runtime import Runtime
+
+LOG = logging.getLogger(__name__)
+
+ENTITY = names.FABRIC_DRIVER
+
+
+def hold(plugin_context, port_id: str) -> None:
+    """Keep the port DOWN until the fabric carries it (joins an open transaction)."""
+    provisioning_blocks.add_provisioning_component(plugin_context, port_id,
+                                                   resources.PORT, ENTITY)
+
+
+def release(plugin_context, port_id: str) -> None:
+    """Drop our block without making the port ACTIVE: it is no longer bound through us."""
+    provisioning_blocks.remove_provisioning_component(plugin_context, port_id,
+                                                      resources.PORT, ENTITY)
+
+
+class Landed:
+    """Which networks each leaf now holds as wanted: every converge that succeeded.
+
+    A success of the make-before-break step counts as well: that step adds all the
+    network wants and only keeps something old besides.
+    """
+
+    def __init__(self) -> None:
+        self._on: dict[str, set[str]] = defaultdict(set)
+
+    def add(self, leaf: str, network_ids: Iterable[str]) -> None:
+        self._on[leaf].update(network_ids)
+
+    def holds(self, leaf: str, network_id: str) -> bool:
+        return network_id in self._on.get(leaf, ())
+
+
+def needed_leaf_ports(port: BoundPort, topology: Topology, directory: HostDirectory | None,
+                      mode: str) -> frozenset[LeafPort]:
+    """Leaf ports that must carry ``port``'s VLAN before it is ACTIVE (empty: not
+    known yet, or not in the fabric)."""
+    placement = topology.placement(port.host, directory, port.physical_network)
+    if placement is None:
+        return frozenset()
+    if placement.location is None and mode == "on_demand":
+        if port.vm_host is None:
+            return frozenset()          # the watcher has not seen the VM yet
+        seat = topology.placement(port.vm_host, directory, port.physical_network)
+        return seat.leaf_ports if seat is not None else frozenset()
+    return placement.leaf_ports
+
+
+def carried(intents: Mapping[str, NetworkIntent | None],
+            desired: Mapping[str, Mapping[str, NetworkOnLeaf | None]], landed: Landed,
+            topology: Topology, directory: HostDirectory | None,
+            mode: str) -> dict[str, BoundPort]:
+    """Port id -> active binding, for every port the leaves now carry."""
+    out: dict[str, BoundPort] = {}
+    for network_id, intent in intents.items():
+        for port in (intent.ports if intent else ()):
+            if not port.active:
+                continue
+            need = needed_leaf_ports(port, topology, directory, mode)
+            if need and all(_on_leaf(desired, landed, lp, network_id, port.vlan)
+                            for lp in need):
+                out[port.port_id] = port
+    return out
+
+
+def _on_leaf(desired: Mapping[str, Mapping[str, NetworkOnLeaf | None]], landed: Landed,
+             leaf_port: LeafPort, network_id: str, vlan: int) -> bool:
+    want = desired.get(leaf_port.leaf, {}).get(network_id)
+    return (want is not None and (leaf_port.port, vlan) in want.bindings
+            and landed.holds(leaf_port.leaf, network_id))
+
+
+def _blocked(context, ports: Mapping[str, BoundPort]) -> list[str]:
+    """Those of ``ports`` holding our block and still bound where the intent saw them."""
+    if not ports:
+        return []
+    block = provisioning_block.ProvisioningBlock
+    binding = ml2_models.PortBinding
+    with db_api.CONTEXT_READER.using(context):
+        rows = context.session.query(models_v2.Port.id, binding.host).join(
+            block, block.standard_attr_id == models_v2.Port.standard_attr_id).join(
+            binding, binding.port_id == models_v2.Port.id).filter(
+            models_v2.Port.id.in_(sorted(ports)), block.entity == ENTITY,
+            binding.status == n_const.ACTIVE).all()
+    return sorted(row.id for row in rows if row.host == ports[row.id].host)
+
+
+def complete_carried(context, intents: Mapping[str, NetworkIntent | None],
+                     desired: Mapping[str, Mapping[str, NetworkOnLeaf | None]],
+                     landed: Landed, runtime: "Runtime") -> dict[str, Exception]:
+    """Lift our block from every port the leaves now carry (ML2 makes it ACTIVE when
+    no other block is left).  Runs outside any transaction, in the worker's process.
+
+    Returns a :class:`TemporaryFailure` per network whose ports could not be told
+    (vCenter or the database away): its journal entry is retried, which converges
+    with no changes and tries again.
+    """
+    try:
+        ports = carried(intents, desired, landed, runtime.require_topology(),
+                        runtime.directory, runtime.fabric_settings.mode)
+    except errors.VCenterError as exc:
+        return {n: TemporaryFailure(f"vCenter needed to place ports: {exc}")
+                for n in intents}
+    waiting = _blocked(context, ports)
+    if not waiting:
+        return {}
+    network_of = {p.port_id: n for n, intent in intents.items() if intent
+                  for p in intent.ports}
+    failures: dict[str, Exception] = {}
+    for port_id in waiting:
+        try:
+            provisioning_blocks.provisioning_complete(context, port_id, resources.PORT,
+                                                      ENTITY)
+        except Exception as exc:  # noqa: BLE001 - the leaves are right; retry the telling
+            failures[network_of[port_id]] = TemporaryFailure(
+                f"port {port_id} is carried but its status was not updated: {exc}")
+    # ML2 logs and swallows an error of its status update (_port_provisioned), after
+    # our block is gone; a process without the ML2 plugin (``dvs-fabric sync``) has
+    # nobody to update it at all.  Such a port gets the block back and its network a
+    # retry, which neutron-periodic-workers takes.
+    for port_id in _fell_through(context, waiting, ports):
+        hold(context, port_id)
+        failures[network_of[port_id]] = TemporaryFailure(
+            f"port {port_id} is carried but is still DOWN; telling Neutron again")
+    LOG.info("fabric: %(n)d port(s) carried by the leaves, provisioning complete%(ids)s",
+             {"n": len(waiting), "ids": ": " + ", ".join(waiting) if len(waiting) <= 10
+              else ""})
+    return failures
+
+
+def _fell_through(context, port_ids: list[str], ports: Mapping[str, BoundPort]) -> list[str]:
+    """Ports still DOWN with no block at all though up and bound where the intent saw
+    them: ML2 should have made them ACTIVE."""
+    block = provisioning_block.ProvisioningBlock
+    binding = ml2_models.PortBinding
+    with db_api.CONTEXT_READER.using(context):
+        rows = context.session.query(models_v2.Port.id, binding.host).join(
+            binding, binding.port_id == models_v2.Port.id).outerjoin(
+            block, block.standard_attr_id == models_v2.Port.standard_attr_id).filter(
+            models_v2.Port.id.in_(port_ids), block.entity.is_(None),
+            models_v2.Port.status == n_const.PORT_STATUS_DOWN,
+            models_v2.Port.admin_state_up.is_(True), binding.status == n_const.ACTIVE,
+            binding.vif_type.notin_([portbindings.VIF_TYPE_UNBOUND,
+                                     portbindings.VIF_TYPE_BINDING_FAILED])).all()
+    return sorted(row.id for row in rows if row.host == ports[row.id].host)
