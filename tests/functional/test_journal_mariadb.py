@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import json
 import random
-import secrets
 import subprocess
 import sys
 import textwrap
@@ -18,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from own_mariadb import own_database
 import sqlalchemy as sa
 
 from networking_dvs_fabric.db import migration, models
 from networking_dvs_fabric.lab import mariadb as lab_mariadb
-from networking_dvs_fabric.lab.procs import pid_alive
 
 pytestmark = pytest.mark.skipif(
     lab_mariadb.find_mariadbd() is None,
@@ -39,19 +38,9 @@ EXTRA_RECORDS_PER_WORKER = 60
 
 @pytest.fixture(scope="module")
 def database(tmp_path_factory):
-    """A fresh database of our own (dropped at the end) and its URL."""
-    workdir = tmp_path_factory.mktemp("journal-mariadb")
-    name = f"dvsf_journal_{secrets.token_hex(3)}"
-    db = lab_mariadb.MariaDB(workdir, database=name, user=name)
-    db.start(fresh=True)
-    server_pid = db.pid
-    try:
+    """A fresh database of our own (dropped at the end)."""
+    with own_database(tmp_path_factory, "journal") as db:
         yield db
-    finally:
-        db.drop()          # from a system server; a private one goes whole
-        db.stop()
-    if server_pid is not None:
-        assert not pid_alive(server_pid)
 
 
 def _manage(conf: Path, *args: str) -> str:

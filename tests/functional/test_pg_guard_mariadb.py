@@ -20,13 +20,13 @@ mocked.
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from own_mariadb import own_database
 
 from networking_dvs_fabric.lab import mariadb as lab_mariadb
 from networking_dvs_fabric.lab import vcsim as vcsim_mod
@@ -265,15 +265,9 @@ CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def database(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pg-guard")
-    name = f"dvsf_pgguard_{secrets.token_hex(3)}"
-    db = lab_mariadb.MariaDB(workdir, database=name, user=name)
-    db.start(fresh=True)
-    try:
+    """A fresh database of our own (dropped at the end)."""
+    with own_database(tmp_path_factory, "pgguard") as db:
         yield db
-    finally:
-        db.drop()          # from a system server; a private one goes whole
-        db.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ VLAN back to the pool, which these tests do not need.
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from own_mariadb import own_database
 
 from networking_dvs_fabric.lab import mariadb as lab_mariadb
 
@@ -176,15 +176,9 @@ CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def database(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("segment-lock")
-    name = f"dvsf_seglock_{secrets.token_hex(3)}"
-    db = lab_mariadb.MariaDB(workdir, database=name, user=name)
-    db.start(fresh=True)
-    try:
+    """A fresh database of our own (dropped at the end)."""
+    with own_database(tmp_path_factory, "seglock") as db:
         yield db
-    finally:
-        db.drop()          # from a system server; a private one goes whole
-        db.stop()
 
 
 def test_bind_and_release_of_a_dynamic_segment_never_cross(database):
