@@ -21,7 +21,10 @@ applied in place, and any other nested path (``config.hardware.device[4000].back
 or a device change without an extraConfig change is answered by reading that VM's
 devices and extraConfig back once (device changes are rare; govmomi's simulator
 reports every reconfigure as a ``config.hardware.device`` change and never reports
-``config.extraConfig``).
+``config.extraConfig``).  A VM that powers on is read back whole once: the
+simulator can report a new VM while ``CreateVM_Task`` is still filling it in (no
+host, no extraConfig yet) and never report the rest, and a running VM's picture is
+what the watcher places its ports from.
 
 Events: ``latestPage`` (``EVENT_PAGE_SIZE`` events) repeats old events, so only keys
 above the highest seen count; more than a page of matching events between two long
@@ -58,6 +61,8 @@ LOG = logging.getLogger(__name__)
 EVENT_PAGE_SIZE = 50          # events that may arrive between two long polls without loss
 
 _PCQ = vmodl.query.PropertyCollector
+POWER_STATE = "runtime.powerState"
+POWERED_ON = "poweredOn"
 
 
 class WatchLost(errors.VCenterError):
@@ -243,30 +248,38 @@ class VmWatch:
             self._props.pop(moid, None)
             return True
         props = self._props.setdefault(moid, {})
-        names = {change.name for change in update.changeSet or []}
-        reread = False
-        for change in update.changeSet or []:
-            reread |= not merge(props, change.name, change.op, change.val)
+        changes = list(update.changeSet or [])
+        names = {change.name for change in changes}
+        reread: tuple[str, ...] = ()
+        for change in changes:
+            if not merge(props, change.name, change.op, change.val):
+                reread = (DEVICES, EXTRA_CONFIG)
         if DEVICES in names and EXTRA_CONFIG not in names and update.kind == "modify":
             # Nova writes the NIC and its nvp.iface-id.N in one reconfigure; the
             # simulator reports the devices but never config.extraConfig.  One read.
-            reread = True
+            reread = (DEVICES, EXTRA_CONFIG)
+        if update.kind == "modify" and any(c.name == POWER_STATE and c.val == POWERED_ON
+                                           for c in changes):
+            # Powered on: read whole.  The simulator may have made the VM's "enter"
+            # while CreateVM_Task was still filling it in, and never reports the
+            # rest (its host, extraConfig, NICs); a VM's ports are placed from the
+            # moment it runs, so that picture is read as it is now.
+            reread = VM_PROPERTIES
         if reread:
-            self._reread(update.obj, props)
+            self._reread(update.obj, props, reread)
         return False
 
-    def _reread(self, vm: Any, props: dict[str, Any]) -> None:
+    def _reread(self, vm: Any, props: dict[str, Any], paths: tuple[str, ...]) -> None:
         spec = _PCQ.FilterSpec(
             objectSet=[_PCQ.ObjectSpec(obj=vm, skip=False)],
-            propSet=[_PCQ.PropertySpec(type=vim.VirtualMachine,
-                                       pathSet=[DEVICES, EXTRA_CONFIG])])
+            propSet=[_PCQ.PropertySpec(type=vim.VirtualMachine, pathSet=list(paths))])
         try:
             found = collect(self._pc, [spec])
         except vmodl.fault.ManagedObjectNotFound:
             return                      # deleted meanwhile: its "leave" follows
         for _obj, values in found:
-            props[DEVICES] = values.get(DEVICES)
-            props[EXTRA_CONFIG] = values.get(EXTRA_CONFIG)
+            for path in paths:          # a property not in the answer is unset
+                props[path] = values.get(path)
 
     def _state(self, moid: str) -> VmState:
         props = self._props[moid]
@@ -274,7 +287,7 @@ class VmWatch:
         extra = props.get(EXTRA_CONFIG) or []
         return VmState(moid=moid, name=props.get("name") or "",
                        host=self._host_name(moid_of(props.get("runtime.host"))),
-                       powered_on=props.get("runtime.powerState") == "poweredOn",
+                       powered_on=props.get(POWER_STATE) == POWERED_ON,
                        nics=nics_of(list(devices)), claims=claims_of(list(extra)),
                        vm_uuid=vm_uuid_of(list(extra)))
 
