@@ -119,15 +119,13 @@ class VCenterWatcher(ThreadWorker):
                 try:
                     states = watch.resync()
                     changed = self.apply(context, states)
-                    try:
-                        changed |= self._fenced(context, locations.keep_only_vms,
-                                                [s.moid for s in states if self._ours(s)])
-                    finally:
-                        self._journal(context, changed)
+                    changed |= self._fenced(context, locations.keep_only_vms,
+                                            [s.moid for s in states if self._ours(s)])
+                    self._wake(changed)
                     LOG.info("vCenter watcher: full read, %d VMs, %d networks to check",
                              len(states), len(changed))
                     while not self._stop.is_set() and not renewer.lost.is_set():
-                        self._journal(context, self.apply(context, watch.wait()))
+                        self._wake(self.apply(context, watch.wait()))
                 finally:
                     self._watch = None
                     watch.close()
@@ -139,10 +137,16 @@ class VCenterWatcher(ThreadWorker):
     @db_api.retry_if_session_inactive()
     def _fenced(self, context, write: Callable[..., set[str]], *args) -> set[str]:
         """``write(context, *args)`` in one transaction with the check that this
-        watcher still holds the lease (``lease.LeaseLost`` if not: nothing written)."""
+        watcher still holds the lease (``lease.LeaseLost`` if not: nothing written)
+        and with the journal rows of the networks it changed: a location is never
+        written without the fabric being told (a full read that follows a failure
+        would see no change)."""
         with db_api.CONTEXT_WRITER.using(context):
             lease.check_held(context, self.lease_name, self.worker_id)
-            return write(context, *args)
+            changed = write(context, *args)
+            for network_id in sorted(changed):
+                store.record(context, names.RESOURCE_NETWORK, network_id, "location")
+        return changed
 
     # -- what was seen -> locations -> journal --------------------------------
     @staticmethod
@@ -150,14 +154,13 @@ class VCenterWatcher(ThreadWorker):
         return bool(getattr(state, "claims", ()))
 
     def apply(self, context, changes: Iterable) -> set[str]:
-        """Write what was seen (fenced by the lease); the networks whose picture changed."""
+        """Write what was seen (fenced by the lease, journaled in the same transaction);
+        the networks whose picture changed."""
         changed: set[str] = set()
         try:
             self._apply(context, changes, changed)
         except Exception:
-            # What was written before the failure (a lost lease, the database gone)
-            # still needs the fabric, and the full read that follows sees no change.
-            self._journal(context, changed)
+            self._wake(changed)           # what was written is journaled: start on it
             raise
         return changed
 
@@ -177,19 +180,19 @@ class VCenterWatcher(ThreadWorker):
                     try:
                         change = self._claims.place(context, change)
                     except errors.VCenterError as exc:
+                        # Not skipped: the VM would not be looked at again until it
+                        # changes.  Its ports stay where they were seen, and the full
+                        # read that follows (the loop's retry) places them.
                         LOG.warning("vCenter watcher: claims of VM %(vm)s not checkable now "
-                                    "(%(err)s); its ports stay where they were seen",
-                                    {"vm": change.name, "err": exc})
-                        continue
+                                    "(%(err)s); its ports stay where they were seen until "
+                                    "the next full read", {"vm": change.name, "err": exc})
+                        raise
                     seen = [locations.Seen(nic.iface_id, change.moid, change.name,
                                            change.host, nic.mac, nic.port_group_key)
                             for nic in change.nics if nic.iface_id]
                 changed |= self._fenced(context, locations.set_vm, change.moid, seen)
 
-    def _journal(self, context, networks: set[str]) -> None:
-        if not networks:
-            return
-        with db_api.CONTEXT_WRITER.using(context):
-            for network_id in sorted(networks):
-                store.record(context, names.RESOURCE_NETWORK, network_id, "location")
-        self._waker.wake()
+    def _wake(self, networks: set[str]) -> None:
+        """Tell the fabric workers (their journal rows are committed already)."""
+        if networks:
+            self._waker.wake()

@@ -161,6 +161,34 @@ class TestWatcherFencing(WatcherTestCase):
         self.assertEqual(B, lease.holder_of(self.ctx, old.lease_name)[0])
 
 
+class TestLocationAndJournalTogether(WatcherTestCase):
+
+    def test_a_location_is_written_only_with_its_journal_row(self):
+        watcher = self.watcher(A)
+        self.assertTrue(lease.acquire(self.ctx, watcher.lease_name, A, 10.0))
+        with db_api.CONTEXT_WRITER.using(self.ctx):
+            self.ctx.session.add(_location("port-1", "DC0_C0_H0", vm="vm-1"))
+        moving = MigrationStarting("vm-1", "DC0_C0_H1", 1, utcnow())
+        # The journal's insert fails (a database fault injected: a real one cannot be
+        # aimed at one statement): the location must not be written without it, or
+        # the fabric would never hear of it (the next full read sees no change).
+        with mock.patch.object(watcher_mod.store, "record",
+                               side_effect=RuntimeError("journal insert failed")):
+            self.assertRaises(RuntimeError, watcher.apply, self.ctx, [moving])
+        with db_api.CONTEXT_READER.using(self.ctx):
+            row = self.ctx.session.query(models.PortLocation).one()
+            self.assertIsNone(row.destination_host)
+            self.assertEqual(0, self.ctx.session.query(models.JournalEntry).count())
+        # Once the database is right again, the same change is written with its row.
+        self.assertEqual({"net-1"}, watcher.apply(self.ctx, [moving]))
+        with db_api.CONTEXT_READER.using(self.ctx):
+            row = self.ctx.session.query(models.PortLocation).one()
+            self.assertEqual("DC0_C0_H1", row.destination_host)
+            entries = self.ctx.session.query(models.JournalEntry).all()
+        self.assertEqual([("network", "net-1", "location")],
+                         [(e.resource_type, e.resource_id, e.operation) for e in entries])
+
+
 class TestWatcherRenewal(WatcherTestCase):
 
     def setUp(self) -> None:
