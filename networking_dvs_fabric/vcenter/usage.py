@@ -114,9 +114,17 @@ def ensure_for_bind(context, backend: "VSphereBackend", physical_network: str,
     cache had not seen the delete yet), it is made again: after the guard row
     names this bind, no release deletes it any more.
     """
+    binding = backend.ensure_port_group(physical_network, network_id, network_name, vlan)
+    return guard_bind(context, backend, physical_network, network_id, network_name, vlan,
+                      port_id, binding)
+
+
+def guard_bind(context, backend: "VSphereBackend", physical_network: str, network_id: str,
+               network_name: str, vlan: int, port_id: str,
+               binding: "PortGroupBinding") -> "PortGroupBinding":
+    """The second half of :func:`ensure_for_bind`, for a ``binding`` just ensured."""
     dvs_name = backend.dvs_for(physical_network)
     assert dvs_name is not None
-    binding = backend.ensure_port_group(physical_network, network_id, network_name, vlan)
     if not pg_guard.bound(context, network_id, dvs_name, port_id, binding.pg_key):
         return binding
     gone = binding.pg_key
