@@ -12,6 +12,11 @@ VSPHERE_DRIVER = "vsphere_dvs"
 
 RESOURCE_NETWORK = "network"          # the fabric worker converges the network's leaves
 RESOURCE_PORT_GROUP = "port_group"    # the port group worker releases a (network, DVS)
+# The policy worker (issue 13): puts the right filter on each port group of a
+# (network, DVS), and moves a port's NIC to the port group of its set.
+RESOURCE_PORT_GROUP_POLICY = "port_group_policy"
+RESOURCE_PORT_SET = "port_set"
+POLICY_RESOURCES = (RESOURCE_PORT_GROUP_POLICY, RESOURCE_PORT_SET)
 
 
 def port_group_resource(network_id: str, dvs_name: str) -> str:

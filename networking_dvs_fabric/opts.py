@@ -59,6 +59,17 @@ vsphere_opts = [
                      "network's (never lowered; needs the DVSwitch.Modify privilege and "
                      "changes the uplinks of every host on the DVS) instead of refusing "
                      "to bind the port. The physical switch ports must carry it."),
+    cfg.IntOpt("max_filter_rules", default=1000, min=10,
+               help="Most traffic rules the project writes into one port group's "
+                    "filter (one port group per network and set of security groups). A "
+                    "set whose groups need more is refused with an error naming this "
+                    "option; vSphere's own limit is not in its API reference."),
+    cfg.IntOpt("max_port_groups", default=9000, min=1,
+               help="Most port groups of networking-dvs-fabric (every deployment's on the "
+                    "datacenter) before no new one is made. vSphere 7 and 8 allow 10,000 "
+                    "distributed port groups per vCenter, other users included. A port "
+                    "whose network and set of security groups would need a new port "
+                    "group beyond it fails to bind, naming this option."),
 ]
 
 

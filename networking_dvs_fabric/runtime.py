@@ -99,7 +99,8 @@ def vcenter_backend_from_conf(group: Any,
         datacenter=group.datacenter, dvs_mappings=dvs_mappings,
         host_mappings=_mappings("host_mappings", group.host_mappings),
         name_format=group.port_group_name_format,
-        unreachable_holdoff=group.unreachable_holdoff)
+        unreachable_holdoff=group.unreachable_holdoff,
+        max_port_groups=group.max_port_groups, max_filter_rules=group.max_filter_rules)
     return VSphereBackend(settings, lambda: VCenterSession(vcenter), deployment)
 
 

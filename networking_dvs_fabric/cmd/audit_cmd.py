@@ -15,6 +15,8 @@ KIND_TITLES = {
     "port_group_missing": "port groups missing in vCenter",
     "port_group_vlan": "port groups with the wrong VLAN",
     "port_group_orphan": "port groups of ours no port needs",
+    "filter_drift": "port groups whose filter or security policy was changed in vCenter",
+    "filter_too_large": "port groups whose filter cannot be made (too many rules)",
     "switch_missing": "logical switches missing on a leaf",
     "switch_orphan": "logical switches of ours no port needs",
     "switch_vni": "logical switches with the wrong VNI",
@@ -96,13 +98,26 @@ def format_report(report) -> str:
     verdict = {0: "clean", 1: f"{len(report.drifts)} drifts",
                2: "some backends could not be read"}[report.exit_code]
     lines.append(f"\naudit: {verdict} ({checked or 'nothing checked'})")
+    if report.port_group_count:
+        lines.append(port_group_line(report.port_group_count))
     if report.deployment:
         lines.append(f"deployment: {report.deployment}")
     return "\n".join(lines).lstrip("\n")
+
+
+def port_group_line(count: dict) -> str:
+    """The project's port groups on vCenter against ``[ml2_vsphere] max_port_groups``."""
+    ours = "unknown (a DVS could not be read)" if count["ours"] is None else count["ours"]
+    line = (f"port groups: {ours} of ours on vCenter, limit {count['limit']} "
+            "([ml2_vsphere] max_port_groups)")
+    if count.get("marked") != count["ours"] and count.get("marked") is not None:
+        line += f"; {count['marked']} with the project's marker, other deployments' included"
+    return line
 
 
 def to_json(report) -> str:
     return json.dumps({"drifts": [d.__dict__ for d in report.drifts],
                        "unreachable": report.unreachable, "checked": report.checked,
                        "deployment": report.deployment, "foreign": report.foreign,
+                       "port_groups": report.port_group_count,
                        "exit_code": report.exit_code}, indent=2)

@@ -117,7 +117,7 @@ def bound(context, network_id: str, dvs_name: str, port_id: str, pg_key: str) ->
             row.bound_revision = _revision(session, port_id)
             row.bound_at = utcnow()
             row.bound_port_id = port_id
-            return row.released_key is not None and row.released_key == pg_key
+            return pg_key in (row.released_key or "").split()
     return _retrying(run)
 
 
@@ -139,8 +139,16 @@ class ReleaseGuard:
         return row.bound_port_id
 
     def deleted(self, pg_key: str) -> None:
-        """The release deleted the port group ``pg_key`` (a bind handed it must remake it)."""
-        self._row.released_key = pg_key
+        """The release deleted the port group ``pg_key`` (a bind handed it must remake it).
+
+        A network has a port group per set: one release may delete several, so the
+        row keeps the latest few keys, space-separated, within its 255 characters.
+        """
+        keys = [k for k in (self._row.released_key or "").split() if k != pg_key]
+        keys.append(pg_key)
+        while len(" ".join(keys)) > 255 and len(keys) > 1:
+            keys.pop(0)
+        self._row.released_key = " ".join(keys)
         self._row.released_at = utcnow()
         self._session.flush()
 

@@ -42,11 +42,34 @@ class NeutronClient:
     def delete_network(self, network_id: str) -> None:
         self._call("DELETE", f"networks/{network_id}")
 
-    def create_port(self, network_id: str, host: str, name: str = "") -> dict:
+    def create_port(self, network_id: str, host: str, name: str = "", **extra: Any) -> dict:
         body = {"network_id": network_id, "name": name, "project_id": self.project_id,
                 "binding:host_id": host, "device_owner": "compute:nova",
-                "device_id": "lab-vm"}
+                "device_id": "lab-vm", **extra}
         return self._call("POST", "ports", {"port": body})["port"]
+
+    def update_port(self, port_id: str, **changes: Any) -> dict:
+        return self._call("PUT", f"ports/{port_id}", {"port": changes})["port"]
+
+    # -- security groups (issue 13) ---------------------------------------------------
+    def create_security_group(self, name: str) -> dict:
+        body = {"name": name, "project_id": self.project_id}
+        return self._call("POST", "security-groups", {"security_group": body})[
+            "security_group"]
+
+    def security_groups(self, name: str | None = None) -> list[dict]:
+        query = f"?name={name}&project_id={self.project_id}" if name else ""
+        return self._call("GET", f"security-groups{query}")["security_groups"]
+
+    def create_security_group_rule(self, group_id: str, direction: str = "ingress",
+                                   **fields: Any) -> dict:
+        body = {"security_group_id": group_id, "direction": direction,
+                "ethertype": "IPv4", "project_id": self.project_id, **fields}
+        return self._call("POST", "security-group-rules", {"security_group_rule": body})[
+            "security_group_rule"]
+
+    def delete_security_group_rule(self, rule_id: str) -> None:
+        self._call("DELETE", f"security-group-rules/{rule_id}")
 
     def list_ports(self, network_id: str) -> list[dict]:
         return self._call("GET", f"ports?network_id={network_id}")["ports"]

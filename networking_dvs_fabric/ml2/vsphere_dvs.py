@@ -28,6 +28,7 @@ from oslo_db import exception as db_exc
 from networking_dvs_fabric import names, opts, runtime
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.levels import segment_bound_by
+from networking_dvs_fabric.security import callbacks, desired, membership, model, translate
 from networking_dvs_fabric.vcenter import errors, usage
 from networking_dvs_fabric.vcenter.backend import DVSMtuNotRaised, VSphereBackend
 
@@ -64,9 +65,16 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
         except errors.VCenterError as exc:
             self.backend.stop()
             raise StartError(reason=str(exc))
+        # Security group rules the DVS cannot express are refused at the API; rule
+        # and membership changes are journaled for the policy worker.
+        self.subscriber = callbacks.Subscriber(self._dvs_names, self.waker.wake)
+        self.subscriber.subscribe()
         LOG.info("vsphere_dvs ready: datacenter %(dc)s, DVS mappings %(dvs)s",
                  {"dc": self.backend.settings.datacenter,
                   "dvs": self.backend.settings.dvs_mappings})
+
+    def _dvs_names(self) -> list[str]:
+        return sorted(set(self.backend.settings.dvs_mappings.values()))
 
     @property
     def connectivity(self) -> str:
@@ -74,9 +82,11 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
 
     def get_workers(self) -> list:
         # Imported here: API processes never run them.
+        from networking_dvs_fabric.vcenter.policy_worker import PolicyWorker
         from networking_dvs_fabric.vcenter.port_group_worker import PortGroupWorker
         from networking_dvs_fabric.vcenter.sweeper import PortGroupSweeper
-        return [PortGroupWorker(self.runtime), PortGroupSweeper(self.runtime)]
+        return [PortGroupWorker(self.runtime), PortGroupSweeper(self.runtime),
+                PolicyWorker(self.runtime)]
 
     # -- binding --------------------------------------------------------------
     def bind_port(self, context: api.PortContext) -> None:
@@ -100,13 +110,22 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
                 network = context.network.current
                 started = time.perf_counter()
                 name, vlan = network.get("name") or "", int(segment[api.SEGMENTATION_ID])
-                binding = self.backend.ensure_port_group(physnet, network["id"], name, vlan)
+                port_set = _port_set(context)
+                policy = _policy_of(context.plugin_context, network["id"], port_set,
+                                    self.backend.settings.max_filter_rules)
+                binding = self.backend.ensure_port_group(physnet, network["id"], name, vlan,
+                                                         port_set.key, policy)
                 ensured_ms = (time.perf_counter() - started) * 1000
                 # Written down in the port group's guard row before it is answered: a
                 # release in another process never deletes it under us.
                 binding = usage.guard_bind(context.plugin_context, self.backend, physnet,
                                            network["id"], name, vlan, context.current["id"],
-                                           binding)
+                                           binding, port_set.key, policy)
+            except translate.PolicyTooLarge as exc:
+                LOG.error("vsphere_dvs: cannot bind port %(port)s on host %(host)s: "
+                          "%(reason)s", {"port": context.current["id"], "host": host,
+                                         "reason": exc})
+                return
             except (errors.VCenterError, db_exc.DBError) as exc:
                 LOG.error("vsphere_dvs: cannot bind port %(port)s on host %(host)s: "
                           "%(reason)s", {"port": context.current["id"], "host": host,
@@ -115,13 +134,20 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
             # ACTIVE at once, unless someone holds a provisioning block on the port (a
             # top-level driver such as fabric_hwvtep until its fabric carries the port,
             # ML2 for DHCP): ML2 makes it ACTIVE when the last block goes.
-            blocked = _blocked(context.plugin_context, context.current["id"])
+            # A port that is administratively down sits on its network's blocked port
+            # group and is DOWN.
+            if port_set.key == model.BLOCKED:
+                status = n_const.PORT_STATUS_DOWN
+            else:
+                blocked = _blocked(context.plugin_context, context.current["id"])
+                status = None if blocked else n_const.PORT_STATUS_ACTIVE
             context.set_binding(
                 segment[api.ID], VIF_TYPE_DVS,
                 {"dvs_id": binding.dvs_uuid, "pg_id": binding.pg_key,
                  "dvs_port_group_name": binding.pg_name,
+                 membership.VIF_DETAILS_SET: port_set.key,
                  portbindings.VIF_DETAILS_CONNECTIVITY: self.connectivity},
-                status=None if blocked else n_const.PORT_STATUS_ACTIVE)
+                status=status)
             LOG.info("vsphere_dvs: bound port %(port)s on %(host)s to port group %(pg)s "
                      "(VLAN %(vlan)s, level %(level)d, port group ensured in %(ms).1f ms, "
                      "bind %(total).1f ms)",
@@ -190,11 +216,23 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
             store.record(plugin_context, names.RESOURCE_PORT_GROUP,
                          names.port_group_resource(network_id, dvs_name))
 
+    # -- filters: what changed is journaled for the policy worker -------------------
+    def create_port_precommit(self, context: api.PortContext) -> None:
+        callbacks.port_changed(context.plugin_context, None, context.current,
+                               self._dvs_names())
+
     def update_port_precommit(self, context: api.PortContext) -> None:
         old = _our_segment(context.original_binding_levels)
+        new = _our_segment(context.binding_levels)
+        callbacks.port_changed(context.plugin_context, context.original, context.current,
+                               self._dvs_names(), newly_bound=new is not None and old is None)
+        if old is not None and new is not None and \
+                membership.key_of_port(context.original) != \
+                membership.key_of_port(context.current):
+            # Its groups, port security or admin state changed: the worker moves its NIC.
+            callbacks.record_port_set(context.plugin_context, context.current["id"])
         if old is None:
             return
-        new = _our_segment(context.binding_levels)
         if new is not None and new.get(api.PHYSICAL_NETWORK) == old.get(api.PHYSICAL_NETWORK):
             return
         dvs_name = self.backend.dvs_for(old.get(api.PHYSICAL_NETWORK))
@@ -203,6 +241,8 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
                                  dvs_name)
 
     def delete_port_precommit(self, context: api.PortContext) -> None:
+        callbacks.port_changed(context.plugin_context, context.current, None,
+                               self._dvs_names())
         segment = _our_segment(context.binding_levels)
         dvs_name = self.backend.dvs_for((segment or {}).get(api.PHYSICAL_NETWORK))
         if dvs_name is not None:
@@ -213,8 +253,13 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
         for dvs_name in sorted(set(self.backend.settings.dvs_mappings.values())):
             self._record_release(context.plugin_context, context.current["id"], dvs_name)
 
+    def create_port_postcommit(self, context: api.PortContext) -> None:
+        if context.current.get("security_groups"):
+            self.waker.wake()
+
     def update_port_postcommit(self, context: api.PortContext) -> None:
-        if _our_segment(context.original_binding_levels) is not None:
+        if _our_segment(context.original_binding_levels) is not None or \
+                _our_segment(context.binding_levels) is not None:
             self.waker.wake()
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
@@ -236,3 +281,23 @@ def _blocked(plugin_context, port_id: str) -> bool:
         return plugin_context.session.query(block.entity).join(
             models_v2.Port, models_v2.Port.standard_attr_id == block.standard_attr_id).filter(
             models_v2.Port.id == port_id).first() is not None
+
+
+def _port_set(context: api.PortContext) -> membership.PortSet:
+    port = context.current
+    return membership.PortSet(
+        port["id"], port["network_id"], port.get("mac_address") or "",
+        membership.key_of_port(port), tuple(sorted(port.get("security_groups") or ())),
+        port.get("port_security_enabled", True) is not False,
+        port.get("admin_state_up", True) is not False)
+
+
+def _policy_of(plugin_context, network_id: str, port_set: membership.PortSet,
+               max_rules: int):
+    """The policy of the port's set's port group, computed only if it must be written."""
+    def policy() -> model.PortGroupPolicy:
+        found = desired.policy_for_set(plugin_context, network_id, port_set.key,
+                                       including=port_set, max_rules=max_rules)
+        # Never reached for a port counted in: a set nobody is in gets nothing through.
+        return found if found is not None else model.BLOCKED_POLICY
+    return policy

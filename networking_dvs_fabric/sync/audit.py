@@ -2,10 +2,16 @@
 
 Read-only.  Expected state comes from Neutron's database through the same code
 the workers use (``fabric/intent.py``, ``fabric/desired.py``, ``sync/expected.py``);
-actual state from vCenter (our port groups, with their VLANs) and from each leaf
-(``FabricBackend.read``: only what carries our marker).  A backend that cannot be
-read is reported as unreachable - never as empty, which would look like "everything
-is missing" and, to a repair, like "delete everything".
+actual state from vCenter (our port groups, read whole: VLAN, filter, security
+policy, blocked) and from each leaf (``FabricBackend.read``: only what carries our
+marker).  Port groups are compared per (network, DVS, set): one for each set of the
+network's ports bound on hosts of that DVS, holding the set's policy
+(``security/desired.py``); a policy changed by hand in vCenter is ``filter_drift``, a
+set whose policy cannot be made (too many rules) ``filter_too_large`` (reported, not
+repaired).  The report counts the project's port groups against
+``[ml2_vsphere] max_port_groups``, from its own read.  A backend that cannot be read
+is reported as unreachable - never as empty, which would look like "everything is
+missing" and, to a repair, like "delete everything".
 
 Only this deployment's objects are compared (``ownership.py``).  Another
 deployment's are listed as ``foreign`` and never repaired; a legacy object (made
@@ -23,9 +29,11 @@ from networking_dvs_fabric.fabric.desired import desired_state
 from networking_dvs_fabric.fabric.intent import read_intents
 from networking_dvs_fabric.runtime import Runtime
 from networking_dvs_fabric.sync import expected
+from networking_dvs_fabric.sync.filter_drift import policy_difference
 from networking_dvs_fabric.topology import HostDirectory, Topology
 from networking_dvs_fabric.vcenter import errors, usage
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
+from networking_dvs_fabric.vcenter.portgroups import PortGroup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +60,11 @@ class Parts:
 
 @dataclasses.dataclass(frozen=True)
 class Drift:
-    kind: str          # port_group_missing, port_group_vlan, port_group_orphan, switch_*, ...
+    kind: str          # port_group_missing, port_group_vlan, filter_drift, switch_*, ...
     where: str         # "vCenter DVS0" or "leaf1"
     network_id: str
     detail: str
+    set_key: str = ""  # a port group's set (``security/model.set_key``); "" on leaves
 
 
 @dataclasses.dataclass
@@ -66,9 +75,12 @@ class Report:
     # For a repair: the target per leaf and per DVS, as computed for this audit.
     leaf_targets: dict[str, dict[str, NetworkOnLeaf | None]] = dataclasses.field(
         default_factory=dict)
-    port_groups: dict[tuple[str, str], expected.ExpectedPortGroup] = dataclasses.field(
+    port_groups: dict[expected.Key, expected.ExpectedPortGroup] = dataclasses.field(
         default_factory=dict)
-    orphan_port_groups: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    orphan_port_groups: list[expected.Key] = dataclasses.field(default_factory=list)
+    # The project's port groups on the DVSs read: this deployment's ("ours", None when a
+    # DVS could not be read), every deployment's ("marked") and the limit.
+    port_group_count: dict[str, int | None] = dataclasses.field(default_factory=dict)
     # Other deployments' objects (and legacy ones of networks this Neutron lacks):
     # reported, never touched.
     foreign: list[str] = dataclasses.field(default_factory=list)
@@ -90,45 +102,89 @@ def audit(context, parts: Parts) -> Report:
 
 
 def _audit_port_groups(context, vsphere: VSphereBackend, report: Report) -> None:
-    wanted = expected.port_groups(context, dict(vsphere.settings.dvs_mappings))
+    mappings = dict(vsphere.settings.dvs_mappings)
+    hosts: dict[str, set[str]] = {}
+    for dvs_name in sorted(set(mappings.values())):
+        try:
+            hosts[dvs_name] = vsphere.binding_hosts(dvs_name)
+        except errors.VCenterError as exc:
+            report.unreachable.append(f"vCenter DVS {dvs_name}: {exc}")
+    wanted = expected.port_groups(context, mappings, hosts)
     report.port_groups = wanted
-    for dvs_name in sorted(set(vsphere.settings.dvs_mappings.values())):
+    policies = expected.policies(context, {(net, key) for _, net, key in wanted})
+    # A count of part of vCenter would read as the whole: None if a DVS is unread.
+    ours: int | None = 0 if len(hosts) == len(set(mappings.values())) else None
+    marked_count = 0
+    for dvs_name in sorted(hosts):
         where = f"vCenter DVS {dvs_name}"
         try:
             marked = vsphere.marked_port_groups(dvs_name, full=True)
         except errors.VCenterError as exc:
             report.unreachable.append(f"{where}: {exc}")
+            ours = None
             continue
-        have = {pg.network_id: pg for pg in marked[ownership.OURS]}
-        for pg in marked[ownership.LEGACY]:
-            if usage.network_exists(context, pg.network_id or ""):
-                have[pg.network_id] = pg
-                report.legacy_port_groups.append((dvs_name, pg))
-                report.drifts.append(Drift("port_group_legacy", where, pg.network_id or "",
-                                           f"port group {pg.name!r} made by an earlier "
-                                           "version: to adopt"))
-            else:
-                report.foreign.append(f"{where}: port group {pg.name!r} (network "
-                                      f"{pg.network_id}, no deployment id, network not here)")
-        report.foreign.extend(f"{where}: port group {pg.name!r} (deployment {pg.deployment})"
-                              for pg in marked[ownership.FOREIGN])
+        have = _ours_on(context, where, dvs_name, marked, report)
         report.checked[where] = len(have)
-        for (dvs, network_id), want in sorted(wanted.items()):
-            if dvs != dvs_name:
-                continue
-            pg = have.get(network_id)
-            if pg is None:
-                report.drifts.append(Drift("port_group_missing", where, network_id,
-                                           f"no port group (VLAN {want.vlan} expected)"))
-            elif pg.vlan != want.vlan:
-                report.drifts.append(Drift("port_group_vlan", where, network_id,
-                                           f"port group {pg.name!r} has VLAN {pg.vlan}, "
-                                           f"expected {want.vlan}"))
-        for network_id, pg in sorted(have.items()):
-            if (dvs_name, network_id) not in wanted:
-                report.drifts.append(Drift("port_group_orphan", where, network_id or "",
-                                           f"port group {pg.name!r} (ours) has no bound port"))
-                report.orphan_port_groups.append((dvs_name, network_id or ""))
+        marked_count += sum(len(pgs) for pgs in marked.values())
+        if ours is not None:
+            ours += len(have)
+        for (dvs, network_id, set_key), want in sorted(wanted.items()):
+            if dvs == dvs_name:
+                _compare_port_group(report, where, want, have.get((network_id, set_key)),
+                                    policies[(network_id, set_key)])
+        for (network_id, set_key), pg in sorted(have.items()):
+            if (dvs_name, network_id, set_key) not in wanted:
+                report.drifts.append(Drift("port_group_orphan", where, network_id,
+                                           f"port group {pg.name!r} (ours, set {set_key}) "
+                                           "has no bound port of its set", set_key))
+                report.orphan_port_groups.append((dvs_name, network_id, set_key))
+    report.port_group_count = {"ours": ours,
+                               "marked": marked_count if ours is not None else None,
+                               "limit": vsphere.settings.max_port_groups}
+
+
+def _ours_on(context, where: str, dvs_name: str, marked: dict[str, list[PortGroup]],
+             report: Report) -> dict[tuple[str, str], PortGroup]:
+    """(network, set) -> our port group on the DVS; legacy ones of our networks count
+    (drift ``port_group_legacy``), the rest goes to ``report.foreign``."""
+    have = {(pg.network_id or "", pg.set_key): pg for pg in marked[ownership.OURS]}
+    for pg in marked[ownership.LEGACY]:
+        if usage.network_exists(context, pg.network_id or ""):
+            have[(pg.network_id or "", pg.set_key)] = pg
+            report.legacy_port_groups.append((dvs_name, pg))
+            report.drifts.append(Drift("port_group_legacy", where, pg.network_id or "",
+                                       f"port group {pg.name!r} made by an earlier "
+                                       "version: to adopt", pg.set_key))
+        else:
+            report.foreign.append(f"{where}: port group {pg.name!r} (network "
+                                  f"{pg.network_id}, no deployment id, network not here)")
+    report.foreign.extend(f"{where}: port group {pg.name!r} (deployment {pg.deployment})"
+                          for pg in marked[ownership.FOREIGN])
+    return have
+
+
+def _compare_port_group(report: Report, where: str, want: expected.ExpectedPortGroup,
+                        pg: PortGroup | None, wanted: expected.WantedPolicy) -> None:
+    def drift(kind: str, detail: str) -> None:
+        report.drifts.append(Drift(kind, where, want.network_id, detail, want.set_key))
+    if wanted.error is not None:
+        # Neither made nor repaired: what the set needs cannot be written.
+        drift("filter_too_large", (f"port group {pg.name!r}" if pg is not None else
+                                   "no port group") + f" (set {want.set_key}): "
+              f"{wanted.error}")
+    if pg is None:
+        if wanted.policy is not None:
+            drift("port_group_missing", f"no port group of set {want.set_key} "
+                                        f"(VLAN {want.vlan} expected)")
+        # else: no port of the set is left, only a NIC not moved yet: nothing to make.
+        return
+    if pg.vlan != want.vlan:
+        drift("port_group_vlan", f"port group {pg.name!r} (set {want.set_key}) has VLAN "
+                                 f"{pg.vlan}, expected {want.vlan}")
+    if wanted.policy is not None and (pg.policy is None or
+                                      not pg.policy.same_as(wanted.policy)):
+        drift("filter_drift", f"port group {pg.name!r} (set {want.set_key}): " +
+              policy_difference(wanted.policy, pg.policy))
 
 
 def _audit_leaves(context, parts: Parts, report: Report) -> None:

@@ -16,6 +16,7 @@ from typing import Callable, Mapping, TypeVar
 from pyVmomi import vim, vmodl
 
 from networking_dvs_fabric import ownership
+from networking_dvs_fabric.security.model import OPEN_POLICY, PortGroupPolicy
 from networking_dvs_fabric.vcenter import errors, naming
 from networking_dvs_fabric.vcenter.inventory import DVSInfo, Inventory, load_inventory, read_dvs_mtu
 from networking_dvs_fabric.vcenter.pg_cache import PortGroupCache
@@ -50,6 +51,8 @@ class BackendSettings:
     name_format: str = naming.DEFAULT_FORMAT
     inventory_max_age: float = 300.0
     unreachable_holdoff: float = 5.0
+    max_port_groups: int = 9000     # ours, on this vCenter ([ml2_vsphere] max_port_groups)
+    max_filter_rules: int = 1000    # in one port group's filter ([ml2_vsphere] ...)
 
 
 class VSphereBackend:
@@ -241,10 +244,10 @@ class VSphereBackend:
         return self._locks[hash((dvs_name, network_id)) % LOCK_STRIPES]
 
     def port_group_name(self, dvs_name: str, physical_network: str, network_id: str,
-                        network_name: str) -> str:
+                        network_name: str, set_key: str = naming.OPEN_SET) -> str:
         return naming.port_group_name(
             self.settings.name_format, network_name=network_name, network_id=network_id,
-            dvs_name=dvs_name, physical_network=physical_network)
+            dvs_name=dvs_name, physical_network=physical_network, set_key=set_key)
 
     def _fail_fast(self, func: Callable[[], T]) -> T:
         """Run a bind-path call; after vCenter was found unreachable, fail at once for a while.
@@ -264,19 +267,28 @@ class VSphereBackend:
             raise
 
     def ensure_port_group(self, physical_network: str, network_id: str, network_name: str,
-                          vlan: int) -> PortGroupBinding:
-        """Make sure the network's port group exists on the DVS with ``vlan``."""
+                          vlan: int, set_key: str = naming.OPEN_SET,
+                          policy: Callable[[], PortGroupPolicy] = lambda: OPEN_POLICY
+                          ) -> PortGroupBinding:
+        """Make sure the network's port group of ``set_key`` exists on the DVS with ``vlan``.
+
+        ``policy`` (filter, security policy, blocked) is asked for only when the port
+        group is made or its VLAN set - vCenter takes both in one spec; keeping an
+        existing port group's policy current is the policy worker's
+        (``vcenter/policy_worker.py``).
+        """
         return self._fail_fast(lambda: self._ensure_port_group(
-            physical_network, network_id, network_name, vlan))
+            physical_network, network_id, network_name, vlan, set_key, policy))
 
     def _ensure_port_group(self, physical_network: str, network_id: str, network_name: str,
-                           vlan: int) -> PortGroupBinding:
+                           vlan: int, set_key: str,
+                           policy: Callable[[], PortGroupPolicy]) -> PortGroupBinding:
         dvs_name = self.settings.dvs_mappings[physical_network]
         dvs = self.inventory().dvs[dvs_name]
         if self._cache is None:
             self._start_cache()
         cache = self._cache
-        cached = cache.get(dvs.moid, network_id) if cache else None
+        cached = cache.get(dvs.moid, network_id, set_key) if cache else None
         if cached is not None and cached.vlan == vlan and \
                 ownership.owner_of(cached.deployment, self.deployment()) == ownership.OURS:
             return PortGroupBinding(dvs.uuid, cached.key, cached.name, vlan)
@@ -285,34 +297,60 @@ class VSphereBackend:
             # A ready cache that has no port group for the network is the truth
             # (modulo a concurrent creator, which DuplicateName covers): skip the read.
             if cache is not None and cache.ready:
-                pg = cache.get(dvs.moid, network_id)
+                pg = cache.get(dvs.moid, network_id, set_key)
                 if pg is not None and pg.vlan is None:   # watched, VLAN not known yet
                     pg = manager.read(pg.moid)
             else:
-                pg = manager.find(network_id=network_id)
+                pg = manager.find(network_id=network_id, set_key=set_key)
             if pg is None:
                 name = self.port_group_name(dvs_name, physical_network, network_id,
-                                            network_name)
+                                            network_name, set_key)
+                self._check_port_group_count(name)
+                wanted = policy()
                 try:
-                    pg = manager.create(name, network_id, vlan)
+                    pg = manager.create(name, network_id, vlan, set_key, wanted)
                 except errors.PortGroupNameTaken as exc:
                     # E.g. the same network on a second DVS: names are per datacenter.
                     name = naming.port_group_name(
                         naming.DVS_QUALIFIED_FORMAT, network_name=network_name,
                         network_id=network_id, dvs_name=dvs_name,
-                        physical_network=physical_network)
+                        physical_network=physical_network, set_key=set_key)
                     LOG.info("%s; using %r instead", exc, name)
-                    pg = manager.create(name, network_id, vlan)
+                    pg = manager.create(name, network_id, vlan, set_key, wanted)
             elif pg.vlan != vlan or manager.owner(pg) != ownership.OURS:
-                pg = manager.set_vlan(pg, vlan)       # a legacy one is adopted here too
+                # A legacy one is adopted here too; its policy is made right with it.
+                pg = manager.set_vlan(pg, vlan, policy())
             if cache is not None:
                 cache.remember(dvs.moid, pg)
         return PortGroupBinding(dvs.uuid, pg.key, pg.name, vlan)
 
-    def cached_port_group(self, physical_network: str, network_id: str) -> PortGroup | None:
+    def port_group_count(self) -> int | None:
+        """How many port groups of the project the datacenter has (None: cache not ready)."""
+        cache = self._cache
+        return cache.count() if cache is not None and cache.ready else None
+
+    def _check_port_group_count(self, name: str) -> None:
+        count = self.port_group_count()
+        limit = self.settings.max_port_groups
+        if count is not None and count >= limit:
+            raise errors.PortGroupLimit(
+                f"not creating port group {name!r}: the datacenter already has {count} "
+                f"port groups of networking-dvs-fabric, [ml2_vsphere] max_port_groups is "
+                f"{limit} (vSphere allows 10,000 per vCenter); free some or raise it")
+
+    def cached_port_group(self, physical_network: str, network_id: str,
+                          set_key: str = naming.OPEN_SET) -> PortGroup | None:
         """What the watched cache holds for the network (None: nothing, or cache not ready)."""
         dvs = self.inventory().dvs[self.settings.dvs_mappings[physical_network]]
-        return self._cache.get(dvs.moid, network_id) if self._cache is not None else None
+        return self._cache.get(dvs.moid, network_id, set_key) \
+            if self._cache is not None else None
+
+    def cached_port_groups(self, dvs_name: str, network_id: str) -> list[PortGroup] | None:
+        """The network's port groups on the DVS as the cache has them; None: cache not ready."""
+        cache = self._cache
+        if cache is None or not cache.ready:
+            return None
+        return cache.of_network(self.inventory().dvs[dvs_name].moid, network_id)
 
     def forget_port_group(self, physical_network: str, network_id: str, key: str) -> None:
         """Drop the cached port group ``key`` of the network: another process deleted it
@@ -320,10 +358,28 @@ class VSphereBackend:
         cache = self._cache
         if cache is None:
             return
-        cached = cache.get(self.inventory().dvs[self.settings.dvs_mappings[physical_network]]
-                           .moid, network_id)
-        if cached is not None and cached.key == key:
-            cache.forget(cached)
+        for cached in cache.of_network(
+                self.inventory().dvs[self.settings.dvs_mappings[physical_network]].moid,
+                network_id):
+            if cached.key == key:
+                cache.forget(cached)
+
+    def network_port_groups(self, dvs_name: str, network_id: str) -> list[PortGroup]:
+        """The network's port groups on the DVS, each read whole (VLAN and policy)."""
+        manager = self._manager(dvs_name)
+        return [manager.read(pg.moid) for pg in manager.of_network(network_id)]
+
+    def set_policy(self, dvs_name: str, pg: PortGroup, policy: PortGroupPolicy) -> PortGroup:
+        """Write ``policy`` into our port group ``pg`` (read whole), its VLAN kept."""
+        with self._lock_for(dvs_name, pg.network_id or ""):
+            manager = self._manager(dvs_name)
+            if manager.owner(pg) != ownership.OURS:
+                raise errors.PortGroupNotOwned(f"port group {pg.name!r} is not ours; its "
+                                               "filter is left alone")
+            done = manager.set_vlan(pg, pg.vlan if pg.vlan is not None else 0, policy)
+        if self._cache is not None:
+            self._cache.remember(self.inventory().dvs[dvs_name].moid, done)
+        return done
 
     def port_groups(self, dvs_name: str) -> list[PortGroup]:
         """Every port group on the DVS, ours (``network_id`` set) and others."""
@@ -354,28 +410,34 @@ class VSphereBackend:
         return adopted
 
     def release_port_group(self, dvs_name: str, network_id: str,
-                           still_used: Callable[[], bool],
-                           on_deleted: Callable[[PortGroup], None] | None = None) -> bool:
-        """Delete the network's port group on ``dvs_name`` unless ``still_used()``.
+                           still_used: Callable[..., bool],
+                           on_deleted: Callable[[PortGroup], None] | None = None,
+                           on_kept: Callable[[PortGroup], None] | None = None) -> bool:
+        """Delete each port group of the network on ``dvs_name`` not ``still_used(pg)``.
 
-        Returns True when it is gone.  VMs Neutron does not know keep it alive
-        (PortGroupInUse is logged and the periodic sweep retries).  ``on_deleted``
-        hears which port group was deleted (``vcenter/usage.release_if_unused``).
+        ``still_used()`` (no argument) asks whether the network needs any port group
+        there at all.  Returns False when one that should go was kept: VMs Neutron does
+        not know still use it (PortGroupInUse is logged and the periodic sweep
+        retries), or the network still needs some.  ``on_deleted`` hears each port
+        group deleted, ``on_kept`` each one VMs kept (``vcenter/usage.release_if_unused``).
         """
         with self._lock_for(dvs_name, network_id):
-            if still_used():
-                return False
+            needed = still_used()
             manager = self._manager(dvs_name)
-            pg = manager.find(network_id=network_id, full=False)  # deleting: no VLAN needed
-            if pg is None:
-                return True
-            try:
-                manager.delete(pg)
-            except errors.PortGroupInUse as exc:
-                LOG.warning("%s", exc)
-                return False
-            if on_deleted is not None:
-                on_deleted(pg)
-            if self._cache is not None:
-                self._cache.forget(pg)
-            return True
+            gone = True
+            for pg in manager.of_network(network_id):     # deleting: no VLAN needed
+                if needed and still_used(pg):
+                    continue
+                try:
+                    manager.delete(pg)
+                except errors.PortGroupInUse as exc:
+                    LOG.warning("%s", exc)
+                    gone = False
+                    if on_kept is not None:
+                        on_kept(pg)
+                    continue
+                if on_deleted is not None:
+                    on_deleted(pg)
+                if self._cache is not None:
+                    self._cache.forget(pg)
+            return gone and not needed

@@ -111,6 +111,10 @@ class PortGroupNotOwned(VCenterError):
     """A port group with the wanted name exists but was not made by this project."""
 
 
+class PortGroupLimit(VCenterError):
+    """A new port group would pass ``[ml2_vsphere] max_port_groups``."""
+
+
 class PortGroupNameTaken(VCenterError):
     """vCenter refused the name (DuplicateName) but this DVS has no such port group:
     the name is used elsewhere in the datacenter (another DVS, a standard network)."""

@@ -21,6 +21,12 @@ MARKER_PREFIX = "managed-by=networking-dvs-fabric"
 # whose Neutron has the network).
 _MARKER_RE = re.compile(re.escape(MARKER_PREFIX) + r"(?: deployment=([0-9a-fA-F-]{1,64}))?"
                         r" network-id=([0-9a-fA-F-]{36})")
+# Since issue 13 a network has one port group per set of its ports (security groups,
+# port security, admin state: ``security/model.set_key``); the marker names the set,
+# except for the ``open`` one, whose port group is the network's port group of old.
+_SET_RE = re.compile(re.escape(MARKER_PREFIX) + r"[^;]*? network-id=[0-9a-fA-F-]{36}"
+                     r" set=([a-z0-9-]{1,32})")
+OPEN_SET = "open"
 # vCenter escapes these in names ("%2f"), so a name with them reads back different.
 _UNSAFE = re.compile(r"[/\\%\x00-\x1f\x7f]")
 _FIELDS = {"network_name", "network_id", "dvs_name", "physical_network"}
@@ -68,16 +74,27 @@ def render(fmt: str, *, network_name: str, network_id: str, dvs_name: str,
 
 
 def port_group_name(fmt: str, *, network_name: str, network_id: str, dvs_name: str,
-                    physical_network: str) -> str:
+                    physical_network: str, set_key: str = OPEN_SET) -> str:
+    """The name of a network's port group; a set other than ``open`` is a suffix
+    (the network name is shortened for it, never the UUID or the set)."""
+    if set_key != OPEN_SET:
+        fmt = f"{fmt}-{set_key}"
     return render(fmt, network_name=network_name, network_id=network_id,
                   dvs_name=dvs_name, physical_network=physical_network)
 
 
-def marker(network_id: str, deployment: str | None = None) -> str:
+def marker(network_id: str, deployment: str | None = None,
+           set_key: str = OPEN_SET) -> str:
     """The ownership marker; without ``deployment`` the legacy form (no identity)."""
-    if deployment is None:
-        return f"{MARKER_PREFIX} network-id={network_id}"
-    return f"{MARKER_PREFIX} deployment={deployment} network-id={network_id}"
+    text = f"{MARKER_PREFIX} network-id={network_id}" if deployment is None else \
+        f"{MARKER_PREFIX} deployment={deployment} network-id={network_id}"
+    return text if set_key == OPEN_SET else f"{text} set={set_key}"
+
+
+def parse_set(description: str | None) -> str:
+    """The set a marked port group is for (``open`` when the marker names none)."""
+    match = _SET_RE.search(description or "")
+    return match.group(1) if match else OPEN_SET
 
 
 def parse_marker(description: str | None) -> tuple[str, str | None] | None:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from pyVmomi import vim, vmodl
 
+from networking_dvs_fabric.vcenter import naming
 from networking_dvs_fabric.vcenter.portgroups import (LIGHT_PROPERTIES, PortGroup,
                                                       port_group_from_props)
 from networking_dvs_fabric.vcenter.session import VCenterSession
@@ -68,20 +69,33 @@ class PortGroupCache:
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
 
-    def get(self, dvs_moid: str, network_id: str) -> PortGroup | None:
+    def get(self, dvs_moid: str, network_id: str,
+            set_key: str = naming.OPEN_SET) -> PortGroup | None:
+        """The network's port group of ``set_key`` on the DVS, or None."""
+        found = [pg for pg in self.of_network(dvs_moid, network_id) if pg.set_key == set_key]
+        return found[0] if found else None
+
+    def of_network(self, dvs_moid: str, network_id: str) -> list[PortGroup]:
+        """The network's port groups on the DVS (every set's); [] when not ready."""
         if not self._ready.is_set():
-            return None
+            return []
+        found: dict[str, PortGroup] = {}
         with self._lock:
             for owner, pg in self._by_moid.values():
                 if owner == dvs_moid and pg.network_id == network_id:
-                    return pg
+                    found.setdefault(pg.set_key, pg)
             now = time.monotonic()
             for moid, (owner, pg, until) in list(self._provisional.items()):
                 if until < now:
                     del self._provisional[moid]
                 elif owner == dvs_moid and pg.network_id == network_id:
-                    return pg
-        return None
+                    found.setdefault(pg.set_key, pg)
+        return list(found.values())
+
+    def count(self) -> int:
+        """Port groups with the project's marker (any deployment's) being followed."""
+        with self._lock:
+            return len(self._by_moid) + len(self._provisional)
 
     def remember(self, dvs_moid: str, pg: PortGroup) -> None:
         """Record what we just created or changed.
@@ -214,7 +228,7 @@ class PortGroupCache:
                 if before is not None and before.config_version == pg.config_version:
                     # The watch leaves the (bulky) port settings out: keep the VLAN
                     # we know while the config version says nothing changed.
-                    pg = dataclasses.replace(pg, vlan=before.vlan)
+                    pg = dataclasses.replace(pg, vlan=before.vlan, policy=before.policy)
                 if pg.owned and dvs_moid is not None:
                     self._by_moid[moid] = (dvs_moid, pg)
                 else:

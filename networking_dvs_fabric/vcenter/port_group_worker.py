@@ -48,7 +48,7 @@ class PortGroupRelease:
             return None
         try:
             hosts = backend.binding_hosts(dvs_name)
-            if usage.port_group_in_use(context, network_id, hosts):
+            if usage.all_needed(context, backend, dvs_name, network_id, hosts):
                 return None
             outcome = usage.release_if_unused(context, backend, dvs_name, network_id, hosts)
             if outcome in (usage.RELEASED, usage.IN_USE):   # IN_USE: bound again meanwhile

@@ -14,6 +14,8 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from networking_dvs_fabric import ownership
+from networking_dvs_fabric.security import vim_spec
+from networking_dvs_fabric.security.model import OPEN_POLICY, PortGroupPolicy
 from networking_dvs_fabric.vcenter import errors, naming
 from networking_dvs_fabric.vcenter.inventory import DVSInfo
 from networking_dvs_fabric.vcenter.session import VCenterSession, collect
@@ -34,6 +36,8 @@ class PortGroup:
     network_id: str | None      # from the ownership marker; None: not the project's
     config_version: str | None = None
     deployment: str | None = None   # the marker's deployment id; None: legacy or unmarked
+    set_key: str = naming.OPEN_SET  # which of its network's port groups (``security/model``)
+    policy: PortGroupPolicy | None = None   # filter, security policy, blocked: full reads only
 
     @property
     def owned(self) -> bool:
@@ -41,25 +45,29 @@ class PortGroup:
 
 
 def port_group_from_props(obj: Any, props: dict[str, Any]) -> PortGroup:
-    vlan = None
+    vlan = policy = None
     setting = props.get("config.defaultPortConfig")
     spec = getattr(setting, "vlan", None)
     if isinstance(spec, vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec):
         vlan = int(spec.vlanId)
-    network_id, deployment = naming.parse_marker(props.get("config.description")) or \
-        (None, None)
+    if setting is not None:
+        policy = vim_spec.policy_from_setting(setting)
+    description = props.get("config.description")
+    network_id, deployment = naming.parse_marker(description) or (None, None)
     return PortGroup(key=props.get("key") or obj._moId, name=props.get("name", ""),
                      moid=obj._moId, vlan=vlan, network_id=network_id,
-                     config_version=props.get("config.configVersion"), deployment=deployment)
+                     config_version=props.get("config.configVersion"), deployment=deployment,
+                     set_key=naming.parse_set(description), policy=policy)
 
 
 def _spec(name: str, network_id: str, vlan: int, config_version: str | None = None,
-          deployment: str | None = None) -> Any:
-    port_setting = vim.dvs.VmwareDistributedVirtualSwitch.VmwarePortConfigPolicy(
-        vlan=vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec(vlanId=vlan, inherited=False))
+          deployment: str | None = None, set_key: str = naming.OPEN_SET,
+          policy: PortGroupPolicy = OPEN_POLICY) -> Any:
+    # vCenter replaces the whole defaultPortConfig: VLAN and policy go together.
     spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
-        name=name, description=naming.marker(network_id, deployment), type="earlyBinding",
-        numPorts=8, autoExpand=True, defaultPortConfig=port_setting)
+        name=name, description=naming.marker(network_id, deployment, set_key),
+        type="earlyBinding", numPorts=8, autoExpand=True,
+        defaultPortConfig=vim_spec.port_setting(policy, vlan))
     if config_version is not None:
         spec.configVersion = config_version
     return spec
@@ -123,14 +131,16 @@ class PortGroupManager:
         return self.session.invoke(read_one, f"read port group {moid}")
 
     def find(self, network_id: str | None = None, name: str | None = None,
-             full: bool = True) -> PortGroup | None:
-        """Ours (or legacy) for ``network_id`` (by marker), else any named ``name``.
+             full: bool = True, set_key: str = naming.OPEN_SET) -> PortGroup | None:
+        """Ours (or legacy) for ``network_id`` and ``set_key`` (by marker), else any
+        named ``name``.
 
         ``full`` reads the match's VLAN and config version too (one more round trip).
         """
         entries = self.list()
         match = next((pg for pg in entries
                       if network_id is not None and pg.network_id == network_id
+                      and pg.set_key == set_key
                       and self.owner(pg) != ownership.FOREIGN), None)
         if match is None:
             match = next((pg for pg in entries if name is not None and pg.name == name), None)
@@ -138,14 +148,21 @@ class PortGroupManager:
             return match
         return self.read(match.moid)
 
-    def create(self, name: str, network_id: str, vlan: int) -> PortGroup:
+    def of_network(self, network_id: str) -> list[PortGroup]:
+        """Every port group of the network on this DVS (each set's), ours or legacy."""
+        return [pg for pg in self.list() if pg.network_id == network_id
+                and self.owner(pg) != ownership.FOREIGN]
+
+    def create(self, name: str, network_id: str, vlan: int, set_key: str = naming.OPEN_SET,
+               policy: PortGroupPolicy = OPEN_POLICY) -> PortGroup:
         """Create our port group, or adopt ours if a concurrent creator won the race."""
         what = f"create port group {name!r} (VLAN {vlan}) on DVS {self.dvs.name}"
         created = duplicate = False
         try:
             task = self.session.invoke(
                 lambda si: self._dvs(si).AddDVPortgroup_Task(
-                    [_spec(name, network_id, vlan, deployment=self.deployment)]),
+                    [_spec(name, network_id, vlan, deployment=self.deployment,
+                           set_key=set_key, policy=policy)]),
                 what)
             self.session.wait_for_task(task, what)
             created = True
@@ -159,6 +176,7 @@ class PortGroupManager:
                      "concurrently); adopting it", {"name": name, "dvs": self.dvs.name})
         entries = self.list()
         existing = next((pg for pg in entries if pg.network_id == network_id
+                         and pg.set_key == set_key
                          and self.owner(pg) != ownership.FOREIGN), None) or \
             next((pg for pg in entries if pg.name == name), None)
         if existing is None and duplicate:
@@ -166,31 +184,37 @@ class PortGroupManager:
                 f"{what}: the name is taken elsewhere in the datacenter")
         if existing is None:
             raise errors.VCenterNotFound(f"{what}: port group missing right after creation")
-        if existing.network_id != network_id or self.owner(existing) == ownership.FOREIGN:
+        if existing.network_id != network_id or existing.set_key != set_key or \
+                self.owner(existing) == ownership.FOREIGN:
             raise errors.PortGroupNotOwned(
                 f"port group {name!r} on DVS {self.dvs.name} exists but was not created by "
                 "networking-dvs-fabric (no ownership marker); it is left alone - rename it or "
                 "change port_group_name_format")
         if created and existing.name == name:
             # Just made from our own spec: only its key was unknown.
-            return dataclasses.replace(existing, vlan=vlan)
+            return dataclasses.replace(existing, vlan=vlan, policy=policy)
         existing = self.read(existing.moid)
-        if existing.vlan != vlan or self.owner(existing) != ownership.OURS:
-            return self.set_vlan(existing, vlan)
+        if existing.vlan != vlan or self.owner(existing) != ownership.OURS or \
+                existing.policy is None or not existing.policy.same_as(policy):
+            return self.set_vlan(existing, vlan, policy)
         return existing
 
-    def set_vlan(self, pg: PortGroup, vlan: int) -> PortGroup:
-        """Set the VLAN; the marker is written with our deployment id (adopts a legacy one)."""
+    def set_vlan(self, pg: PortGroup, vlan: int,
+                 policy: PortGroupPolicy | None = None) -> PortGroup:
+        """Set the VLAN (and ``policy``; None: the one ``pg`` was read with, or the open
+        one); the marker is written with our deployment id (adopts a legacy one)."""
         owner = self.owner(pg)
         if owner not in (ownership.OURS, ownership.LEGACY):
             raise errors.PortGroupNotOwned(
                 f"port group {pg.name!r} is not ours"
                 f"{' (deployment ' + str(pg.deployment) + ')' if owner else ''}; not changing it")
+        if policy is None:
+            policy = pg.policy or self.read(pg.moid).policy or OPEN_POLICY
         what = f"set VLAN {vlan} on port group {pg.name!r} (was {pg.vlan})"
         task = self.session.invoke(
             lambda si: self._pg(si, pg.moid).ReconfigureDVPortgroup_Task(
                 _spec(pg.name, pg.network_id or "", vlan, pg.config_version,
-                      self.deployment)), what)
+                      self.deployment, pg.set_key, policy)), what)
         self.session.wait_for_task(task, what)
         if owner == ownership.LEGACY and self.deployment is not None:
             LOG.info("Port group %(name)s (network %(net)s, made by an earlier version) "
@@ -199,7 +223,7 @@ class PortGroupManager:
         if pg.vlan != vlan:
             LOG.info("Port group %(name)s: VLAN %(old)s -> %(new)s",
                      {"name": pg.name, "old": pg.vlan, "new": vlan})
-        return dataclasses.replace(pg, vlan=vlan, deployment=self.deployment)
+        return dataclasses.replace(pg, vlan=vlan, deployment=self.deployment, policy=policy)
 
     def adopt(self, pg: PortGroup) -> PortGroup:
         """Write our deployment id into a legacy port group's marker (its VLAN kept)."""

@@ -39,7 +39,7 @@ class PortGroupSweeper(ThreadWorker):
         super().__init__()
         self._backend = runtime.require_vcenter()
         self._interval = runtime.sweep_interval if interval is None else interval
-        self._suspects: set[tuple[str, str]] = set()
+        self._suspects: set[tuple[str, str, str]] = set()   # (DVS, network, set)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -54,7 +54,7 @@ class PortGroupSweeper(ThreadWorker):
         backend = self._backend
         context = n_context.get_admin_context()
         deleted: list[str] = []
-        suspects: set[tuple[str, str]] = set()
+        suspects: set[tuple[str, str, str]] = set()
         for dvs_name in sorted(set(backend.settings.dvs_mappings.values())):
             try:
                 hosts = backend.binding_hosts(dvs_name)
@@ -66,9 +66,9 @@ class PortGroupSweeper(ThreadWorker):
                 LOG.exception("vsphere_dvs sweep: DVS %s not readable now", dvs_name)
                 continue
             for pg in owned:
-                key = (dvs_name, pg.network_id or "")
+                key = (dvs_name, pg.network_id or "", pg.set_key)
                 try:
-                    gone = self._sweep_one(context, dvs_name, key[1], hosts, suspects)
+                    gone = self._sweep_one(context, key, hosts, suspects)
                 except errors.VCenterError as exc:
                     LOG.warning("vsphere_dvs sweep: port group %(pg)s on DVS %(dvs)s not "
                                 "removed (%(kind)s error, tried again next sweep): %(err)s",
@@ -106,14 +106,21 @@ class PortGroupSweeper(ThreadWorker):
                             "adopted now: %(err)s", {"pg": pg.name, "err": exc})
         return owned
 
-    def _sweep_one(self, context, dvs_name: str, network_id: str, hosts: set[str],
-                   suspects: set[tuple[str, str]]) -> bool | None:
+    def _sweep_one(self, context, key: tuple[str, str, str], hosts: set[str],
+                   suspects: set[tuple[str, str, str]]) -> bool | None:
         """True: deleted; False: tried and kept (a suspect again); None: not tried
-        (still used, or suspected for the first time - then added to ``suspects``)."""
-        if usage.port_group_in_use(context, network_id, hosts):
+        (still used, or suspected for the first time - then added to ``suspects``).
+
+        ``key`` is (DVS, network, set): a network has a port group per set of its
+        ports, and one whose set no port is in any more goes while the others stay.
+        """
+        dvs_name, network_id, set_key = key
+        if usage.port_group_in_use(context, network_id, hosts, set_key):
             return None
-        if (dvs_name, network_id) not in self._suspects:
-            suspects.add((dvs_name, network_id))
+        if key not in self._suspects:
+            suspects.add(key)
             return None
+        # The release deletes every port group of the network no port needs (IN_USE:
+        # those went, the ones still needed stay).
         return usage.release_if_unused(context, self._backend, dvs_name, network_id,
-                                       hosts) == usage.RELEASED
+                                       hosts) in (usage.RELEASED, usage.IN_USE)

@@ -53,6 +53,7 @@ CHILD = textwrap.dedent("""
     import sqlalchemy as sa
     from neutron.db import models_v2
     from neutron.db.migration.models import head  # noqa: F401 - every model, for create_all
+    from neutron.db.port_security import models as psec_models
     from neutron.plugins.ml2 import models as ml2_models
     from neutron_lib import context as n_context
     from neutron_lib.db import api as db_api
@@ -110,6 +111,10 @@ CHILD = textwrap.dedent("""
             c.session.add(ml2_models.PortBinding(
                 port_id=port, host=host, vif_type="unbound", vnic_type="normal",
                 profile="", vif_details="", status="ACTIVE"))
+            # Port security off: the port's set is "open", the port group bind() asks
+            # for (issue 13: one port group per set of a network's ports).
+            c.session.add(psec_models.PortSecurityBinding(port_id=port,
+                                                          port_security_enabled=False))
         return port
 
     def set_host(port, host):
@@ -166,14 +171,14 @@ CHILD = textwrap.dedent("""
     checked = threading.Event()
     real_release = workers.release_port_group
 
-    def slow_release(dvs, network_id, still_used, on_deleted=None):
-        def paused():
-            used = still_used()
-            if not used:
+    def slow_release(dvs, network_id, still_used, **callbacks):
+        def paused(pg=None):
+            used = still_used(pg)
+            if pg is None and not used:
                 checked.set()
                 time.sleep(hold_s)      # found unused; the bind comes now
             return used
-        return real_release(dvs, network_id, paused, on_deleted=on_deleted)
+        return real_release(dvs, network_id, paused, **callbacks)
     workers.release_port_group = slow_release
     result = {}
     releaser = threading.Thread(target=lambda: result.update(outcome=release(net)))

@@ -7,7 +7,9 @@ them (a subprocess against the lab's Neutron config).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -26,6 +28,9 @@ from networking_dvs_fabric.lab.client import NeutronClient
 from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.nova import FakeNova
 from networking_dvs_fabric.lab.probe import VCenterProbe
+from networking_dvs_fabric.security import membership, vim_spec
+from networking_dvs_fabric.security.model import (
+    ACCEPT, INCOMING, FilterRule, PortGroupPolicy, PortRange)
 from networking_dvs_fabric.vcenter import naming
 
 HOST_C0 = topology.compute_host("DC0_C0")
@@ -146,6 +151,136 @@ def test_unreachable_leaf_is_reported_not_empty(lab):
                    for d in report["drifts"])
 
 
+def _desired(lab: Lab, network_id: str, set_key: str) -> PortGroupPolicy:
+    """What ``security/desired.py`` says the set's port group must hold, asked of the
+    lab's Neutron database in a process of its own (as the CLI does)."""
+    script = ("import pickle, sys\n"
+              "from pathlib import Path\n"
+              "from networking_dvs_fabric.cmd import neutron_db\n"
+              "from networking_dvs_fabric.security import desired\n"
+              "policy = neutron_db.read([Path(p) for p in sys.argv[3:]], lambda c: "
+              "desired.policy_for_set(c, sys.argv[1], sys.argv[2]))\n"
+              "sys.stdout.buffer.write(pickle.dumps(policy))\n")
+    out = subprocess.run([sys.executable, "-c", script, network_id, set_key,
+                          *lab.state()["config_files"]], capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()
+    return pickle.loads(out.stdout)
+
+
+def _policy_in_vcenter(lab: Lab, pg_key: str) -> tuple[PortGroupPolicy, int]:
+    with VCenterProbe(lab.status()["vcenter"]) as probe:
+        setting = probe.port_group_object(pg_key).config.defaultPortConfig
+        return vim_spec.policy_from_setting(setting), vim_spec.vlan_from_setting(setting)
+
+
+def _by_hand(lab: Lab, pg_key: str, policy: PortGroupPolicy, vlan: int) -> None:
+    """An admin rewrites the port group's port settings in vCenter (the rest kept)."""
+    with FakeNova(lab.status()["vcenter"]) as nova:
+        pg = next(p for p in _dvs(nova).portgroup if p.key == pg_key)
+        _reconfigure(pg, port_config=vim_spec.port_setting(policy, vlan))
+
+
+def _filter_drifts(report: dict, network_id: str) -> list[dict]:
+    return [d for d in report["drifts"]
+            if d["kind"] == "filter_drift" and d["network_id"] == network_id]
+
+
+def test_filter_changed_in_vcenter_is_found_and_put_back(lab):
+    client = NeutronClient(lab.status()["neutron"]["url"])
+    net = client.create_network("audit-filter")
+    port = client.create_port(net["id"], host=HOST_C0)
+    assert port["security_groups"], port           # the project's default group
+    details = port["binding:vif_details"]
+    set_key, pg_key = details[membership.VIF_DETAILS_SET], details["pg_id"]
+    assert set_key.startswith("sg-"), details
+    _wait(lambda: audit(lab)[0] == 0, 30, "audit clean with the default group bound")
+    want = _desired(lab, net["id"], set_key)
+    assert want.filtered and want.rules, want
+    have, vlan = _policy_in_vcenter(lab, pg_key)
+    assert have.same_as(want)
+
+    # A rule changed by hand: the last one now lets telnet out instead.
+    telnet = FilterRule(INCOMING, ACCEPT, protocol=6, destination_ports=PortRange(23, 23))
+    _by_hand(lab, pg_key, dataclasses.replace(want, rules=want.rules[:-1] + (telnet,)), vlan)
+    code, report = audit(lab)
+    assert code == 1, report
+    (drift,) = _filter_drifts(report, net["id"])
+    assert drift["set_key"] == set_key
+    assert details["dvs_port_group_name"] in drift["detail"]
+    assert f"{len(want.rules)} filter rules, expected {len(want.rules)} (1 missing or " \
+           "changed, 1 not wanted)" in drift["detail"], drift
+    text = run(lab, "audit")[1]
+    assert "filter or security policy was changed in vCenter" in text, text
+
+    code, out = run(lab, "sync")
+    assert code == 0, out
+    have, _ = _policy_in_vcenter(lab, pg_key)
+    assert have.same_as(_desired(lab, net["id"], set_key)), (have, want)
+    assert audit(lab)[0] == 0
+
+    # The security policy changed by hand: forged transmits allowed on a filtered port.
+    _by_hand(lab, pg_key, dataclasses.replace(want, forged_transmits=not want.forged_transmits),
+             vlan)
+    (drift,) = _filter_drifts(audit(lab)[1], net["id"])
+    assert f"securityPolicy.forgedTransmits {str(not want.forged_transmits).lower()}, " \
+           f"expected {str(want.forged_transmits).lower()}" in drift["detail"], drift
+    code, out = run(lab, "sync")
+    assert code == 0, out
+    assert _policy_in_vcenter(lab, pg_key)[0].same_as(want)
+    assert audit(lab)[0] == 0
+
+
+def test_port_group_of_a_set_no_port_needs_is_an_orphan_and_goes(lab):
+    """The network is in use (its port's set has a port group); a port group of
+    another set of it - no port there any more - is an orphan, the other is kept."""
+    client = NeutronClient(lab.status()["neutron"]["url"])
+    net = client.create_network("audit-stale-set")
+    port = client.create_port(net["id"], host=HOST_C0)
+    _wait(lambda: audit(lab)[0] == 0, 30, "audit clean")
+    deployment = audit(lab)[1]["deployment"]
+    stale = "sg-0123456789"
+    _, vlan = _policy_in_vcenter(lab, port["binding:vif_details"]["pg_id"])
+    with FakeNova(lab.status()["vcenter"]) as nova:
+        name = _add_port_group(nova, f"audit-stale-set-{net['id']}-{stale}", vlan)
+        pg = next(p for p in _dvs(nova).portgroup if p.name == name)
+        _reconfigure(pg, description=naming.marker(net["id"], deployment, stale))
+
+    code, report = audit(lab)
+    assert code == 1, report
+    assert [(d["kind"], d["set_key"]) for d in report["drifts"]
+            if d["network_id"] == net["id"]] == [("port_group_orphan", stale)]
+    code, out = run(lab, "sync")
+    assert code == 0, out
+    with VCenterProbe(lab.status()["vcenter"]) as probe:
+        left = {pg.name for pg in probe.port_groups_of_network(topology.DVS_NAME, net["id"])}
+    assert left == {port["binding:vif_details"]["dvs_port_group_name"]}
+    assert audit(lab)[0] == 0
+
+
+def test_audit_counts_the_port_groups_of_the_deployment(lab):
+    client = NeutronClient(lab.status()["neutron"]["url"])
+    net = client.create_network("audit-count")
+    client.create_port(net["id"], host=HOST_C0)
+    _wait(lambda: audit(lab)[0] == 0, 30, "audit clean")
+
+    def counted() -> tuple[dict, int]:
+        report = audit(lab)[1]
+        with VCenterProbe(lab.status()["vcenter"]) as probe:
+            marks = [naming.parse_marker(pg.description)
+                     for pg in probe.port_groups(topology.DVS_NAME)]
+        return report["port_groups"], sum(1 for m in marks
+                                          if m and m[1] == report["deployment"])
+    count, in_vcenter = counted()
+    if count["ours"] != in_vcenter:              # a sweep in between: once more
+        count, in_vcenter = counted()
+    assert in_vcenter >= 1
+    assert count == {"ours": in_vcenter, "marked": count["marked"], "limit": 9000}
+    assert count["marked"] >= in_vcenter
+    text = run(lab, "audit")[1]
+    assert f"port groups: {in_vcenter} of ours on vCenter, limit 9000 " \
+           "([ml2_vsphere] max_port_groups)" in text, text
+
+
 def _dvs(nova: FakeNova):
     view = nova.content.viewManager.CreateContainerView(
         nova.content.rootFolder, [vim.DistributedVirtualSwitch], True)
@@ -157,11 +292,17 @@ def _dvs(nova: FakeNova):
 
 def _set_description(pg, description: str) -> None:
     """Rewrite a port group's description as an admin would (the rest kept)."""
+    _reconfigure(pg, description=description)
+
+
+def _reconfigure(pg, description: str | None = None, port_config=None) -> None:
+    """Reconfigure a port group as an admin would: what is not given is kept."""
     config = pg.config
     WaitForTask(pg.ReconfigureDVPortgroup_Task(vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
-        name=config.name, description=description, type=config.type,
-        numPorts=config.numPorts, autoExpand=config.autoExpand,
-        configVersion=config.configVersion, defaultPortConfig=config.defaultPortConfig)))
+        name=config.name, type=config.type, numPorts=config.numPorts,
+        autoExpand=config.autoExpand, configVersion=config.configVersion,
+        description=config.description if description is None else description,
+        defaultPortConfig=config.defaultPortConfig if port_config is None else port_config)))
 
 
 def _add_port_group(nova: FakeNova, name: str, vlan: int) -> str:

@@ -17,7 +17,7 @@ from neutron.tests.common import helpers as agent_helpers
 from neutron_lib.api.definitions import portbindings
 from oslo_config import cfg
 
-from networking_dvs_fabric import opts
+from networking_dvs_fabric import names, opts
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.ml2 import segments
 from networking_dvs_fabric.lab import topology as lab_topology
@@ -82,7 +82,9 @@ class FabricHwvtepTestCase(fabric_base.FabricTestCase):
         return options
 
     def pending(self) -> list[dict]:
-        return store.rows(self.ctx, states=[store.PENDING, store.PROCESSING])
+        # The vsphere_dvs policy worker (filters, issue 13) does not run here.
+        return [r for r in store.rows(self.ctx, states=[store.PENDING, store.PROCESSING])
+                if r["resource_type"] not in names.POLICY_RESOURCES]
 
     def dynamic_segments(self, network_id: str) -> list[dict]:
         return [s for s in segments_db.get_network_segments(self.ctx, network_id,

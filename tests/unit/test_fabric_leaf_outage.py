@@ -155,7 +155,9 @@ class TestLeafDown(OutageTestCase):
         self.assertEqual([], self.failed())
 
     def pending_rows(self) -> list[dict]:
-        return store.rows(self.ctx, states=[store.PENDING, store.PROCESSING])
+        # The vsphere_dvs policy worker (filters, issue 13) does not run here.
+        return [r for r in store.rows(self.ctx, states=[store.PENDING, store.PROCESSING])
+                if r["resource_type"] not in names.POLICY_RESOURCES]
 
 
 class TestTwoWorkers(OutageTestCase):

@@ -32,6 +32,7 @@ from pyVmomi import vim
 
 from networking_dvs_fabric.lab import topology as lab_topology
 from networking_dvs_fabric.lab.leaves import LeafSwitch
+from networking_dvs_fabric.security import model
 
 PHYSNET0, DVS0 = base.PHYSNET, base.DVS            # physnet-dvs -> DVS0 (cluster C0)
 PHYSNET1, DVS1 = "physnet-dvs1", "DVS1"            # physnet-dvs1 -> DVS1 (cluster C1)
@@ -300,9 +301,10 @@ class TestFailedBottomLevel(TwoDVSTestCase):
         # vsphere_dvs refuses to bind on C1 because a port group with the name it would
         # use exists on DVS1 and is not ours (documented: left alone, binding fails).
         net = self.vxlan_network("net-blocked")
-        name = self.mech.backend.port_group_name(DVS1, PHYSNET1, net["id"], net["name"])
+        name = self.mech.backend.port_group_name(DVS1, PHYSNET1, net["id"], net["name"],
+                                                 model.set_key(True, []))
         self.vc.create_port_group(name, 999, dvs_name=DVS1)
-        port = self.make_port(net["id"], host=base.HOST_C1)
+        port = self.make_port(net["id"], host=base.HOST_C1, security_groups=[])
         self.assertNotBound(port)
         # Nothing half-made: the VLAN fabric_hwvtep allocated for the failed binding
         # must not stay reserved (physnet-dvs1 has a single VLAN).

@@ -62,7 +62,9 @@ class PortStatusTestCase(fabric_base.FabricTestCase):
         return segment["segmentation_id"]
 
     def journal_pending(self) -> list[dict]:
-        return store.rows(self.ctx, states=[store.PENDING, store.PROCESSING])
+        # The vsphere_dvs policy worker (filters, issue 13) does not run here.
+        return [r for r in store.rows(self.ctx, states=[store.PENDING, store.PROCESSING])
+                if r["resource_type"] not in names.POLICY_RESOURCES]
 
     def leaf_bindings(self, network_id: str) -> set[tuple[str, str]]:
         switch = f"dvsf-{network_id}"

@@ -63,8 +63,9 @@ class TestOneRuntimePerProcess(fabric_base.FabricTestCase):
         self.assertTrue(self.mech.backend.wait_cache_ready(10),
                         "the port group watch did not start")
         workers = self.mech.get_workers() + self.fabric.get_workers()
-        self.assertEqual(["FabricWorker", "PortGroupSweeper", "PortGroupWorker",
-                          "VCenterWatcher"], sorted(type(w).__name__ for w in workers))
+        self.assertEqual(["FabricWorker", "PolicyWorker", "PortGroupSweeper",
+                          "PortGroupWorker", "VCenterWatcher"],
+                         sorted(type(w).__name__ for w in workers))
         # Neutron's unit-test database is one SQLite connection, which threads must
         # not share: the journal workers and the sweeper run their passes here (the
         # fabric worker's first pass runs the full sync too), then the watcher runs

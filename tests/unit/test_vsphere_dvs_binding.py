@@ -14,6 +14,7 @@ import dvs_ml2_base as base
 from neutron_lib import constants as n_const
 from neutron_lib.api.definitions import portbindings
 
+from networking_dvs_fabric.security import model
 from networking_dvs_fabric.vcenter import pg_cache
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
 from networking_dvs_fabric.vcenter.portgroups import PortGroupManager
@@ -110,8 +111,10 @@ class TestBinding(VSphereDVSDriverTestCase):
         first = self.make_port(net["id"])
         old = self.assertBoundToPortGroup(first, net)
         # Once the watch reported the new port group, binds are answered from the cache.
+        port_set = first[portbindings.VIF_DETAILS]["dvs_port_group_set"]
         self.assertTrue(base.wait_for(
-            lambda: getattr(self.mech.backend.cached_port_group(base.PHYSNET, net["id"]),
+            lambda: getattr(self.mech.backend.cached_port_group(base.PHYSNET, net["id"],
+                                                                port_set),
                             "key", None) == old.key, timeout=10), "the cache never saw it")
         self.assertEqual(old.key, self.make_port(net["id"])[portbindings.VIF_DETAILS]["pg_id"])
 
@@ -119,7 +122,8 @@ class TestBinding(VSphereDVSDriverTestCase):
         self.assertPortGroupGone(old.key)
         # The cache's watch sees the deletion (vcsim's collector polls every 250 ms).
         self.assertTrue(base.wait_for(
-            lambda: self.mech.backend.cached_port_group("physnet-dvs", net["id"]) is None,
+            lambda: self.mech.backend.cached_port_group("physnet-dvs", net["id"],
+                                                        port_set) is None,
             timeout=10), "the cache never saw the deletion")
 
         third = self.make_port(net["id"])
@@ -176,12 +180,15 @@ class TestBinding(VSphereDVSDriverTestCase):
         the edit in vcsim (a real vCenter reports it).
         """
         net = self.make_network(segmentation_id=3001)
-        pg = self.assertBoundToPortGroup(self.make_port(net["id"]), net)
+        port = self.make_port(net["id"])
+        pg = self.assertBoundToPortGroup(port, net)
+        port_set = port[portbindings.VIF_DETAILS]["dvs_port_group_set"]
         self.vc.set_vlan(pg, 42)
         self.assertEqual(42, self.vc.port_group(pg.key).vlan)
 
         other = second_backend(self, watch=False)
-        binding = other.ensure_port_group(base.PHYSNET, net["id"], net["name"], 3001)
+        binding = other.ensure_port_group(base.PHYSNET, net["id"], net["name"], 3001,
+                                          port_set)
         self.assertEqual(pg.key, binding.pg_key)
         restored = self.vc.port_group(pg.key)
         self.assertEqual(3001, restored.vlan)
@@ -207,6 +214,9 @@ class TestNames(VSphereDVSDriverTestCase):
         self.assertNotIn("/", pg.name)
         self.assertNotIn("%", pg.name)       # vCenter would show '/' as %2f
         self.assertEqual(pg.name, port[portbindings.VIF_DETAILS]["dvs_port_group_name"])
+        # The port's set of security groups (issue 13) ends the name.
+        self.assertTrue(pg.name.endswith(
+            f"{net['id']}-{port[portbindings.VIF_DETAILS]['dvs_port_group_set']}"), pg.name)
         return pg
 
     def test_awkward_network_names(self):
@@ -216,14 +226,14 @@ class TestNames(VSphereDVSDriverTestCase):
                 self.assertEqual(name, net["name"])
                 pg = self._check_name(net)
                 if label == "unicode":
-                    self.assertEqual(f"{name}-{net['id']}", pg.name)
+                    self.assertTrue(pg.name.startswith(f"{name}-{net['id']}-sg-"), pg.name)
                 if label == "slashes":
                     self.assertTrue(pg.name.startswith("a_b_c_d_2f-"), pg.name)
 
     def test_empty_network_name(self):
         net = self.make_network(name="")
         pg = self._check_name(net)
-        self.assertTrue(pg.name.endswith(net["id"]), pg.name)
+        self.assertTrue(pg.name.startswith(f"-{net['id']}-"), pg.name)
 
     def test_same_long_name_twice_gives_distinct_port_groups(self):
         name = "same-" + "x" * 250
@@ -231,18 +241,20 @@ class TestNames(VSphereDVSDriverTestCase):
         pg1, pg2 = self._check_name(one), self._check_name(two)
         self.assertNotEqual(pg1.key, pg2.key)
         self.assertNotEqual(pg1.name, pg2.name)
-        self.assertEqual(pg1.name[:-36], pg2.name[:-36])
+        self.assertEqual(pg1.name.split(one["id"])[0], pg2.name.split(two["id"])[0])
 
 
 class TestOwnership(VSphereDVSDriverTestCase):
 
     def test_foreign_port_group_with_our_name_is_not_used_nor_touched(self):
         net = self.make_network(name="taken", segmentation_id=2001)
-        name = f"taken-{net['id']}"          # the default format's name for this network
+        # The default format's name for this network's port group of ports without
+        # security groups (port security on).
+        name = f"taken-{net['id']}-{model.set_key(True, [])}"
         foreign = self.vc.create_port_group(name, vlan=77, description="made by hand")
 
         with self.assertLogs(base.LOGGER, "ERROR") as logs:
-            port = self.make_port(net["id"])
+            port = self.make_port(net["id"], security_groups=[])
         self.assertNotBound(port)
         self.assertIn("not created by networking-dvs-fabric", base.log_lines(logs.records))
         self.assertEqual(foreign, self.vc.port_group(foreign.key))   # same VLAN, description

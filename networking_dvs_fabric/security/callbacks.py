@@ -1,0 +1,131 @@
+"""Neutron changes that touch port group filters, written down as journal entries.
+
+In the transaction of the change (precommit), like every other intent of the
+project: nothing is lost when a process dies after the API answered.
+
+* a rule created or deleted: every network with a port in its group gets a
+  ``port_group_policy`` entry per DVS (the policy worker rewrites the filters of
+  that network's port groups whose policy changed - one reconfigure per port
+  group, however many ports);
+* a port's addresses or groups changing, a port joining or leaving: the networks
+  whose port groups name its groups as remote groups, and its own network;
+* a port's *set* changing (groups, port security, admin state): a ``port_set``
+  entry - the worker moves its NIC to the set's port group;
+* a rule the DVS cannot express is refused before it is created.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable
+
+from neutron_lib.callbacks import events, registry, resources
+from neutron_lib.db import api as db_api
+
+from networking_dvs_fabric import names
+from networking_dvs_fabric.journal import store
+from networking_dvs_fabric.security import membership, translate
+
+LOG = logging.getLogger(__name__)
+
+# What of a port, changed, changes a port group's filter.
+_FILTER_INPUTS = ("fixed_ips", "allowed_address_pairs", "security_groups",
+                  "port_security_enabled", "admin_state_up", "mac_address")
+
+
+def record_networks(context, network_ids: Iterable[str], dvs_names: Iterable[str]) -> None:
+    """One ``port_group_policy`` entry per (network, DVS); joins the caller's transaction."""
+    for network_id in sorted(set(network_ids)):
+        for dvs_name in sorted(set(dvs_names)):
+            store.record(context, names.RESOURCE_PORT_GROUP_POLICY,
+                         names.port_group_resource(network_id, dvs_name))
+
+
+def record_port_set(context, port_id: str) -> None:
+    store.record(context, names.RESOURCE_PORT_SET, port_id)
+
+
+def filter_inputs_changed(original: dict, current: dict) -> bool:
+    return any(_norm(original.get(k)) != _norm(current.get(k)) for k in _FILTER_INPUTS)
+
+
+def _norm(value):
+    if isinstance(value, list):
+        return sorted(repr(v) for v in value)
+    return value
+
+
+def port_changed(context, original: dict | None, current: dict | None,
+                 dvs_names: Iterable[str], newly_bound: bool = False) -> None:
+    """Record what a port's create, update or delete means for filters (precommit)."""
+    ports = [p for p in (original, current) if p]
+    if not ports:
+        return
+    if original and current and not newly_bound and \
+            not filter_inputs_changed(original, current):
+        return
+    groups = {g for p in ports for g in (p.get("security_groups") or ())}
+    networks = {p["network_id"] for p in ports}
+    networks |= membership.networks_of_groups(context, groups, through_remote=True)
+    record_networks(context, networks, dvs_names)
+
+
+class Subscriber:
+    """The security group and address group callbacks of one driver."""
+
+    def __init__(self, dvs_names: Callable[[], Iterable[str]],
+                 wake: Callable[[], None]) -> None:
+        self._dvs_names = dvs_names
+        self._wake = wake
+
+    def subscribe(self) -> None:
+        registry.subscribe(self.rule_before_create, resources.SECURITY_GROUP_RULE,
+                           events.BEFORE_CREATE)
+        registry.subscribe(self.rule_precommit_create, resources.SECURITY_GROUP_RULE,
+                           events.PRECOMMIT_CREATE)
+        registry.subscribe(self.rule_precommit_delete, resources.SECURITY_GROUP_RULE,
+                           events.PRECOMMIT_DELETE)
+        for event in (events.AFTER_CREATE, events.AFTER_DELETE):
+            registry.subscribe(self.rule_committed, resources.SECURITY_GROUP_RULE, event)
+        for event in (events.AFTER_UPDATE, events.AFTER_DELETE):
+            registry.subscribe(self.address_group_changed, resources.ADDRESS_GROUP, event)
+
+    def rule_committed(self, resource, event, trigger, payload) -> None:
+        self._wake()
+
+    def rule_before_create(self, resource, event, trigger, payload) -> None:
+        rule = payload.latest_state
+        refused = translate.not_expressible(rule)
+        if refused is not None:
+            LOG.info("vsphere_dvs: refused security group rule (%(rule)s): %(reason)s",
+                     {"rule": _describe(rule), "reason": refused})
+            raise refused
+
+    def rule_precommit_create(self, resource, event, trigger, payload) -> None:
+        rule = payload.latest_state
+        self._record_groups(payload.context, [rule["security_group_id"]])
+
+    def rule_precommit_delete(self, resource, event, trigger, payload) -> None:
+        group = (payload.metadata or {}).get("security_group_id")
+        if group:
+            self._record_groups(payload.context, [group])
+
+    def address_group_changed(self, resource, event, trigger, payload) -> None:
+        context = payload.context
+        with db_api.CONTEXT_WRITER.using(context):
+            groups = membership.groups_naming_address_group(context, payload.resource_id)
+            self._record_groups(context, groups)
+        self._wake()
+
+    def _record_groups(self, context, groups: Iterable[str]) -> None:
+        networks = membership.networks_of_groups(context, list(groups), through_remote=False)
+        if networks:
+            record_networks(context, networks, self._dvs_names())
+
+
+def _describe(rule: dict) -> str:
+    parts = [rule.get("direction") or "?", rule.get("ethertype") or "?",
+             str(rule.get("protocol") or "any")]
+    low, high = rule.get("port_range_min"), rule.get("port_range_max")
+    if low is not None or high is not None:
+        parts.append(f"{low}:{high}")
+    return " ".join(parts) + f" of security group {rule.get('security_group_id')}"

@@ -1,0 +1,240 @@
+"""Who is in which set, and what a set's port group must know: asked of Neutron's database.
+
+A port's set (``model.set_key``) comes from its security groups, port security and
+admin state.  A set's port group on a network needs the rules of the set's groups,
+the addresses of the set's ports on that network (the anti-spoofing sources), the
+addresses of the members of every remote group its rules name and of every address
+group they name.  Plain reads, a handful of queries per set whatever its size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Collection, Iterable
+
+from neutron.db import models_v2
+from neutron.db.models import address_group as ag_models
+from neutron.db.models import allowed_address_pair as aap_models
+from neutron.db.models import securitygroup as sg_models
+from neutron.db.port_security import models as psec_models
+from neutron.plugins.ml2 import models as ml2_models
+from neutron_lib.db import api as db_api
+
+from networking_dvs_fabric.security import model
+
+#: The key of ``vif_details`` where vsphere_dvs writes the set of the port group it
+#: answered (Nova reads only its own keys): a port's NIC sits there until it is moved.
+VIF_DETAILS_SET = "dvs_port_group_set"
+
+
+@dataclasses.dataclass(frozen=True)
+class PortSet:
+    port_id: str
+    network_id: str
+    mac: str
+    key: str
+    security_group_ids: tuple[str, ...]
+    port_security: bool
+    admin_state_up: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SetInputs:
+    """What ``translate.policy_for_set`` needs for one set's port group on one network."""
+    security_group_ids: tuple[str, ...]
+    rules: list[dict]
+    own_addresses: list[str]
+    member_addresses: dict[str, list[str]]
+    address_groups: dict[str, list[str]]
+    foreign_mac: bool
+
+
+def key_of_port(port: dict) -> str:
+    """The set of a port as the API shows it (``context.current``)."""
+    return model.set_key(port.get("port_security_enabled", True) is not False,
+                         port.get("security_groups") or (),
+                         port.get("admin_state_up", True) is not False)
+
+
+def port_sets(context, network_id: str | None = None, hosts: Collection[str] | None = None,
+              port_ids: Collection[str] | None = None) -> dict[str, PortSet]:
+    """The set of each port of the network (on ``hosts``: with a binding there)."""
+    with db_api.CONTEXT_READER.using(context):
+        session = context.session
+        query = session.query(models_v2.Port.id, models_v2.Port.network_id,
+                              models_v2.Port.mac_address, models_v2.Port.admin_state_up)
+        if network_id is not None:
+            query = query.filter(models_v2.Port.network_id == network_id)
+        if port_ids is not None:
+            query = query.filter(models_v2.Port.id.in_(list(port_ids)))
+        if hosts is not None:
+            if not hosts:
+                return {}
+            query = query.join(ml2_models.PortBinding,
+                               ml2_models.PortBinding.port_id == models_v2.Port.id).filter(
+                ml2_models.PortBinding.host.in_(list(hosts))).distinct()
+        ports = {row[0]: row for row in query.all()}
+        if not ports:
+            return {}
+        ids = list(ports)
+        security = dict(session.query(psec_models.PortSecurityBinding.port_id,
+                                      psec_models.PortSecurityBinding.port_security_enabled)
+                        .filter(psec_models.PortSecurityBinding.port_id.in_(ids)).all())
+        groups: dict[str, set[str]] = {}
+        for port_id, group in session.query(
+                sg_models.SecurityGroupPortBinding.port_id,
+                sg_models.SecurityGroupPortBinding.security_group_id).filter(
+                sg_models.SecurityGroupPortBinding.port_id.in_(ids)).all():
+            groups.setdefault(port_id, set()).add(group)
+    found = {}
+    for port_id, (_, net, mac, admin_up) in ports.items():
+        secure = security.get(port_id, True) is not False
+        sg_ids = tuple(sorted(groups.get(port_id, ())))
+        found[port_id] = PortSet(port_id, net, mac, model.set_key(secure, sg_ids, admin_up),
+                                 sg_ids, secure, bool(admin_up))
+    return found
+
+
+def _addresses(session, port_ids: Iterable[str]) -> tuple[dict[str, list[str]], bool]:
+    """Fixed IPs and allowed-address-pair IPs per port; and: does a pair carry another MAC?"""
+    ids = list(port_ids)
+    found: dict[str, list[str]] = {}
+    if not ids:
+        return found, False
+    for port_id, address in session.query(models_v2.IPAllocation.port_id,
+                                          models_v2.IPAllocation.ip_address).filter(
+            models_v2.IPAllocation.port_id.in_(ids)).all():
+        found.setdefault(port_id, []).append(str(address))
+    foreign = False
+    macs = dict(session.query(models_v2.Port.id, models_v2.Port.mac_address)
+                .filter(models_v2.Port.id.in_(ids)).all())
+    for port_id, mac, address in session.query(
+            aap_models.AllowedAddressPair.port_id, aap_models.AllowedAddressPair.mac_address,
+            aap_models.AllowedAddressPair.ip_address).filter(
+            aap_models.AllowedAddressPair.port_id.in_(ids)).all():
+        found.setdefault(port_id, []).append(str(address))
+        if mac and str(mac).lower() != str(macs.get(port_id) or "").lower():
+            foreign = True
+    return found, foreign
+
+
+def _rule_dict(rule) -> dict:
+    return {"id": rule.id, "security_group_id": rule.security_group_id,
+            "direction": rule.direction, "ethertype": rule.ethertype,
+            "protocol": rule.protocol, "port_range_min": rule.port_range_min,
+            "port_range_max": rule.port_range_max, "remote_ip_prefix": rule.remote_ip_prefix,
+            "remote_group_id": rule.remote_group_id,
+            "remote_address_group_id": rule.remote_address_group_id}
+
+
+def rules_of(context, security_group_ids: Collection[str]) -> list[dict]:
+    if not security_group_ids:
+        return []
+    with db_api.CONTEXT_READER.using(context):
+        rows = context.session.query(sg_models.SecurityGroupRule).filter(
+            sg_models.SecurityGroupRule.security_group_id.in_(list(security_group_ids))).all()
+        return sorted((_rule_dict(r) for r in rows), key=lambda r: r["id"])
+
+
+def members_addresses(context, security_group_ids: Collection[str]) -> dict[str, list[str]]:
+    """Every member port's addresses (any network), per security group."""
+    found: dict[str, list[str]] = {g: [] for g in security_group_ids}
+    if not found:
+        return found
+    with db_api.CONTEXT_READER.using(context):
+        session = context.session
+        members: dict[str, list[str]] = {}
+        for port_id, group in session.query(
+                sg_models.SecurityGroupPortBinding.port_id,
+                sg_models.SecurityGroupPortBinding.security_group_id).filter(
+                sg_models.SecurityGroupPortBinding.security_group_id.in_(list(found))).all():
+            members.setdefault(group, []).append(port_id)
+        addresses, _ = _addresses(session, {p for ports in members.values() for p in ports})
+    for group, ports in members.items():
+        found[group] = sorted({a for p in ports for a in addresses.get(p, [])})
+    return found
+
+
+def address_groups(context, group_ids: Collection[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {g: [] for g in group_ids}
+    if not found:
+        return found
+    with db_api.CONTEXT_READER.using(context):
+        for address, group in context.session.query(
+                ag_models.AddressAssociation.address,
+                ag_models.AddressAssociation.address_group_id).filter(
+                ag_models.AddressAssociation.address_group_id.in_(list(found))).all():
+            found[group].append(str(address))
+    return {g: sorted(a) for g, a in found.items()}
+
+
+def set_inputs(context, network_id: str, set_key: str,
+               including: PortSet | None = None) -> SetInputs | None:
+    """The inputs of the set's port group on the network; None: no port of it there.
+
+    ``including``: a port being bound into the set (counted even if Neutron's tables
+    do not show its set yet).
+    """
+    members = [s for s in port_sets(context, network_id).values() if s.key == set_key]
+    if including is not None and including.key == set_key and \
+            all(m.port_id != including.port_id for m in members):
+        members.append(including)
+    if not members:
+        return None
+    groups = members[0].security_group_ids
+    with db_api.CONTEXT_READER.using(context):
+        addresses, foreign = _addresses(context.session, [m.port_id for m in members])
+    rules = rules_of(context, groups)
+    remote = {r["remote_group_id"] for r in rules if r.get("remote_group_id")}
+    remote_ag = {r["remote_address_group_id"] for r in rules
+                 if r.get("remote_address_group_id")}
+    return SetInputs(groups, rules, sorted({a for v in addresses.values() for a in v}),
+                     members_addresses(context, remote), address_groups(context, remote_ag),
+                     foreign)
+
+
+def networks_of_groups(context, security_group_ids: Collection[str],
+                       through_remote: bool = True) -> set[str]:
+    """Networks whose port groups depend on these groups: those of the groups' member
+    ports and (``through_remote``) of members of groups whose rules name them as remote."""
+    groups = set(security_group_ids)
+    if not groups:
+        return set()
+    with db_api.CONTEXT_READER.using(context):
+        session = context.session
+        if through_remote:
+            groups |= {row[0] for row in session.query(
+                sg_models.SecurityGroupRule.security_group_id).filter(
+                sg_models.SecurityGroupRule.remote_group_id.in_(list(groups))).all()}
+        return {row[0] for row in session.query(models_v2.Port.network_id).join(
+            sg_models.SecurityGroupPortBinding,
+            sg_models.SecurityGroupPortBinding.port_id == models_v2.Port.id).filter(
+            sg_models.SecurityGroupPortBinding.security_group_id.in_(list(groups)))
+            .distinct().all()}
+
+
+def groups_naming_address_group(context, address_group_id: str) -> set[str]:
+    with db_api.CONTEXT_READER.using(context):
+        return {row[0] for row in context.session.query(
+            sg_models.SecurityGroupRule.security_group_id).filter(
+            sg_models.SecurityGroupRule.remote_address_group_id == address_group_id).all()}
+
+
+def plugged_sets(context, port_ids: Collection[str]) -> set[str]:
+    """The sets named by these ports' bindings (active or not): where their NICs are
+    plugged, or about to be, until the policy worker moves them."""
+    if not port_ids:
+        return set()
+    found = set()
+    with db_api.CONTEXT_READER.using(context):
+        for (details,) in context.session.query(ml2_models.PortBinding.vif_details).filter(
+                ml2_models.PortBinding.port_id.in_(list(port_ids))).all():
+            try:
+                parsed = json.loads(details or "{}")
+            except ValueError:
+                continue
+            if not isinstance(parsed, dict) or "pg_id" not in parsed:
+                continue
+            # Bound before issue 13: on the network's one port group, the open set's.
+            found.add(str(parsed.get(VIF_DETAILS_SET) or model.OPEN))
+    return found

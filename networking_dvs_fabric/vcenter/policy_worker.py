@@ -1,0 +1,213 @@
+"""The policy worker: port group filters kept right, NICs moved to their set's port group.
+
+Two kinds of journal entries, both level-triggered (the entry only says where to
+look; Neutron's tables and vCenter are read afresh):
+
+* ``port_group_policy`` (network:DVS): every port group of the network on that DVS
+  whose policy is not what its set needs now is reconfigured - one vCenter task per
+  port group, however many ports or rules changed.  A set no port is in any more is
+  left to the release.
+* ``port_set`` (port): the port's set changed (groups, port security, admin state).
+  Make before break: the set's port group is made (or its policy brought up to date,
+  this port's addresses included) first; then the VM's NIC is moved to it
+  (``ReconfigVM_Task``, found through the watcher's location); then the binding's
+  ``vif_details`` name it (Nova reads them again on migration and reboot) and the
+  port's status follows admin state; the old port group is handed to the release.
+
+vCenter errors retry (temporary) or fail the entry with the fault (permanent), as
+the port group worker does; a failed move leaves the NIC where it was, on a port
+group whose rules the port's old set needed - never on one with fewer.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Sequence
+
+from neutron.db import models_v2
+from neutron.db.models import segment as segment_models
+from neutron.plugins.ml2 import models as ml2_models
+from neutron_lib import constants as n_const
+from neutron_lib.db import api as db_api
+from neutron_lib.plugins import directory
+from oslo_db import exception as db_exc
+
+from networking_dvs_fabric import names, ownership
+from networking_dvs_fabric.db import models as our_models
+from networking_dvs_fabric.journal import store
+from networking_dvs_fabric.journal.worker import JournalWorker, PermanentFailure, TemporaryFailure
+from networking_dvs_fabric.security import desired, membership, model, translate
+from networking_dvs_fabric.vcenter import errors, nic_move, usage
+from networking_dvs_fabric.vcenter.backend import VSphereBackend
+
+if TYPE_CHECKING:
+    from networking_dvs_fabric.runtime import Runtime
+
+LOG = logging.getLogger(__name__)
+
+
+class PolicyHandler:
+    def __init__(self, backend: VSphereBackend) -> None:
+        self._backend = backend
+
+    def __call__(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
+        return [self._one(context, entry) for entry in entries]
+
+    def _one(self, context, entry: store.Entry) -> Exception | None:
+        try:
+            if entry.resource_type == names.RESOURCE_PORT_SET:
+                return self.move_port(context, entry.resource_id)
+            network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
+            return self.converge(context, network_id, dvs_name)
+        except translate.PolicyTooLarge as exc:
+            return PermanentFailure(str(exc))
+        except errors.VCenterError as exc:
+            if exc.temporary or isinstance(exc, errors.VCenterNotFound):
+                return TemporaryFailure(str(exc))
+            return PermanentFailure(str(exc))
+        except db_exc.DBError as exc:
+            return TemporaryFailure(f"database: {exc}")
+
+    # -- filters ------------------------------------------------------------------
+    def converge(self, context, network_id: str, dvs_name: str) -> Exception | None:
+        backend = self._backend
+        if dvs_name not in set(backend.settings.dvs_mappings.values()):
+            return None
+        cached = backend.cached_port_groups(dvs_name, network_id)
+        if cached is not None and not cached:
+            return None         # the watched cache knows the network has none there
+        for pg in backend.network_port_groups(dvs_name, network_id):
+            if ownership.owner_of(pg.deployment, backend.deployment()) != ownership.OURS:
+                continue
+            want = desired.policy_for_set(context, network_id, pg.set_key,
+                                          max_rules=backend.settings.max_filter_rules)
+            if want is None or (pg.policy is not None and pg.policy.same_as(want)):
+                continue
+            backend.set_policy(dvs_name, pg, want)
+            LOG.info("Port group %(pg)s (network %(net)s, set %(set)s): filter updated, "
+                     "%(n)d rules", {"pg": pg.name, "net": network_id, "set": pg.set_key,
+                                     "n": len(want.rules)})
+        return None
+
+    # -- moving a port to its set ---------------------------------------------------
+    def move_port(self, context, port_id: str) -> Exception | None:
+        found = _bound_port(context, port_id, self._backend)
+        if found is None:
+            return None             # gone, or not bound by vsphere_dvs (any more)
+        port, physnet, vlan, plugged = found
+        backend = self._backend
+        dvs_name = backend.dvs_for(physnet)
+        assert dvs_name is not None
+        port_set = membership.port_sets(context, port_ids=[port_id]).get(port_id)
+        if port_set is None:
+            return None
+        network_id = port["network_id"]
+        if plugged == port_set.key:
+            return None
+        want = desired.policy_for_set(context, network_id, port_set.key, including=port_set,
+                                      max_rules=backend.settings.max_filter_rules)
+        if want is None:
+            want = model.BLOCKED_POLICY
+        binding = usage.ensure_for_bind(context, backend, physnet, network_id,
+                                        port["network_name"], vlan, port_id, port_set.key,
+                                        lambda: want)
+        # Make before break: the new port group carries every rule this port needs
+        # (its addresses among the set's) before its NIC is put there.
+        for pg in backend.network_port_groups(dvs_name, network_id):
+            if pg.key == binding.pg_key and (pg.policy is None or not pg.policy.same_as(want)):
+                backend.set_policy(dvs_name, pg, want)
+        where = _location(context, port_id)
+        if where is not None:
+            vm_moid, mac = where
+            if not nic_move.move_nic(backend.session, vm_moid, mac, binding.dvs_uuid,
+                                     binding.pg_key):
+                LOG.info("Port %(port)s: VM %(vm)s has no NIC %(mac)s (any more); only "
+                         "the binding is updated", {"port": port_id, "vm": vm_moid,
+                                                    "mac": mac})
+        _rebind(context, port_id, binding, port_set.key, dvs_name, network_id)
+        _set_status(context, port_id, plugged, port_set.key)
+        LOG.info("Port %(port)s moved from set %(old)s to set %(new)s (port group %(pg)s)",
+                 {"port": port_id, "old": plugged, "new": port_set.key,
+                  "pg": binding.pg_name})
+        return None
+
+
+def _bound_port(context, port_id: str, backend: VSphereBackend):
+    """(port, physical network, VLAN, set its binding names) of a port vsphere_dvs bound."""
+    with db_api.CONTEXT_READER.using(context):
+        session = context.session
+        row = (session.query(models_v2.Port.network_id, models_v2.Network.name)
+               .join(models_v2.Network, models_v2.Network.id == models_v2.Port.network_id)
+               .filter(models_v2.Port.id == port_id).first())
+        if row is None:
+            return None
+        level = (session.query(segment_models.NetworkSegment.physical_network,
+                               segment_models.NetworkSegment.segmentation_id)
+                 .join(ml2_models.PortBindingLevel,
+                       ml2_models.PortBindingLevel.segment_id ==
+                       segment_models.NetworkSegment.id)
+                 .filter(ml2_models.PortBindingLevel.port_id == port_id,
+                         ml2_models.PortBindingLevel.driver == names.VSPHERE_DRIVER)
+                 .first())
+        if level is None or backend.dvs_for(level[0]) is None:
+            return None
+        details = [d for (d,) in session.query(ml2_models.PortBinding.vif_details).filter(
+            ml2_models.PortBinding.port_id == port_id,
+            ml2_models.PortBinding.status == n_const.ACTIVE).all()]
+    plugged = model.OPEN
+    for text in details:
+        try:
+            plugged = json.loads(text or "{}").get(membership.VIF_DETAILS_SET) or model.OPEN
+        except ValueError:
+            pass
+    return ({"network_id": row[0], "network_name": row[1] or ""}, level[0], int(level[1]),
+            plugged)
+
+
+def _location(context, port_id: str) -> tuple[str, str] | None:
+    with db_api.CONTEXT_READER.using(context):
+        row = context.session.query(our_models.PortLocation.vm_moid,
+                                    our_models.PortLocation.mac).filter(
+            our_models.PortLocation.port_id == port_id).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def _rebind(context, port_id: str, binding, set_key: str, dvs_name: str,
+            network_id: str) -> None:
+    """The port's bindings name the new port group; the old one goes to the release."""
+    with db_api.CONTEXT_WRITER.using(context):
+        for row in context.session.query(ml2_models.PortBinding).filter(
+                ml2_models.PortBinding.port_id == port_id).all():
+            try:
+                details = json.loads(row.vif_details or "{}")
+            except ValueError:
+                continue
+            if not isinstance(details, dict) or "pg_id" not in details:
+                continue
+            details.update({"pg_id": binding.pg_key, "dvs_id": binding.dvs_uuid,
+                            "dvs_port_group_name": binding.pg_name,
+                            membership.VIF_DETAILS_SET: set_key})
+            row.vif_details = json.dumps(details)
+        store.record(context, names.RESOURCE_PORT_GROUP,
+                     names.port_group_resource(network_id, dvs_name))
+
+
+def _set_status(context, port_id: str, old_key: str, new_key: str) -> None:
+    if new_key == model.BLOCKED:
+        status = n_const.PORT_STATUS_DOWN
+    elif old_key == model.BLOCKED:
+        status = n_const.PORT_STATUS_ACTIVE
+    else:
+        return
+    plugin = directory.get_plugin()
+    if plugin is not None:
+        plugin.update_port_status(context, port_id, status)
+
+
+class PolicyWorker(JournalWorker):
+    def __init__(self, runtime: "Runtime") -> None:
+        super().__init__("vsphere_dvs policy worker",
+                         PolicyHandler(runtime.require_vcenter()),
+                         runtime.worker_settings,
+                         resource_types=(names.RESOURCE_PORT_GROUP_POLICY,
+                                         names.RESOURCE_PORT_SET))

@@ -1,0 +1,244 @@
+"""Security groups, port security and admin state on vSphere ports (issue 13), ML2 side.
+
+In-process Neutron (ML2 with vsphere_dvs and the port_security extension) against
+the vCenter simulator: what a port group holds is read back from vCenter.  The
+policy worker runs here as neutron-periodic-workers would (``drain``).  Packets
+are the integration tests' (``tests/integration/test_security_groups.py``).
+"""
+from __future__ import annotations
+
+import dvs_ml2_base as base
+from neutron_lib import context as n_context
+from neutron_lib.api.definitions import portbindings
+from neutron_lib.callbacks import exceptions as callback_exc
+from oslo_config import cfg
+
+from networking_dvs_fabric import opts
+from networking_dvs_fabric.security import model, translate
+from networking_dvs_fabric.vcenter.policy_worker import PolicyWorker
+from networking_dvs_fabric.vcenter.port_group_worker import PortGroupWorker
+
+_SIM = base.SharedSimulator()
+
+
+def setUpModule() -> None:
+    _SIM.start()
+
+
+def tearDownModule() -> None:
+    _SIM.stop()
+
+
+class SecurityTestCase(base.VSphereDVSTestCase):
+    shared = _SIM
+
+    def start_plugin(self) -> None:
+        cfg.CONF.set_override("extension_drivers", ["port_security"], group="ml2")
+        super().start_plugin()
+        self.ctx = n_context.get_admin_context()
+
+    # -- helpers ------------------------------------------------------------------
+    def drain(self) -> None:
+        """The policy worker, then the port group worker, until nothing is ready."""
+        for worker in (PolicyWorker(self.mech.runtime), PortGroupWorker(self.mech.runtime)):
+            passes = 0
+            while worker.run_once():
+                passes += 1
+                self.assertLess(passes, 20, "the journal never drained")
+
+    def network_with_subnet(self, cidr: str = "10.20.0.0/24") -> dict:
+        net = self.make_network()
+        self._make_subnet(self.fmt, {"network": net}, cidr.rsplit(".", 1)[0] + ".1", cidr)
+        return net
+
+    def group(self, name: str) -> dict:
+        return self.driver.create_security_group(
+            self.ctx, {"security_group": {"name": name, "description": "",
+                                          "project_id": self._project_id}})
+
+    def rule(self, group_id: str, direction: str = "ingress", protocol: str | None = "tcp",
+             low: int | None = 22, high: int | None = 22, prefix: str | None = None,
+             remote_group: str | None = None) -> dict:
+        return self.driver.create_security_group_rule(self.ctx, {"security_group_rule": {
+            "security_group_id": group_id, "direction": direction, "ethertype": "IPv4",
+            "protocol": protocol, "port_range_min": low, "port_range_max": high,
+            "remote_ip_prefix": prefix, "remote_group_id": remote_group,
+            "remote_address_group_id": None, "description": "",
+            "project_id": self._project_id}})
+
+    def policy_of(self, port: dict) -> model.PortGroupPolicy:
+        """The policy vCenter holds on the port group the port's binding names."""
+        key = self.show_port(port["id"])[portbindings.VIF_DETAILS]["pg_id"]
+        found = [pg for pg in self.mech.backend.network_port_groups(base.DVS,
+                                                                     port["network_id"])
+                 if pg.key == key]
+        self.assertEqual(1, len(found), f"port group {key} of the port not in vCenter")
+        assert found[0].policy is not None
+        return found[0].policy
+
+    @staticmethod
+    def accepts(policy: model.PortGroupPolicy, direction: str, protocol: int | None,
+                source: str | None, port: int | None = None) -> bool:
+        return any(r.direction == direction and r.action == model.ACCEPT and
+                   r.protocol == protocol and r.source == source and
+                   (port is None or (r.destination_ports is not None and
+                                     r.destination_ports.low <= port <=
+                                     r.destination_ports.high))
+                   for r in policy.rules)
+
+
+class TestSets(SecurityTestCase):
+
+    def test_a_port_with_groups_sits_on_a_filtered_port_group_of_its_set(self):
+        net = self.network_with_subnet()
+        # What Neutron's default group holds (its rule templates are not in the unit
+        # tests' database): egress anywhere, ingress from members.
+        app = self.group("app")
+        self.rule(app["id"], direction="egress", protocol=None, low=None, high=None)
+        self.rule(app["id"], protocol=None, low=None, high=None, remote_group=app["id"])
+        port = self.make_port(net["id"], security_groups=[app["id"]])
+        details = port[portbindings.VIF_DETAILS]
+        self.assertTrue(details["dvs_port_group_set"].startswith("sg-"), details)
+        policy = self.policy_of(port)
+        self.assertTrue(policy.filtered)
+        self.assertFalse(policy.forged_transmits)
+        self.assertFalse(policy.mac_changes)
+        # Egress from the port's own address only; a catch-all drop ends each direction.
+        address = port["fixed_ips"][0]["ip_address"]
+        self.assertTrue(any(r.direction == model.INCOMING and r.source == f"{address}/32"
+                            and r.action == model.ACCEPT for r in policy.rules), policy)
+        for direction in (model.INCOMING, model.OUTGOING):
+            last = [r for r in policy.rules if r.direction == direction][-1]
+            self.assertEqual(model.DROP, last.action)
+
+    def test_port_security_off_gives_the_open_port_group(self):
+        net = self.network_with_subnet()
+        port = self.make_port(net["id"], port_security_enabled=False, security_groups=[])
+        details = port[portbindings.VIF_DETAILS]
+        self.assertEqual(model.OPEN, details["dvs_port_group_set"])
+        self.assertTrue(details["dvs_port_group_name"].endswith(net["id"]))   # as before
+        policy = self.policy_of(port)
+        self.assertFalse(policy.filtered)
+        self.assertTrue(policy.forged_transmits)
+
+    def test_ports_of_one_set_share_a_port_group_other_sets_get_their_own(self):
+        net = self.network_with_subnet()
+        a, b = self.make_port(net["id"]), self.make_port(net["id"])
+        web = self.group("web")
+        c = self.make_port(net["id"], security_groups=[web["id"]])
+        pg = {p["id"]: p[portbindings.VIF_DETAILS]["pg_id"] for p in (a, b, c)}
+        self.assertEqual(pg[a["id"]], pg[b["id"]])
+        self.assertNotEqual(pg[a["id"]], pg[c["id"]])
+        # The second port's address reaches the shared port group through the worker.
+        self.drain()
+        sources = {r.source for r in self.policy_of(b).rules if r.direction == model.INCOMING}
+        self.assertTrue({f"{p['fixed_ips'][0]['ip_address']}/32" for p in (a, b)} <= sources
+                        or any(s and "/" in s and not s.endswith("/32") for s in sources),
+                        sources)
+
+    def test_admin_down_at_bind_puts_the_port_on_the_blocked_port_group_down(self):
+        net = self.network_with_subnet()
+        port = self.make_port(net["id"], admin_state_up=False)
+        self.assertEqual(model.BLOCKED, port[portbindings.VIF_DETAILS]["dvs_port_group_set"])
+        self.assertTrue(self.policy_of(port).blocked)
+        self.assertEqual("DOWN", self.show_port(port["id"])["status"])
+
+
+class TestRules(SecurityTestCase):
+
+    def test_a_rule_added_and_removed_reaches_the_port_group(self):
+        net = self.network_with_subnet()
+        ssh = self.group("ssh")
+        port = self.make_port(net["id"], security_groups=[ssh["id"]])
+        self.assertFalse(self.accepts(self.policy_of(port), model.OUTGOING, 6,
+                                      "10.9.0.0/16", 22))
+        rule = self.rule(ssh["id"], prefix="10.9.0.0/16")
+        self.drain()
+        self.assertTrue(self.accepts(self.policy_of(port), model.OUTGOING, 6, "10.9.0.0/16",
+                                     22), self.policy_of(port))
+        self.driver.delete_security_group_rule(self.ctx, rule["id"])
+        self.drain()
+        self.assertFalse(self.accepts(self.policy_of(port), model.OUTGOING, 6,
+                                      "10.9.0.0/16", 22))
+
+    def test_remote_group_follows_its_members(self):
+        net = self.network_with_subnet()
+        servers, clients = self.group("servers"), self.group("clients")
+        self.rule(servers["id"], remote_group=clients["id"], low=80, high=80)
+        server = self.make_port(net["id"], security_groups=[servers["id"]])
+        client = self.make_port(net["id"], security_groups=[clients["id"]])
+        self.drain()
+        address = f"{client['fixed_ips'][0]['ip_address']}/32"
+        self.assertTrue(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
+        self.delete_port(client["id"])
+        self.drain()
+        self.assertFalse(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
+
+    def test_a_rule_the_dvs_cannot_express_is_refused_naming_why(self):
+        group = self.group("pingers")
+        # Neutron's API answers the callback's exception as 400 (its inner exception,
+        # an InvalidInput); called on the plugin, it comes wrapped.
+        with self.assertRaises(callback_exc.CallbackFailure) as refused:
+            self.rule(group["id"], protocol="icmp", low=8, high=0)
+        [inner] = refused.exception.inner_exceptions
+        self.assertIsInstance(inner, translate.RuleNotExpressible)
+        self.assertIn("ICMP type 8 code 0", str(inner))
+        rules = self.driver.get_security_group_rules(
+            self.ctx, filters={"security_group_id": [group["id"]], "protocol": ["icmp"]})
+        self.assertEqual([], rules)
+
+
+class TestMoves(SecurityTestCase):
+
+    def test_groups_changed_after_bind_move_the_binding_to_the_new_set(self):
+        net = self.network_with_subnet()
+        port = self.make_port(net["id"])
+        before = port[portbindings.VIF_DETAILS]
+        web = self.group("web")
+        self.rule(web["id"], low=443, high=443, prefix="0.0.0.0/0")
+        self._update("ports", port["id"], {"port": {"security_groups": [web["id"]]}},
+                     as_admin=True)
+        self.drain()
+        after = self.show_port(port["id"])[portbindings.VIF_DETAILS]
+        self.assertNotEqual(before["dvs_port_group_set"], after["dvs_port_group_set"])
+        self.assertNotEqual(before["pg_id"], after["pg_id"])
+        self.assertTrue(self.accepts(self.policy_of(port), model.OUTGOING, 6, "0.0.0.0/0",
+                                     443))
+        # The old set's port group had no other port: released.
+        self.assertIsNone(self.vc.port_group(before["pg_id"]))
+
+    def test_admin_down_and_up_again_after_bind(self):
+        net = self.network_with_subnet()
+        port = self.make_port(net["id"])
+        self._update("ports", port["id"], {"port": {"admin_state_up": False}}, as_admin=True)
+        self.drain()
+        shown = self.show_port(port["id"])
+        self.assertEqual(model.BLOCKED, shown[portbindings.VIF_DETAILS]["dvs_port_group_set"])
+        self.assertEqual("DOWN", shown["status"])
+        self.assertTrue(self.policy_of(port).blocked)
+        self._update("ports", port["id"], {"port": {"admin_state_up": True}}, as_admin=True)
+        self.drain()
+        shown = self.show_port(port["id"])
+        self.assertTrue(shown[portbindings.VIF_DETAILS]["dvs_port_group_set"].startswith("sg-"))
+        self.assertEqual("ACTIVE", shown["status"])
+        self.assertFalse(self.policy_of(port).blocked)
+
+
+class TestCeiling(SecurityTestCase):
+
+    def test_a_new_set_beyond_max_port_groups_fails_to_bind_naming_the_option(self):
+        self.assertTrue(self.mech.backend.wait_cache_ready(10))
+        net = self.network_with_subnet()
+        self.make_port(net["id"])
+        count = self.mech.backend.port_group_count()
+        self.assertIsNotNone(count)
+        cfg.CONF.set_override("max_port_groups", count, group=opts.VSPHERE_GROUP)
+        self.mech.backend.settings = type(self.mech.backend.settings)(
+            **{**self.mech.backend.settings.__dict__, "max_port_groups": count})
+        web = self.group("web")
+        with self.assertLogs(base.LOGGER, "ERROR") as logs:
+            port = self.make_port(net["id"], security_groups=[web["id"]])
+        self.assertNotBound(port)
+        self.assertIn("max_port_groups", base.log_lines(logs.records))
+        # A port of an existing set still binds.
+        self.assertEqual("dvs", self.make_port(net["id"])[portbindings.VIF_TYPE])
