@@ -49,6 +49,16 @@ def host_bridge(esxi_host: str) -> str:
     return f"esx-{short}"[:15]
 
 
+def _ofport_request(link: str, ofport: int | None) -> list[str]:
+    return [] if ofport is None else ["--", "set", "Interface", link,
+                                      f"ofport_request={int(ofport)}"]
+
+
+def host_uplink(esxi_host: str) -> str:
+    """The host bridge's port towards its leaf (a veth in the hosts namespace)."""
+    return f"up-{host_bridge(esxi_host)[4:]}"[:15]
+
+
 class Dataplane:
     """Namespaces, switches and links of one lab; see the module docstring."""
 
@@ -93,6 +103,15 @@ class Dataplane:
             argv.append("--no-wait")
         return netns.run(argv + list(args), f"ovs-vsctl {' '.join(args[:3])}",
                          timeout=OVS_TIMEOUT + 10)
+
+    def ofctl(self, command: str, bridge: str, *args: str,
+              protocol: str | None = None) -> str:
+        """``ovs-ofctl`` on a host bridge (its vswitchd's management socket)."""
+        argv = [netns.tool("ovs-ofctl"), f"--timeout={OVS_TIMEOUT}"]
+        if protocol:
+            argv += ["-O", protocol]
+        argv += [command, f"unix:{self.hosts_dir / f'{bridge}.mgmt'}", *args]
+        return netns.run(argv, f"ovs-ofctl {command} {bridge}", timeout=OVS_TIMEOUT + 10)
 
     def _daemon(self, name: str, argv: list[str], rundir: Path) -> Daemon:
         daemon = Daemon(name=name, argv=argv, log_path=self.workdir / "logs" / f"{name}.log",
@@ -172,7 +191,7 @@ class Dataplane:
                 self.vsctl(db, "add-port", name, port, "--", "set", "Interface", port,
                            "type=internal")
                 continue
-            uplink = f"up-{host_bridge(att['esxi_host'])[4:]}"[:15]
+            uplink = host_uplink(att["esxi_host"])
             netns.veth(port, ns, uplink, self.hosts_ns)
             self.vsctl(db, "add-port", name, port)
             self.vsctl(self.hosts_db, "add-port", host_bridge(att["esxi_host"]), uplink)
@@ -205,8 +224,9 @@ class Dataplane:
 
     # -- VMs ---------------------------------------------------------------------
     def attach_vm(self, vm_moid: str, index: int, mac: str, address: str | None,
-                  esxi_host: str, vlan: int) -> str:
-        """A namespace for the VM's NIC on its host's bridge, tagged ``vlan``."""
+                  esxi_host: str, vlan: int, ofport: int | None = None) -> str:
+        """A namespace for the VM's NIC on its host's bridge, tagged ``vlan``; ``ofport``:
+        the OpenFlow port number to ask for (flows naming it may be in place already)."""
         ns = self.vm_ns(vm_moid) + (f"-{index}" if index else "")
         link = self.vm_link(vm_moid, index)
         self.detach_vm(vm_moid, index)
@@ -218,17 +238,24 @@ class Dataplane:
         if address:
             netns.ip("addr", "add", address, "dev", "eth0", ns=ns)
         self.vsctl(self.hosts_db, "add-port", host_bridge(esxi_host), link,
-                   f"tag={int(vlan)}")
+                   f"tag={int(vlan)}", *_ofport_request(link, ofport))
         return ns
 
-    def move_vm(self, vm_moid: str, index: int, esxi_host: str, vlan: int) -> None:
+    def move_vm(self, vm_moid: str, index: int, esxi_host: str, vlan: int,
+                ofport: int | None = None) -> None:
         """The switchover of a vMotion: the VM's link leaves one host for another.
 
         One OVSDB transaction, so the link is never on two bridges.
         """
         link = self.vm_link(vm_moid, index)
         self.vsctl(self.hosts_db, "--if-exists", "del-port", link, "--",
-                   "add-port", host_bridge(esxi_host), link, f"tag={int(vlan)}")
+                   "add-port", host_bridge(esxi_host), link, f"tag={int(vlan)}",
+                   *_ofport_request(link, ofport))
+
+    def link_ofport(self, vm_moid: str, index: int = 0) -> int:
+        """The OpenFlow port number the VM's link has on its bridge."""
+        return int(self.vsctl(self.hosts_db, "get", "Interface",
+                              self.vm_link(vm_moid, index), "ofport").strip())
 
     def detach_vm(self, vm_moid: str, index: int = 0) -> None:
         link = self.vm_link(vm_moid, index)

@@ -9,6 +9,16 @@ relocated a VM (``runtime.host`` changed) the link moves to the destination host
 bridge - the vMotion switchover.  A VM powered off, deleted or without the NIC loses
 its namespace.  A migration-start event moves nothing: the VM still runs at the source.
 
+Each link enforces what vCenter holds on its port group, as ESXi does: the port
+group's ``config.defaultPortConfig`` (filter rules, security policy, ``blocked``) is
+read back from vCenter, never from Neutron, and turned into OpenFlow flows on the
+host bridge (``link_filters``, ``dataplane_filter``) when the NIC is plugged (before
+the link is on the bridge), when it moves to another host (on the destination before
+the switchover) or to another port group (``ReconfigVM_Task``: re-tagged if the VLAN
+differs), and when the port group's setting changes.  The simulator reports no change
+of a port group's setting, so the port groups carrying wired NICs are read again
+every ``POLL_SECONDS`` (``pg_settings``).
+
 Runs as a lab daemon: ``python -m networking_dvs_fabric.lab.dataplane_agent LAB_DIR``.
 Each change it makes is logged as one line, ``dataplane: ...``, which the demo and
 tests can read.
@@ -27,6 +37,9 @@ from typing import Any
 from networking_dvs_fabric.lab.client import NeutronClient, NeutronError
 from networking_dvs_fabric.lab.dataplane import Dataplane
 from networking_dvs_fabric.lab.lab import Lab
+from networking_dvs_fabric.lab.link_filters import LinkFilters, Wired
+from networking_dvs_fabric.lab.pg_settings import SettingsPoll
+from networking_dvs_fabric.lab.procs import LabError
 from networking_dvs_fabric.vcenter import errors
 from networking_dvs_fabric.vcenter.inventory import load_inventory
 from networking_dvs_fabric.vcenter.portgroups import PortGroupManager
@@ -37,15 +50,7 @@ from networking_dvs_fabric.vcenter.vm_watch import VmWatch
 
 LOG = logging.getLogger("dataplane")
 WAIT_SECONDS = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class Wired:
-    """Where one NIC of a VM is plugged in the dataplane."""
-    host: str
-    vlan: int
-    mac: str
-    address: str | None
+POLL_SECONDS = 0.5
 
 
 class Agent:
@@ -66,6 +71,8 @@ class Agent:
         self.wired: dict[tuple[str, int], Wired] = {}
         self.vlans: dict[str, int] = {}          # port group key -> VLAN
         self.networks: dict[str, str | None] = {}   # port group key -> network (ours)
+        self.filters = LinkFilters(self.plane, self.session)
+        self.lock = threading.Lock()             # the VM watch's thread vs the policy poll
         self.stop = threading.Event()
         self.watch: VmWatch | None = None
 
@@ -76,6 +83,7 @@ class Agent:
                 if pg.vlan is not None:
                     self.vlans[pg.key] = pg.vlan
                 self.networks[pg.key] = pg.network_id
+                self.filters.moids[pg.key] = pg.moid
 
     def _vlan(self, managers: list[PortGroupManager], key: str | None) -> int | None:
         if key is None:
@@ -114,7 +122,45 @@ class Agent:
             return f"{fixed['ip_address']}/{subnet['cidr'].split('/')[1]}"
         return None
 
+    # -- what the port group enforces --------------------------------------------------
+    def _setting_read(self, key: str, setting: Any) -> None:
+        """A port group's setting as the poll read it: re-tag and re-filter its NICs."""
+        policy, vlan = self.filters.remember(key, setting)
+        if vlan is not None:
+            self.vlans[key] = vlan
+        for (moid, index), have in list(self.wired.items()):
+            if have.port_group != key:
+                continue
+            now = have
+            if vlan is not None and vlan != have.vlan:
+                self.plane.vsctl(self.plane.hosts_db, "set", "Port",
+                                 self.plane.vm_link(moid, index), f"tag={vlan}")
+                now = dataclasses.replace(have, vlan=vlan)
+                LOG.info("dataplane: %s nic %d re-tagged VLAN %d -> %d (port group %s)",
+                         moid, index, have.vlan, vlan, key)
+            if now is not have or have.policy is None or not have.policy.same_as(policy):
+                self.wired[(moid, index)] = self.filters.enforce(
+                    moid, index, now, have, f"port group {key} changed in vCenter", policy)
+
+    def _polled_keys(self) -> dict[str, str]:
+        with self.lock:
+            return {self.filters.moids.get(w.port_group, w.port_group): w.port_group
+                    for w in self.wired.values() if w.port_group}
+
+    def _polled(self, settings: dict[str, Any]) -> None:
+        with self.lock:
+            for key, setting in settings.items():
+                try:
+                    self._setting_read(key, setting)
+                except LabError as exc:
+                    LOG.error("dataplane: filter: port group %s: %s", key, exc)
+
+    # -- changes of VMs ------------------------------------------------------------------
     def apply(self, managers: list[PortGroupManager], change: Any) -> None:
+        with self.lock:
+            self._apply(managers, change)
+
+    def _apply(self, managers: list[PortGroupManager], change: Any) -> None:
         if isinstance(change, MigrationStarting):
             LOG.info("dataplane: %s is migrating to %s (nothing moves until it has)",
                      change.vm_moid, change.destination_host)
@@ -127,9 +173,11 @@ class Agent:
                 if nic.iface_id:
                     wanted[index] = (change.host, nic)
         for (vm, index) in [k for k in self.wired if k[0] == moid and k[1] not in wanted]:
+            self.filters.remove(vm, index, self.wired[(vm, index)])
             self.plane.detach_vm(vm, index)
             del self.wired[(vm, index)]
-            LOG.info("dataplane: unplugged %s nic %d", vm, index)
+            self.filters.forget(vm, index)
+            LOG.info("dataplane: unplugged %s nic %d (its filter flows removed)", vm, index)
         for index, (host, nic) in wanted.items():
             vlan = self._vlan(managers, nic.port_group_key)
             if vlan is None:
@@ -138,23 +186,53 @@ class Agent:
                 continue
             have = self.wired.get((moid, index))
             if have is not None and have.mac == nic.mac:
-                if (have.host, have.vlan) != (host, vlan):
-                    started = time.monotonic()
-                    self.plane.move_vm(moid, index, host, vlan)
-                    self.wired[(moid, index)] = dataclasses.replace(have, host=host,
-                                                                    vlan=vlan)
-                    LOG.info("dataplane: moved %s nic %d %s -> %s (VLAN %d) in %.1f ms",
-                             moid, index, have.host, host, vlan,
-                             (time.monotonic() - started) * 1000)
+                key = nic.port_group_key
+                if (have.host, have.vlan, have.port_group) != (host, vlan, key):
+                    self.wired[(moid, index)] = self._rewire(moid, index, have, host, vlan,
+                                                             key)
                 continue
             address = self._address(nic.iface_id)
-            ns = self.plane.attach_vm(moid, index, nic.mac, address, host, vlan)
-            self.wired[(moid, index)] = Wired(host, vlan, nic.mac, address)
-            LOG.info("dataplane: plugged %s nic %d (%s, %s) on %s VLAN %d as namespace %s",
-                     moid, index, nic.mac, address or "no IP", host, vlan, ns)
+            wired = Wired(host, vlan, nic.mac, address, nic.port_group_key,
+                          ofport=self.filters.ofport(moid, index))
+
+            def plug(index: int = index, wired: Wired = wired) -> None:
+                ns = self.plane.attach_vm(moid, index, wired.mac, wired.address, wired.host,
+                                          wired.vlan, wired.ofport)
+                LOG.info("dataplane: plugged %s nic %d (%s, %s) on %s VLAN %d as namespace "
+                         "%s", moid, index, wired.mac, wired.address or "no IP",
+                         wired.host, wired.vlan, ns)
+            self.wired[(moid, index)] = self.filters.enforce(
+                moid, index, wired, None, "plugged",
+                self.filters.policy(wired.port_group, fresh=True), attach=plug)
+
+    def _rewire(self, moid: str, index: int, have: Wired, host: str, vlan: int,
+                key: str | None) -> Wired:
+        """The NIC moved: to another host (vMotion), port group or VLAN."""
+        started = time.monotonic()
+        now = dataclasses.replace(have, host=host, vlan=vlan, port_group=key)
+        policy = self.filters.policy(key, fresh=key != have.port_group)
+        if have.host != host:
+            # Flows first on the destination's bridge, then the switchover: no window.
+            now = self.filters.enforce(moid, index, now, have, f"moved from {have.host}",
+                                       policy,
+                                       attach=lambda: self.plane.move_vm(
+                                           moid, index, host, vlan, now.ofport))
+        else:
+            if have.vlan != vlan:
+                self.plane.vsctl(self.plane.hosts_db, "set", "Port",
+                                 self.plane.vm_link(moid, index), f"tag={vlan}")
+            now = self.filters.enforce(moid, index, now, have,
+                                       f"moved from port group {have.port_group}", policy)
+        LOG.info("dataplane: moved %s nic %d %s -> %s, port group %s -> %s (VLAN %d -> %d) "
+                 "in %.1f ms", moid, index, have.host, host, have.port_group, key, have.vlan,
+                 vlan, (time.monotonic() - started) * 1000)
+        return now
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> None:
+        self.filters.reset_bridges()
+        SettingsPoll(self.session, self._polled_keys, self._polled, POLL_SECONDS,
+                     self.stop).start()
         while not self.stop.is_set():
             try:
                 self._follow()

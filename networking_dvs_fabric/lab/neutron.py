@@ -159,6 +159,11 @@ def prepare_database(db_url: str, config_files: list[Path], log: Path) -> None:
                 "engine = sqlalchemy.create_engine(sys.argv[1])\n"
                 "head.get_metadata().create_all(engine)\n")
         _run([sys.executable, "-c", code, db_url], log, "create the SQLite schema")
+        # The migrations' data too: the rule templates every default security group is
+        # made from (2023.2 expand c33da356b165), or the lab's default groups would
+        # have no rules at all, unlike any real Neutron's.
+        _run([sys.executable, "-m", "networking_dvs_fabric.lab.sg_templates", db_url], log,
+             "add the default security group rule templates")
         _run(manage + ["stamp", "heads"], log, "stamp the SQLite schema")
     else:
         _run(manage + ["upgrade", "heads"], log, "migrate the MariaDB schema")
