@@ -131,6 +131,16 @@ def cmd_bench_vmotion(args: argparse.Namespace) -> int:
     return 0 if result.get("targets_met", True) else 3
 
 
+def cmd_bench_secgroups(args: argparse.Namespace) -> int:
+    from networking_dvs_fabric.cmd import bench_secgroups
+    result = bench_secgroups.bench_secgroups(
+        groups=args.groups, ports=args.ports, members=args.members, changes=args.changes,
+        pairs=args.pairs, lab_dir=Path(args.lab_dir) if args.lab_dir else None,
+        pin=not args.no_pin)
+    print(json.dumps(result, indent=2) if args.json else bench_secgroups.format_text(result))
+    return 0 if result.get("targets_met", True) else 3
+
+
 def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -264,6 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
     vmotion.add_argument("--moves", type=_positive, default=100,
                          help="relocations per mode")
     vmotion.set_defaults(func=cmd_bench_vmotion)
+    secgroups = bench_sub.add_parser(
+        "secgroups", help="security groups: rule and member changes until vCenter's filters "
+                          "hold them, vCenter tasks per change, port create cost; runs its "
+                          "own lab on MariaDB")
+    secgroups.add_argument("--json", action="store_true", help="print the result as JSON")
+    secgroups.add_argument("--groups", type=_positive, default=10, help="security groups")
+    secgroups.add_argument("--ports", type=_positive, default=100,
+                           help="ports spread over the groups (at least --groups)")
+    secgroups.add_argument("--members", type=_positive, default=200,
+                           help="members of the remote group new members join")
+    secgroups.add_argument("--changes", type=_positive, default=30,
+                           help="rule adds, and member joins, measured")
+    secgroups.add_argument("--pairs", type=_positive, default=50,
+                           help="port creates of each kind (with / without groups)")
+    secgroups.add_argument("--no-pin", action="store_true", help="do not give Neutron's API a CPU of its own (see docs/benchmarks)")
+    secgroups.set_defaults(func=cmd_bench_secgroups)
     return parser
 
 

@@ -6,6 +6,8 @@
    ``nvp.iface-id.0``), on ESXi hosts behind different leaves.  Shown: the port
    group and its VLAN, the VNI, the leaf bindings, the remote MACs; with the
    dataplane, a ping between the two VMs through the fabric.
+   vm-a's security group opens one TCP port: a connection to it works, one to another
+   port is refused by the port group's filter (with the dataplane).
 3. Migrate one VM with a vMotion to a host behind a third leaf, announcing the start
    as vCenter does, while the other VM pings it every 100 ms; the loss is reported.
 
@@ -19,7 +21,7 @@ import json
 import time
 from typing import Any, Callable
 
-from networking_dvs_fabric.lab import netns, topology
+from networking_dvs_fabric.lab import demo_security, netns, topology
 from networking_dvs_fabric.lab.client import NeutronClient
 from networking_dvs_fabric.lab.dataplane import host_bridge
 from networking_dvs_fabric.lab.lab import Lab
@@ -110,9 +112,12 @@ class Demo:
         self.say("\n== 2. boot two VMs, as Nova's VMware driver does")
         nova = FakeNova(status["vcenter"])
         vms: dict[str, dict[str, Any]] = {}
+        group = demo_security.make_group(neutron, SUBNET)
         try:
             for name, host in (("vm-a", HOST_A), ("vm-b", HOST_B)):
-                port = neutron.create_port(network["id"], host=compute, name=f"{name}-nic")
+                groups = {"security_groups": [group["id"]]} if name == "vm-a" else {}
+                port = neutron.create_port(network["id"], host=compute, name=f"{name}-nic",
+                                           **groups)
                 if port["binding:vif_type"] != "dvs":
                     raise LabError(f"port of {name} did not bind (vif_type "
                                    f"{port['binding:vif_type']}); see "
@@ -139,6 +144,11 @@ class Demo:
                 sent, received = self._ping(vms)
                 result["ping"] = {"sent": sent, "received": received}
                 ok &= sent > 0 and received == sent
+            result["security_groups"] = demo_security.show(
+                self.say, self._ns(vms["vm-a"]) if plane else "", vms["vm-a"]["ip"],
+                self._ns(vms["vm-b"]) if plane else "", group, bool(plane))
+            if plane:
+                ok &= all(result["security_groups"].values())
             self.say("\n== 3. migrate vm-a with a vMotion to a host behind another leaf")
             moved = self._vmotion(nova, vms, plane, switch, mode)
             result["vmotion"] = moved
@@ -151,6 +161,7 @@ class Demo:
                 neutron.delete_port(vms[name]["port"]["id"])
             nova.close()
             neutron.delete_network(network["id"])
+            demo_security.delete_group(neutron, group)
         gone = _wait(lambda: not leaf_bindings(self.lab, switch) and not any(
             switch in self.lab.leaf(leaf).vtep_ctl("list-ls").split()
             for leaf in topology.LEAF_NAMES))

@@ -64,9 +64,12 @@ def port_changed(context, original: dict | None, current: dict | None,
             not filter_inputs_changed(original, current):
         return
     groups = {g for p in ports for g in (p.get("security_groups") or ())}
-    networks = {p["network_id"] for p in ports}
+    # A port in no group adds nothing to any filter (its set's rules name no address of
+    # its own), unless its set itself changed: then its own network's port groups.
+    networks = {p["network_id"] for p in ports} if groups or (original and current) else set()
     networks |= membership.networks_of_groups(context, groups, through_remote=True)
-    record_networks(context, networks, dvs_names)
+    if networks:
+        record_networks(context, networks, dvs_names)
 
 
 class Subscriber:

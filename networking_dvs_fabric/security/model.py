@@ -99,6 +99,22 @@ BLOCKED_POLICY = PortGroupPolicy(filtered=False, forged_transmits=False, mac_cha
                                  blocked=True)
 
 
+def fingerprint(policy: PortGroupPolicy) -> str:
+    """A short digest of what ``policy`` enforces (rule descriptions aside).
+
+    Written into the port group's marker with the policy, so the policy worker can
+    tell from a port group's name and description alone (the light read, or the
+    watched cache) whether its filter is the one it wants; a hand edit in vCenter
+    leaves it stale, which the audit's full comparison finds (``filter_drift``).
+    """
+    rules = ";".join(
+        f"{r.direction},{r.action},{r.protocol},{r.source},{r.destination},"
+        f"{r.source_ports},{r.destination_ports}" for r in policy.rules)
+    flags = (policy.filtered, policy.forged_transmits, policy.mac_changes,
+             policy.allow_promiscuous, policy.blocked)
+    return hashlib.sha1(f"{flags}|{rules}".encode()).hexdigest()[:12]
+
+
 def set_key(port_security: bool, security_group_ids: Iterable[str],
             admin_state_up: bool = True) -> str:
     """The key of a port's set: which of its network's port groups the port sits on."""

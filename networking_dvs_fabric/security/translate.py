@@ -199,6 +199,46 @@ def base_rules(direction: str) -> list[FilterRule]:
     ]
 
 
+def _covers_all(rule: FilterRule) -> bool:
+    """An accept of any IP protocol and port to anywhere (of its source's family)."""
+    return rule.action == ACCEPT and rule.protocol is None and rule.source_ports is None \
+        and rule.destination_ports is None and \
+        (rule.destination is None or rule.destination in ANY.values())
+
+
+def _without_covered(rules: list[FilterRule]) -> list[FilterRule]:
+    """Drop the accepts another accept already lets through whole.
+
+    All the set's rules are accepts evaluated before one final drop, so an accept
+    that a broader one covers changes nothing - and leaving it out keeps a group that
+    admits its own members (Neutron's default group) linear in its size: the
+    replies to "ingress from members" are covered by "egress anywhere" from the
+    same addresses (else one rule per own address and member: n squared).
+    """
+    broad: dict[str, list[netaddr.IPNetwork | None]] = {}
+    for rule in rules:
+        if _covers_all(rule):
+            broad.setdefault(rule.direction, []).append(
+                None if rule.source is None else netaddr.IPNetwork(rule.source))
+    if not broad:
+        return rules
+
+    def covered(rule: FilterRule) -> bool:
+        if rule.action != ACCEPT or _covers_all(rule):
+            return False
+        source = None if rule.source is None else netaddr.IPNetwork(rule.source)
+        family = source.version if source is not None else (
+            netaddr.IPNetwork(rule.destination).version if rule.destination else None)
+        for wide in broad.get(rule.direction, ()):
+            if wide is None:
+                return True
+            if source is not None and source.version == wide.version and source in wide:
+                # "to anywhere" of that family: the rule's destination must be of it too.
+                return family == wide.version
+        return False
+    return [r for r in rules if not covered(r)]
+
+
 def _match_key(rule: FilterRule) -> tuple[Any, ...]:
     def ports(p: PortRange | None) -> tuple[int, int]:
         return (-1, -1) if p is None else (p.low, p.high)
@@ -242,6 +282,7 @@ def policy_for_set(rules: Iterable[Mapping[str, Any]], own_addresses: Iterable[s
     for rule in rules:
         if check_rule(rule) is None:
             filters += rule_filters(rule, own, member_addresses, address_groups)
+    filters = _without_covered(filters)
     ordered = _ordered(INCOMING, filters) + _ordered(OUTGOING, filters)
     if len(ordered) > max_rules:
         groups = ", ".join(sorted({str(r.get("security_group_id")) for r in rules})) or "-"

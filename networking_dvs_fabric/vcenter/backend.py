@@ -364,10 +364,17 @@ class VSphereBackend:
             if cached.key == key:
                 cache.forget(cached)
 
-    def network_port_groups(self, dvs_name: str, network_id: str) -> list[PortGroup]:
-        """The network's port groups on the DVS, each read whole (VLAN and policy)."""
+    def network_port_groups(self, dvs_name: str, network_id: str,
+                            full: bool = True) -> list[PortGroup]:
+        """The network's port groups on the DVS; ``full``: each read whole (VLAN and
+        policy), else names and markers only (one read for the DVS)."""
         manager = self._manager(dvs_name)
-        return [manager.read(pg.moid) for pg in manager.of_network(network_id)]
+        light = manager.of_network(network_id)
+        return [manager.read(pg.moid) for pg in light] if full else light
+
+    def read_port_group(self, dvs_name: str, pg: PortGroup) -> PortGroup:
+        """``pg`` read whole: VLAN, config version and policy."""
+        return self._manager(dvs_name).read(pg.moid)
 
     def set_policy(self, dvs_name: str, pg: PortGroup, policy: PortGroupPolicy) -> PortGroup:
         """Write ``policy`` into our port group ``pg`` (read whole), its VLAN kept."""

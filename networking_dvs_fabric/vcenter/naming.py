@@ -27,6 +27,8 @@ _MARKER_RE = re.compile(re.escape(MARKER_PREFIX) + r"(?: deployment=([0-9a-fA-F-
 _SET_RE = re.compile(re.escape(MARKER_PREFIX) + r"[^;]*? network-id=[0-9a-fA-F-]{36}"
                      r" set=([a-z0-9-]{1,32})")
 OPEN_SET = "open"
+# ... and the fingerprint of the policy written with it (``security/model.fingerprint``).
+_POLICY_RE = re.compile(re.escape(MARKER_PREFIX) + r"[^;]*? policy=([0-9a-f]{12})")
 # vCenter escapes these in names ("%2f"), so a name with them reads back different.
 _UNSAFE = re.compile(r"[/\\%\x00-\x1f\x7f]")
 _FIELDS = {"network_name", "network_id", "dvs_name", "physical_network"}
@@ -84,11 +86,19 @@ def port_group_name(fmt: str, *, network_name: str, network_id: str, dvs_name: s
 
 
 def marker(network_id: str, deployment: str | None = None,
-           set_key: str = OPEN_SET) -> str:
+           set_key: str = OPEN_SET, policy: str | None = None) -> str:
     """The ownership marker; without ``deployment`` the legacy form (no identity)."""
     text = f"{MARKER_PREFIX} network-id={network_id}" if deployment is None else \
         f"{MARKER_PREFIX} deployment={deployment} network-id={network_id}"
-    return text if set_key == OPEN_SET else f"{text} set={set_key}"
+    if set_key != OPEN_SET:
+        text = f"{text} set={set_key}"
+    return text if policy is None else f"{text} policy={policy}"
+
+
+def parse_policy(description: str | None) -> str | None:
+    """The fingerprint of the policy last written with the marker, if any."""
+    match = _POLICY_RE.search(description or "")
+    return match.group(1) if match else None
 
 
 def parse_set(description: str | None) -> str:

@@ -73,15 +73,22 @@ class PolicyHandler:
         backend = self._backend
         if dvs_name not in set(backend.settings.dvs_mappings.values()):
             return None
-        cached = backend.cached_port_groups(dvs_name, network_id)
-        if cached is not None and not cached:
-            return None         # the watched cache knows the network has none there
-        for pg in backend.network_port_groups(dvs_name, network_id):
-            if ownership.owner_of(pg.deployment, backend.deployment()) != ownership.OURS:
+        # Names and markers only (the watched cache, else one light read): the marker
+        # holds the fingerprint of the policy last written, so only port groups whose
+        # policy changed are read whole and rewritten.
+        found = backend.cached_port_groups(dvs_name, network_id)
+        if found is None:
+            found = backend.network_port_groups(dvs_name, network_id, full=False)
+        for light in found:
+            if ownership.owner_of(light.deployment, backend.deployment()) != ownership.OURS:
                 continue
-            want = desired.policy_for_set(context, network_id, pg.set_key,
+            want = desired.policy_for_set(context, network_id, light.set_key,
                                           max_rules=backend.settings.max_filter_rules)
-            if want is None or (pg.policy is not None and pg.policy.same_as(want)):
+            if want is None or light.fingerprint == model.fingerprint(want):
+                continue
+            pg = backend.read_port_group(dvs_name, light)
+            if pg.policy is not None and pg.policy.same_as(want) and \
+                    pg.fingerprint == model.fingerprint(want):
                 continue
             backend.set_policy(dvs_name, pg, want)
             LOG.info("Port group %(pg)s (network %(net)s, set %(set)s): filter updated, "
@@ -113,9 +120,9 @@ class PolicyHandler:
                                         lambda: want)
         # Make before break: the new port group carries every rule this port needs
         # (its addresses among the set's) before its NIC is put there.
-        for pg in backend.network_port_groups(dvs_name, network_id):
-            if pg.key == binding.pg_key and (pg.policy is None or not pg.policy.same_as(want)):
-                backend.set_policy(dvs_name, pg, want)
+        for light in backend.network_port_groups(dvs_name, network_id, full=False):
+            if light.key == binding.pg_key and light.fingerprint != model.fingerprint(want):
+                backend.set_policy(dvs_name, backend.read_port_group(dvs_name, light), want)
         where = _location(context, port_id)
         if where is not None:
             vm_moid, mac = where

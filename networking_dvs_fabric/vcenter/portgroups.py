@@ -15,7 +15,7 @@ from pyVmomi import vim, vmodl
 
 from networking_dvs_fabric import ownership
 from networking_dvs_fabric.security import vim_spec
-from networking_dvs_fabric.security.model import OPEN_POLICY, PortGroupPolicy
+from networking_dvs_fabric.security.model import OPEN_POLICY, PortGroupPolicy, fingerprint
 from networking_dvs_fabric.vcenter import errors, naming
 from networking_dvs_fabric.vcenter.inventory import DVSInfo
 from networking_dvs_fabric.vcenter.session import VCenterSession, collect
@@ -38,6 +38,7 @@ class PortGroup:
     deployment: str | None = None   # the marker's deployment id; None: legacy or unmarked
     set_key: str = naming.OPEN_SET  # which of its network's port groups (``security/model``)
     policy: PortGroupPolicy | None = None   # filter, security policy, blocked: full reads only
+    fingerprint: str | None = None  # of the policy last written by us (in the marker)
 
     @property
     def owned(self) -> bool:
@@ -57,7 +58,8 @@ def port_group_from_props(obj: Any, props: dict[str, Any]) -> PortGroup:
     return PortGroup(key=props.get("key") or obj._moId, name=props.get("name", ""),
                      moid=obj._moId, vlan=vlan, network_id=network_id,
                      config_version=props.get("config.configVersion"), deployment=deployment,
-                     set_key=naming.parse_set(description), policy=policy)
+                     set_key=naming.parse_set(description), policy=policy,
+                     fingerprint=naming.parse_policy(description))
 
 
 def _spec(name: str, network_id: str, vlan: int, config_version: str | None = None,
@@ -65,7 +67,8 @@ def _spec(name: str, network_id: str, vlan: int, config_version: str | None = No
           policy: PortGroupPolicy = OPEN_POLICY) -> Any:
     # vCenter replaces the whole defaultPortConfig: VLAN and policy go together.
     spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
-        name=name, description=naming.marker(network_id, deployment, set_key),
+        name=name, description=naming.marker(network_id, deployment, set_key,
+                                             fingerprint(policy)),
         type="earlyBinding", numPorts=8, autoExpand=True,
         defaultPortConfig=vim_spec.port_setting(policy, vlan))
     if config_version is not None:
@@ -192,7 +195,8 @@ class PortGroupManager:
                 "change port_group_name_format")
         if created and existing.name == name:
             # Just made from our own spec: only its key was unknown.
-            return dataclasses.replace(existing, vlan=vlan, policy=policy)
+            return dataclasses.replace(existing, vlan=vlan, policy=policy,
+                                       fingerprint=fingerprint(policy))
         existing = self.read(existing.moid)
         if existing.vlan != vlan or self.owner(existing) != ownership.OURS or \
                 existing.policy is None or not existing.policy.same_as(policy):
@@ -223,7 +227,8 @@ class PortGroupManager:
         if pg.vlan != vlan:
             LOG.info("Port group %(name)s: VLAN %(old)s -> %(new)s",
                      {"name": pg.name, "old": pg.vlan, "new": vlan})
-        return dataclasses.replace(pg, vlan=vlan, deployment=self.deployment, policy=policy)
+        return dataclasses.replace(pg, vlan=vlan, deployment=self.deployment, policy=policy,
+                                   fingerprint=fingerprint(policy))
 
     def adopt(self, pg: PortGroup) -> PortGroup:
         """Write our deployment id into a legacy port group's marker (its VLAN kept)."""

@@ -39,6 +39,8 @@ def test_ping_across_leaves_and_through_a_vmotion(mode: str, tmp_path: Path) -> 
     # Across two leaves, every ping answered.
     assert summary["ping"]["sent"] >= 10
     assert summary["ping"]["received"] == summary["ping"]["sent"]
+    # vm-a's security group opens TCP 8080, not 9090: real connections from vm-b.
+    assert summary["security_groups"] == {"allowed_connect": True, "refused_connect": True}
     move = summary["vmotion"]
     assert move["mode"] == mode and move["interval_ms"] == 100
     assert move["from_leaf"] != move["to_leaf"]

@@ -26,7 +26,7 @@ from networking_dvs_fabric.lab.dataplane import lab_tag
 from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.nova import FakeNova
 from tests.integration.conftest import lab_directory, unique
-from tests.integration.vm_traffic import Servers, connects, pings, wait_for
+from networking_dvs_fabric.lab.vm_traffic import Servers, connects, pings, wait_for
 
 WHY_NOT = netns.unavailable()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no dataplane here: {WHY_NOT}")

@@ -69,8 +69,10 @@ class TestDeployments(base.VSphereDVSTestCase):
         net = self.make_network(segmentation_id=3105)
         port = self.make_port(net["id"])
         pg = self.assertBoundToPortGroup(port, net)
-        # Rewrite it as an earlier version left it: marker without a deployment id.
-        self.vc.set_description(pg, naming.marker(net["id"]))
+        # Rewrite it as an earlier version left it: marker without a deployment id (the
+        # port's set kept: the port still needs that port group).
+        self.vc.set_description(pg, naming.marker(
+            net["id"], None, port["binding:vif_details"]["dvs_port_group_set"]))
         unknown_id = str(uuid.uuid4())
         unknown = self.vc.create_port_group(f"legacy-{unknown_id}", 3106,
                                             description=naming.marker(unknown_id))

@@ -239,3 +239,32 @@ def test_policy_too_large_names_groups_count_and_limit() -> None:
     count = len(policy(rules, max_rules=10_000).rules)
     assert f"need {count} DVS filter rules" in text
     assert translate.DEFAULT_MAX_RULES == 1000
+
+
+def test_a_group_admitting_its_own_members_grows_linearly_not_squared() -> None:
+    """200 ports of the default group with scattered addresses on one network.
+
+    Without dropping the replies that "egress anywhere" covers, each (own address,
+    member) pair needed a rule: ~40,000, far past max_filter_rules, and a network
+    with ~32 such ports could bind no more of them.
+    """
+    rng = random.Random(7)
+    members = sorted({f"10.0.{rng.randint(0, 15)}.{rng.randint(1, 254)}"
+                      for _ in range(200)})
+    rules = default_group()
+    p = translate.policy_for_set(rules, members, {SG: members}, {})
+    assert len(p.rules) <= 3 * len(members) + 20, len(p.rules)
+    # The same behaviour: members in, others out, replies out from every member.
+    first, last = members[0], members[-1]
+    assert received(p, TCP, last, first, 40000, 22) == ACCEPT
+    assert received(p, TCP, "10.0.99.1", first, 40000, 22) == DROP
+    assert sent(p, TCP, first, last, 22, 40000) == ACCEPT
+    assert sent(p, TCP, "10.0.99.1", last, 22, 40000) == DROP
+
+
+def test_replies_kept_when_egress_is_restricted() -> None:
+    """No "egress anywhere": the replies of an ingress rule are needed and stay."""
+    p = policy([rule("ingress", protocol="tcp", low=22, high=22, prefix="192.0.2.0/24")])
+    assert received(p, TCP, "192.0.2.7", "10.0.0.5", 40000, 22) == ACCEPT
+    assert sent(p, TCP, "10.0.0.5", "192.0.2.7", 22, 40000) == ACCEPT
+    assert sent(p, TCP, "10.0.0.5", "198.51.100.1", 22, 40000) == DROP
