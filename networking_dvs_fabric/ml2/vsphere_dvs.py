@@ -224,8 +224,11 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
     def update_port_precommit(self, context: api.PortContext) -> None:
         old = _our_segment(context.original_binding_levels)
         new = _our_segment(context.binding_levels)
+        # A bind alone changes no filter: the port's addresses were journaled for its
+        # set's port group (and those naming its groups) when it was created, and a
+        # port group made by the bind gets the whole policy at once.
         callbacks.port_changed(context.plugin_context, context.original, context.current,
-                               self._dvs_names(), newly_bound=new is not None and old is None)
+                               self._dvs_names())
         if old is not None and new is not None and \
                 membership.key_of_port(context.original) != \
                 membership.key_of_port(context.current):

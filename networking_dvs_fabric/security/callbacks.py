@@ -55,13 +55,12 @@ def _norm(value):
 
 
 def port_changed(context, original: dict | None, current: dict | None,
-                 dvs_names: Iterable[str], newly_bound: bool = False) -> None:
+                 dvs_names: Iterable[str]) -> None:
     """Record what a port's create, update or delete means for filters (precommit)."""
     ports = [p for p in (original, current) if p]
     if not ports:
         return
-    if original and current and not newly_bound and \
-            not filter_inputs_changed(original, current):
+    if original and current and not filter_inputs_changed(original, current):
         return
     groups = {g for p in ports for g in (p.get("security_groups") or ())}
     # A port in no group adds nothing to any filter (its set's rules name no address of

@@ -214,7 +214,10 @@ class PortGroupManager:
                 f"{' (deployment ' + str(pg.deployment) + ')' if owner else ''}; not changing it")
         if policy is None:
             policy = pg.policy or self.read(pg.moid).policy or OPEN_POLICY
-        what = f"set VLAN {vlan} on port group {pg.name!r} (was {pg.vlan})"
+        what = (f"set VLAN {vlan} on port group {pg.name!r} (was {pg.vlan})"
+                if pg.vlan != vlan else
+                f"write the filter ({len(policy.rules)} rules) and security policy of "
+                f"port group {pg.name!r}")
         task = self.session.invoke(
             lambda si: self._pg(si, pg.moid).ReconfigureDVPortgroup_Task(
                 _spec(pg.name, pg.network_id or "", vlan, pg.config_version,

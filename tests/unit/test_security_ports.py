@@ -7,13 +7,19 @@ are the integration tests' (``tests/integration/test_security_groups.py``).
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Any, Iterator
+from unittest import mock
+
 import dvs_ml2_base as base
 from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import exceptions as callback_exc
 from oslo_config import cfg
+from pyVmomi import vim
 
 from networking_dvs_fabric import opts
+from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.security import model, translate
 from networking_dvs_fabric.vcenter.policy_worker import PolicyWorker
 from networking_dvs_fabric.vcenter.port_group_worker import PortGroupWorker
@@ -174,6 +180,31 @@ class TestRules(SecurityTestCase):
         self.drain()
         self.assertFalse(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
 
+    def test_an_address_group_follows_its_addresses(self):
+        net = self.network_with_subnet()
+        admins = self.driver.create_address_group(self.ctx, {"address_group": {
+            "name": "admins", "description": "", "project_id": self._project_id,
+            "addresses": []}})
+        ssh = self.group("ssh")
+        self.driver.create_security_group_rule(self.ctx, {"security_group_rule": {
+            "security_group_id": ssh["id"], "direction": "ingress", "ethertype": "IPv4",
+            "protocol": "tcp", "port_range_min": 22, "port_range_max": 22,
+            "remote_ip_prefix": None, "remote_group_id": None,
+            "remote_address_group_id": admins["id"], "description": "",
+            "project_id": self._project_id}})
+        port = self.make_port(net["id"], security_groups=[ssh["id"]])
+        self.assertFalse(self.accepts(self.policy_of(port), model.OUTGOING, 6,
+                                      "192.0.2.0/28", 22))
+        self.driver.add_addresses(self.ctx, admins["id"], {"addresses": ["192.0.2.0/28"]})
+        self.drain()
+        self.assertTrue(self.accepts(self.policy_of(port), model.OUTGOING, 6, "192.0.2.0/28",
+                                     22), self.policy_of(port))
+        self.driver.remove_addresses(self.ctx, admins["id"],
+                                     {"addresses": ["192.0.2.0/28"]})
+        self.drain()
+        self.assertFalse(self.accepts(self.policy_of(port), model.OUTGOING, 6,
+                                      "192.0.2.0/28", 22))
+
     def test_a_rule_the_dvs_cannot_express_is_refused_naming_why(self):
         group = self.group("pingers")
         # Neutron's API answers the callback's exception as 400 (its inner exception,
@@ -242,3 +273,62 @@ class TestCeiling(SecurityTestCase):
         self.assertIn("max_port_groups", base.log_lines(logs.records))
         # A port of an existing set still binds.
         self.assertEqual("dvs", self.make_port(net["id"])[portbindings.VIF_TYPE])
+
+
+DENIED = "Permission to perform this operation was denied."
+
+
+@contextlib.contextmanager
+def task_refused(method: str, fault: BaseException) -> Iterator[list[str]]:
+    """``vim.dvs.DistributedVirtualSwitch/Portgroup.<method>`` raises ``fault``.
+
+    A mock, because the simulator checks no privileges: it never refuses a port group
+    change with NoPermission.  Only that one pyVmomi call is replaced; yields the
+    moids it was called on.
+    """
+    owner = vim.DistributedVirtualSwitch if method == "AddDVPortgroup_Task" \
+        else vim.dvs.DistributedVirtualPortgroup
+    called: list[str] = []
+
+    def refuse(mo: Any, *args: Any, **kwargs: Any) -> Any:
+        called.append(mo._moId)
+        raise fault
+    with mock.patch.object(owner, method, refuse):
+        yield called
+
+
+class TestRefusals(SecurityTestCase):
+
+    def test_a_port_group_vcenter_refuses_to_make_fails_the_bind_naming_it_and_the_fault(self):
+        net = self.network_with_subnet()
+        web = self.group("web")
+        fault = vim.fault.NoPermission(msg=DENIED, privilegeId="DVPortgroup.PolicyOp")
+        with task_refused("AddDVPortgroup_Task", fault) as tried, \
+                self.assertLogs(base.LOGGER, "ERROR") as logs:
+            port = self.make_port(net["id"], security_groups=[web["id"]])
+        self.assertTrue(tried)
+        self.assertNotBound(port)
+        text = base.log_lines(logs.records)
+        for word in ("create port group", net["id"], "NoPermission", "DVPortgroup.PolicyOp"):
+            self.assertIn(word, text)
+        # Nothing half-made: no port group of the network at all (the filter goes in the
+        # same call as the port group).
+        self.assertEqual([], self.mech.backend.network_port_groups(base.DVS, net["id"]))
+
+    def test_a_filter_change_vcenter_refuses_fails_its_entry_and_keeps_the_old_filter(self):
+        net = self.network_with_subnet()
+        ssh = self.group("ssh")
+        port = self.make_port(net["id"], security_groups=[ssh["id"]])
+        before = self.policy_of(port)
+        self.rule(ssh["id"], prefix="10.9.0.0/16")
+        fault = vim.fault.NoPermission(msg=DENIED, privilegeId="DVPortgroup.PolicyOp")
+        with task_refused("ReconfigureDVPortgroup_Task", fault) as tried:
+            self.drain()
+        self.assertTrue(tried)
+        self.assertTrue(self.policy_of(port).same_as(before))
+        failed = store.rows(self.ctx, states=[store.FAILED])
+        self.assertEqual({f"{net['id']}:{base.DVS}"}, {r["resource_id"] for r in failed})
+        error = failed[0]["last_error"]
+        pg_name = port[portbindings.VIF_DETAILS]["dvs_port_group_name"]
+        for word in ("write the filter", pg_name, "NoPermission", "DVPortgroup.PolicyOp"):
+            self.assertIn(word, error)
