@@ -67,7 +67,8 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
             raise StartError(reason=str(exc))
         # Security group rules the DVS cannot express are refused at the API; rule
         # and membership changes are journaled for the policy worker.
-        self.subscriber = callbacks.Subscriber(self._dvs_names, self.waker.wake)
+        self.subscriber = callbacks.Subscriber(self._dvs_names, self.waker.wake,
+                                               self.backend.settings.max_filter_rules)
         self.subscriber.subscribe()
         LOG.info("vsphere_dvs ready: datacenter %(dc)s, DVS mappings %(dvs)s",
                  {"dc": self.backend.settings.datacenter,

@@ -23,7 +23,7 @@ from neutron_lib.db import api as db_api
 
 from networking_dvs_fabric import names
 from networking_dvs_fabric.journal import store
-from networking_dvs_fabric.security import membership, translate
+from networking_dvs_fabric.security import desired, membership, translate
 
 LOG = logging.getLogger(__name__)
 
@@ -75,9 +75,11 @@ class Subscriber:
     """The security group and address group callbacks of one driver."""
 
     def __init__(self, dvs_names: Callable[[], Iterable[str]],
-                 wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None],
+                 max_rules: int = translate.DEFAULT_MAX_RULES) -> None:
         self._dvs_names = dvs_names
         self._wake = wake
+        self._max_rules = max_rules
 
     def subscribe(self) -> None:
         registry.subscribe(self.rule_before_create, resources.SECURITY_GROUP_RULE,
@@ -104,7 +106,24 @@ class Subscriber:
 
     def rule_precommit_create(self, resource, event, trigger, payload) -> None:
         rule = payload.latest_state
+        self._check_sizes(payload.context, rule)
         self._record_groups(payload.context, [rule["security_group_id"]])
+
+    def _check_sizes(self, context, rule: dict) -> None:
+        """Refuse a rule that makes some set's filter larger than ``max_filter_rules``.
+
+        Runs in the rule's own transaction, the rule already written: each set of
+        ports with its group, on each network it has ports on, is translated as the
+        worker would.  Raises ``translate.PolicyTooLarge`` (Neutron answers 409 with
+        its text).
+        """
+        group = rule["security_group_id"]
+        for network_id in sorted(membership.networks_of_groups(context, [group],
+                                                               through_remote=False)):
+            keys = {s.key for s in membership.port_sets(context, network_id).values()
+                    if group in s.security_group_ids and s.port_security}
+            for key in sorted(keys):
+                desired.policy_for_set(context, network_id, key, max_rules=self._max_rules)
 
     def rule_precommit_delete(self, resource, event, trigger, payload) -> None:
         group = (payload.metadata or {}).get("security_group_id")

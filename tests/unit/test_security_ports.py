@@ -12,6 +12,7 @@ from typing import Any, Iterator
 from unittest import mock
 
 import dvs_ml2_base as base
+from neutron.extensions import securitygroup as ext_sg
 from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import exceptions as callback_exc
@@ -204,6 +205,21 @@ class TestRules(SecurityTestCase):
         self.drain()
         self.assertFalse(self.accepts(self.policy_of(port), model.OUTGOING, 6,
                                       "192.0.2.0/28", 22))
+
+    def test_a_rule_making_a_filter_too_large_is_refused_at_the_api(self):
+        net = self.network_with_subnet()
+        wide = self.group("wide")
+        self.make_port(net["id"], security_groups=[wide["id"]])
+        self.mech.subscriber._max_rules = 29        # [ml2_vsphere] max_filter_rules
+        for n in range(8):                          # 2 DVS rules each: 16 + 12 base
+            self.rule(wide["id"], low=1000 + n, high=1000 + n, prefix="10.9.0.0/16")
+        with self.assertRaises(ext_sg.SecurityGroupConflict) as refused:
+            self.rule(wide["id"], low=2000, high=2000, prefix="10.9.0.0/16")
+        self.assertIn("max_filter_rules", str(refused.exception))
+        self.assertIn(wide["id"], str(refused.exception))
+        rules = self.driver.get_security_group_rules(
+            self.ctx, filters={"security_group_id": [wide["id"]], "port_range_min": [2000]})
+        self.assertEqual([], rules)
 
     def test_a_rule_the_dvs_cannot_express_is_refused_naming_why(self):
         group = self.group("pingers")
