@@ -197,20 +197,19 @@ def networks_of_groups(context, security_group_ids: Collection[str],
                        through_remote: bool = True) -> set[str]:
     """Networks whose port groups depend on these groups: those of the groups' member
     ports and (``through_remote``) of members of groups whose rules name them as remote."""
-    groups = set(security_group_ids)
+    groups = sorted(set(security_group_ids))
     if not groups:
         return set()
+    binding = sg_models.SecurityGroupPortBinding
     with db_api.CONTEXT_READER.using(context):
         session = context.session
-        if through_remote:
-            groups |= {row[0] for row in session.query(
-                sg_models.SecurityGroupRule.security_group_id).filter(
-                sg_models.SecurityGroupRule.remote_group_id.in_(list(groups))).all()}
+        wanted = binding.security_group_id.in_(groups)
+        if through_remote:      # one query: the port create path runs it every time
+            naming_them = session.query(sg_models.SecurityGroupRule.security_group_id).filter(
+                sg_models.SecurityGroupRule.remote_group_id.in_(groups))
+            wanted = wanted | binding.security_group_id.in_(naming_them.scalar_subquery())
         return {row[0] for row in session.query(models_v2.Port.network_id).join(
-            sg_models.SecurityGroupPortBinding,
-            sg_models.SecurityGroupPortBinding.port_id == models_v2.Port.id).filter(
-            sg_models.SecurityGroupPortBinding.security_group_id.in_(list(groups)))
-            .distinct().all()}
+            binding, binding.port_id == models_v2.Port.id).filter(wanted).distinct().all()}
 
 
 def groups_naming_address_group(context, address_group_id: str) -> set[str]:

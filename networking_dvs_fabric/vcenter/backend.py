@@ -377,8 +377,12 @@ class VSphereBackend:
         return self._manager(dvs_name).read(pg.moid)
 
     def set_policy(self, dvs_name: str, pg: PortGroup, policy: PortGroupPolicy) -> PortGroup:
-        """Write ``policy`` into our port group ``pg`` (read whole), its VLAN kept."""
-        with self._lock_for(dvs_name, pg.network_id or ""):
+        """Write ``policy`` into our port group ``pg`` (read whole), its VLAN kept.
+
+        Locked per port group, not per network: the policy worker writes the port
+        groups of one network side by side.
+        """
+        with self._lock_for(dvs_name, pg.moid):
             manager = self._manager(dvs_name)
             if manager.owner(pg) != ownership.OURS:
                 raise errors.PortGroupNotOwned(f"port group {pg.name!r} is not ours; its "

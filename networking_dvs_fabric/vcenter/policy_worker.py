@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent import futures
 from typing import TYPE_CHECKING, Sequence
 
 from neutron.db import models_v2
@@ -39,11 +40,15 @@ from networking_dvs_fabric.journal.worker import JournalWorker, PermanentFailure
 from networking_dvs_fabric.security import desired, membership, model, translate
 from networking_dvs_fabric.vcenter import errors, nic_move, usage
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
+from networking_dvs_fabric.vcenter.portgroups import PortGroup
 
 if TYPE_CHECKING:
     from networking_dvs_fabric.runtime import Runtime
 
 LOG = logging.getLogger(__name__)
+# Port group reconfigures a batch runs at once (vCenter runs tasks on different port
+# groups side by side; one after another, a rule of a group on 10 networks took ~1.5 s).
+PARALLEL = 8
 
 
 class PolicyHandler:
@@ -51,50 +56,77 @@ class PolicyHandler:
         self._backend = backend
 
     def __call__(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
-        return [self._one(context, entry) for entry in entries]
-
-    def _one(self, context, entry: store.Entry) -> Exception | None:
-        try:
+        """Plan every entry from Neutron's tables (this thread: one DB session), then
+        write the changed filters to vCenter in parallel - one task per port group,
+        each port group once however many entries of the batch named it."""
+        results: list[Exception | None] = [None] * len(entries)
+        listed: dict[str, list[PortGroup]] = {}     # DVS -> its port groups (light)
+        work: dict[str, tuple[str, PortGroup, model.PortGroupPolicy, list[int]]] = {}
+        for index, entry in enumerate(entries):
             if entry.resource_type == names.RESOURCE_PORT_SET:
-                return self.move_port(context, entry.resource_id)
+                results[index] = _verdict(lambda: self.move_port(context, entry.resource_id))
+                continue
             network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
-            return self.converge(context, network_id, dvs_name)
-        except translate.PolicyTooLarge as exc:
-            return PermanentFailure(str(exc))
-        except errors.VCenterError as exc:
-            if exc.temporary or isinstance(exc, errors.VCenterNotFound):
-                return TemporaryFailure(str(exc))
-            return PermanentFailure(str(exc))
-        except db_exc.DBError as exc:
-            return TemporaryFailure(f"database: {exc}")
+            try:
+                for light, want in self.plan(context, network_id, dvs_name, listed):
+                    work.setdefault(light.moid, (dvs_name, light, want, []))[3].append(index)
+            except Exception as exc:  # noqa: BLE001 - mapped to the entry's verdict
+                results[index] = _verdict(exc)
+        if work:
+            with futures.ThreadPoolExecutor(max_workers=min(PARALLEL, len(work)),
+                                            thread_name_prefix="dvs-filter") as pool:
+                done = {pool.submit(self.apply, dvs, light, want): indexes
+                        for dvs, light, want, indexes in work.values()}
+                for future, indexes in done.items():
+                    failure = future.exception()
+                    for index in indexes:
+                        if failure is not None and results[index] is None:
+                            results[index] = _verdict(failure)
+        return results
 
     # -- filters ------------------------------------------------------------------
-    def converge(self, context, network_id: str, dvs_name: str) -> Exception | None:
+    def plan(self, context, network_id: str, dvs_name: str,
+             listed: dict[str, list[PortGroup]]
+             ) -> list[tuple[PortGroup, model.PortGroupPolicy]]:
+        """The network's port groups on the DVS whose filter is not the one wanted.
+
+        Names and markers only (the watched cache, else one light read of the DVS per
+        batch): the marker holds the fingerprint of the policy last written.
+        """
         backend = self._backend
         if dvs_name not in set(backend.settings.dvs_mappings.values()):
-            return None
-        # Names and markers only (the watched cache, else one light read): the marker
-        # holds the fingerprint of the policy last written, so only port groups whose
-        # policy changed are read whole and rewritten.
+            return []
         found = backend.cached_port_groups(dvs_name, network_id)
         if found is None:
-            found = backend.network_port_groups(dvs_name, network_id, full=False)
+            if dvs_name not in listed:
+                listed[dvs_name] = backend.port_groups(dvs_name)
+            found = [pg for pg in listed[dvs_name] if pg.network_id == network_id]
+        changed = []
         for light in found:
             if ownership.owner_of(light.deployment, backend.deployment()) != ownership.OURS:
                 continue
             want = desired.policy_for_set(context, network_id, light.set_key,
                                           max_rules=backend.settings.max_filter_rules)
-            if want is None or light.fingerprint == model.fingerprint(want):
-                continue
-            pg = backend.read_port_group(dvs_name, light)
-            if pg.policy is not None and pg.policy.same_as(want) and \
-                    pg.fingerprint == model.fingerprint(want):
-                continue
-            backend.set_policy(dvs_name, pg, want)
-            LOG.info("Port group %(pg)s (network %(net)s, set %(set)s): filter updated, "
-                     "%(n)d rules", {"pg": pg.name, "net": network_id, "set": pg.set_key,
-                                     "n": len(want.rules)})
-        return None
+            if want is not None and light.fingerprint != model.fingerprint(want):
+                changed.append((light, want))
+        return changed
+
+    def apply(self, dvs_name: str, light: PortGroup, want: model.PortGroupPolicy) -> None:
+        """Read the port group whole and write ``want`` unless it holds it already."""
+        backend = self._backend
+        pg = backend.read_port_group(dvs_name, light)
+        if pg.policy is not None and pg.policy.same_as(want) and \
+                pg.fingerprint == model.fingerprint(want):
+            return
+        backend.set_policy(dvs_name, pg, want)
+        LOG.info("Port group %(pg)s (network %(net)s, set %(set)s): filter updated, "
+                 "%(n)d rules", {"pg": pg.name, "net": pg.network_id, "set": pg.set_key,
+                                 "n": len(want.rules)})
+
+    def converge(self, context, network_id: str, dvs_name: str) -> None:
+        """Plan and apply one (network, DVS), in this thread."""
+        for light, want in self.plan(context, network_id, dvs_name, {}):
+            self.apply(dvs_name, light, want)
 
     # -- moving a port to its set ---------------------------------------------------
     def move_port(self, context, port_id: str) -> Exception | None:
@@ -209,6 +241,22 @@ def _set_status(context, port_id: str, old_key: str, new_key: str) -> None:
     plugin = directory.get_plugin()
     if plugin is not None:
         plugin.update_port_status(context, port_id, status)
+
+
+def _verdict(outcome) -> Exception | None:
+    """An entry's verdict from an exception it met (or a call that may raise one)."""
+    try:
+        if callable(outcome):
+            return outcome()
+        raise outcome
+    except translate.PolicyTooLarge as exc:
+        return PermanentFailure(str(exc))
+    except errors.VCenterError as exc:
+        if exc.temporary or isinstance(exc, errors.VCenterNotFound):
+            return TemporaryFailure(str(exc))
+        return PermanentFailure(str(exc))
+    except db_exc.DBError as exc:
+        return TemporaryFailure(f"database: {exc}")
 
 
 class PolicyWorker(JournalWorker):
