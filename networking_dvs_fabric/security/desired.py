@@ -28,3 +28,19 @@ def policy_for_set(context, network_id: str, set_key: str,
     return translate.policy_for_set(inputs.rules, inputs.own_addresses,
                                     inputs.member_addresses, inputs.address_groups,
                                     foreign_mac=inputs.foreign_mac, max_rules=max_rules)
+
+
+def policies_for_network(context, network_id: str,
+                         max_rules: int = translate.DEFAULT_MAX_RULES
+                         ) -> dict[str, model.PortGroupPolicy | translate.PolicyTooLarge]:
+    """The policy of each security group set with ports on the network (or why it cannot
+    be made); ``open`` and ``blocked`` are fixed and not listed.  One read of Neutron."""
+    found: dict[str, model.PortGroupPolicy | translate.PolicyTooLarge] = {}
+    for key, inputs in membership.network_inputs(context, network_id).items():
+        try:
+            found[key] = translate.policy_for_set(
+                inputs.rules, inputs.own_addresses, inputs.member_addresses,
+                inputs.address_groups, foreign_mac=inputs.foreign_mac, max_rules=max_rules)
+        except translate.PolicyTooLarge as exc:
+            found[key] = exc
+    return found

@@ -36,10 +36,11 @@ from oslo_db import exception as db_exc
 from networking_dvs_fabric import names, ownership
 from networking_dvs_fabric.db import models as our_models
 from networking_dvs_fabric.journal import store
-from networking_dvs_fabric.journal.worker import JournalWorker, PermanentFailure, TemporaryFailure
+from networking_dvs_fabric.journal.worker import JournalWorker, PermanentFailure
 from networking_dvs_fabric.security import desired, membership, model, translate
 from networking_dvs_fabric.vcenter import errors, nic_move, usage
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
+from networking_dvs_fabric.vcenter.port_group_worker import failure_of
 from networking_dvs_fabric.vcenter.portgroups import PortGroup
 
 if TYPE_CHECKING:
@@ -68,10 +69,14 @@ class PolicyHandler:
                 continue
             network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
             try:
-                for light, want in self.plan(context, network_id, dvs_name, listed):
-                    work.setdefault(light.moid, (dvs_name, light, want, []))[3].append(index)
+                changed, failure = self.plan(context, network_id, dvs_name, listed)
             except Exception as exc:  # noqa: BLE001 - mapped to the entry's verdict
                 results[index] = _verdict(exc)
+                continue
+            if failure is not None:
+                results[index] = _verdict(failure)
+            for light, want in changed:
+                work.setdefault(light.moid, (dvs_name, light, want, []))[3].append(index)
         if work:
             with futures.ThreadPoolExecutor(max_workers=min(PARALLEL, len(work)),
                                             thread_name_prefix="dvs-filter") as pool:
@@ -87,29 +92,44 @@ class PolicyHandler:
     # -- filters ------------------------------------------------------------------
     def plan(self, context, network_id: str, dvs_name: str,
              listed: dict[str, list[PortGroup]]
-             ) -> list[tuple[PortGroup, model.PortGroupPolicy]]:
-        """The network's port groups on the DVS whose filter is not the one wanted.
+             ) -> tuple[list[tuple[PortGroup, model.PortGroupPolicy]],
+                        translate.PolicyTooLarge | None]:
+        """The network's port groups on the DVS whose filter is not the one wanted (and
+        a set whose filter cannot be made, if any: that fails the entry).
 
         Names and markers only (the watched cache, else one light read of the DVS per
         batch): the marker holds the fingerprint of the policy last written.
         """
         backend = self._backend
         if dvs_name not in set(backend.settings.dvs_mappings.values()):
-            return []
+            return [], None
         found = backend.cached_port_groups(dvs_name, network_id)
         if found is None:
             if dvs_name not in listed:
                 listed[dvs_name] = backend.port_groups(dvs_name)
             found = [pg for pg in listed[dvs_name] if pg.network_id == network_id]
+        ours = [pg for pg in found
+                if ownership.owner_of(pg.deployment, backend.deployment()) == ownership.OURS]
+        if not ours:
+            return [], None
+        wanted = desired.policies_for_network(context, network_id,
+                                              backend.settings.max_filter_rules)
         changed = []
-        for light in found:
-            if ownership.owner_of(light.deployment, backend.deployment()) != ownership.OURS:
-                continue
-            want = desired.policy_for_set(context, network_id, light.set_key,
-                                          max_rules=backend.settings.max_filter_rules)
+        too_large: list[translate.PolicyTooLarge] = []
+        for light in ours:
+            if light.set_key == model.OPEN:
+                want: model.PortGroupPolicy | None = model.OPEN_POLICY
+            elif light.set_key == model.BLOCKED:
+                want = model.BLOCKED_POLICY
+            else:
+                found_want = wanted.get(light.set_key)
+                if isinstance(found_want, translate.PolicyTooLarge):
+                    too_large.append(found_want)   # the entry fails; the others go on
+                    continue
+                want = found_want      # None: no port of the set left (for the release)
             if want is not None and light.fingerprint != model.fingerprint(want):
                 changed.append((light, want))
-        return changed
+        return changed, (too_large[0] if too_large else None)
 
     def apply(self, dvs_name: str, light: PortGroup, want: model.PortGroupPolicy) -> None:
         """Read the port group whole and write ``want`` unless it holds it already."""
@@ -125,8 +145,11 @@ class PolicyHandler:
 
     def converge(self, context, network_id: str, dvs_name: str) -> None:
         """Plan and apply one (network, DVS), in this thread."""
-        for light, want in self.plan(context, network_id, dvs_name, {}):
+        changed, failure = self.plan(context, network_id, dvs_name, {})
+        for light, want in changed:
             self.apply(dvs_name, light, want)
+        if failure is not None:
+            raise failure
 
     # -- moving a port to its set ---------------------------------------------------
     def move_port(self, context, port_id: str) -> Exception | None:
@@ -251,12 +274,8 @@ def _verdict(outcome) -> Exception | None:
         raise outcome
     except translate.PolicyTooLarge as exc:
         return PermanentFailure(str(exc))
-    except errors.VCenterError as exc:
-        if exc.temporary or isinstance(exc, errors.VCenterNotFound):
-            return TemporaryFailure(str(exc))
-        return PermanentFailure(str(exc))
-    except db_exc.DBError as exc:
-        return TemporaryFailure(f"database: {exc}")
+    except (errors.VCenterError, db_exc.DBError) as exc:
+        return failure_of(exc)
 
 
 class PolicyWorker(JournalWorker):

@@ -60,17 +60,23 @@ class PortGroupRelease:
                                         "committed yet; kept")
             return TemporaryFailure(f"port group of network {network_id} on {dvs_name} is "
                                     "still used by VMs Neutron does not know; kept")
-        except errors.VCenterError as exc:
-            # A DVS, cluster or datacenter not found (an inventory being rebuilt) is
-            # retried as before; the port group itself gone counts as done (release).
-            if exc.temporary or isinstance(exc, errors.VCenterNotFound):
-                return TemporaryFailure(str(exc))
-            # The entry (network:DVS) is listed with the message: the fault leads it.
-            return PermanentFailure(str(exc))
-        except db_exc.DBError as exc:
-            # E.g. the guard row's lock not granted in time (a long delete of the same
-            # port group by the sweep): this entry only, later.
-            return TemporaryFailure(f"database: {exc}")
+        except (errors.VCenterError, db_exc.DBError) as exc:
+            return failure_of(exc)
+
+
+def failure_of(exc: errors.VCenterError | db_exc.DBError) -> Exception:
+    """A journal entry's verdict on a vCenter or database error (the vsphere_dvs workers').
+
+    A DVS, cluster or datacenter not found (an inventory being rebuilt) is retried like
+    every temporary fault; so is a database error (e.g. the guard row's lock not granted
+    in time during a long delete by the sweep).  A permanent fault fails the entry, which
+    is listed with the message: the fault leads it.
+    """
+    if isinstance(exc, db_exc.DBError):
+        return TemporaryFailure(f"database: {exc}")
+    if exc.temporary or isinstance(exc, errors.VCenterNotFound):
+        return TemporaryFailure(str(exc))
+    return PermanentFailure(str(exc))
 
 
 class PortGroupWorker(JournalWorker):

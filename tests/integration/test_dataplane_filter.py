@@ -36,6 +36,7 @@ from networking_dvs_fabric.security.model import (ACCEPT, DROP, INCOMING, OUTGOI
                                                   FilterRule, PortGroupPolicy, PortRange)
 from networking_dvs_fabric.security.vim_spec import port_setting
 from networking_dvs_fabric.vcenter import naming
+from networking_dvs_fabric.lab.vm_traffic import CONNECT, PYTHON, SERVER, in_vm, wait_for
 from tests.integration.conftest import lab_directory, unique
 
 WHY_NOT = netns.unavailable()
@@ -50,28 +51,7 @@ OTHER_DEPLOYMENT = "0ddba11-0000-4000-8000-00000000d0d0"  # not the lab's: hands
 OPEN_PORT, CLOSED_PORT = 8080, 9090
 # A policy change must reach the switch within this (the agent polls every 0.5 s).
 CHANGE_BOUND = 2.5
-PYTHON = str(netns.SYSTEM_PYTHON)
 
-SERVER = """
-import socket, sys, threading
-def serve(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
-    while True:
-        c, _ = s.accept(); c.sendall(b"port %d" % port); c.close()
-for p in sys.argv[1:]:
-    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
-print("listening", flush=True)
-threading.Event().wait()
-"""
-CONNECT = """
-import socket, sys
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
-    print(s.recv(64).decode())
-except OSError as exc:
-    print("failed:", exc); sys.exit(1)
-"""
 # Connects every 50 ms for argv[3] seconds; prints "<time> ok|fail" per attempt.
 PROBE = """
 import socket, sys, time
@@ -103,21 +83,6 @@ while time.time() < end:
 print(seen)
 """
 
-
-def in_vm(ns: str, script: str, *args: Any, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(netns.in_ns(ns, PYTHON, "-c", script, *map(str, args)),
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.2)
 
 
 class World:
