@@ -31,12 +31,15 @@ def policy_for_set(context, network_id: str, set_key: str,
 
 
 def policies_for_network(context, network_id: str,
-                         max_rules: int = translate.DEFAULT_MAX_RULES
+                         max_rules: int = translate.DEFAULT_MAX_RULES,
+                         members_seen: dict[str, list[str]] | None = None
                          ) -> dict[str, model.PortGroupPolicy | translate.PolicyTooLarge]:
     """The policy of each security group set with ports on the network (or why it cannot
-    be made); ``open`` and ``blocked`` are fixed and not listed.  One read of Neutron."""
+    be made); ``open`` and ``blocked`` are fixed and not listed.  One read of Neutron
+    (``members_seen``: see ``membership.network_inputs``)."""
     found: dict[str, model.PortGroupPolicy | translate.PolicyTooLarge] = {}
-    for key, inputs in membership.network_inputs(context, network_id).items():
+    for key, inputs in membership.network_inputs(context, network_id,
+                                                 members_seen).items():
         try:
             found[key] = translate.policy_for_set(
                 inputs.rules, inputs.own_addresses, inputs.member_addresses,

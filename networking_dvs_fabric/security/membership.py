@@ -193,9 +193,14 @@ def set_inputs(context, network_id: str, set_key: str,
                      foreign)
 
 
-def network_inputs(context, network_id: str) -> dict[str, SetInputs]:
+def network_inputs(context, network_id: str,
+                   members_seen: dict[str, list[str]] | None = None) -> dict[str, SetInputs]:
     """``set_inputs`` of every security group set with ports on the network, in a fixed
-    number of queries however many sets (the policy worker plans a network at once)."""
+    number of queries however many sets (the policy worker plans a network at once).
+
+    ``members_seen``: remote groups' member addresses already read in this batch (a
+    group's members are the same for every network: read once, kept here).
+    """
     sets = [s for s in port_sets(context, network_id).values() if s.port_security
             and s.key not in (model.OPEN, model.BLOCKED)]
     if not sets:
@@ -211,7 +216,9 @@ def network_inputs(context, network_id: str) -> dict[str, SetInputs]:
     remote = {r["remote_group_id"] for r in rules if r.get("remote_group_id")}
     remote_ag = {r["remote_address_group_id"] for r in rules
                  if r.get("remote_address_group_id")}
-    members = members_addresses(context, remote)
+    seen = members_seen if members_seen is not None else {}
+    seen.update(members_addresses(context, remote - set(seen)))
+    members = {g: seen[g] for g in remote}
     named = address_groups(context, remote_ag)
     found = {}
     for key, ports in by_key.items():

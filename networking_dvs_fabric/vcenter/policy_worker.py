@@ -62,6 +62,7 @@ class PolicyHandler:
         each port group once however many entries of the batch named it."""
         results: list[Exception | None] = [None] * len(entries)
         listed: dict[str, list[PortGroup]] = {}     # DVS -> its port groups (light)
+        members: dict[str, list[str]] = {}          # remote group -> member addresses
         work: dict[str, tuple[str, PortGroup, model.PortGroupPolicy, list[int]]] = {}
         for index, entry in enumerate(entries):
             if entry.resource_type == names.RESOURCE_PORT_SET:
@@ -69,7 +70,7 @@ class PolicyHandler:
                 continue
             network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
             try:
-                changed, failure = self.plan(context, network_id, dvs_name, listed)
+                changed, failure = self.plan(context, network_id, dvs_name, listed, members)
             except Exception as exc:  # noqa: BLE001 - mapped to the entry's verdict
                 results[index] = _verdict(exc)
                 continue
@@ -91,7 +92,8 @@ class PolicyHandler:
 
     # -- filters ------------------------------------------------------------------
     def plan(self, context, network_id: str, dvs_name: str,
-             listed: dict[str, list[PortGroup]]
+             listed: dict[str, list[PortGroup]],
+             members: dict[str, list[str]] | None = None
              ) -> tuple[list[tuple[PortGroup, model.PortGroupPolicy]],
                         translate.PolicyTooLarge | None]:
         """The network's port groups on the DVS whose filter is not the one wanted (and
@@ -113,7 +115,7 @@ class PolicyHandler:
         if not ours:
             return [], None
         wanted = desired.policies_for_network(context, network_id,
-                                              backend.settings.max_filter_rules)
+                                              backend.settings.max_filter_rules, members)
         changed = []
         too_large: list[translate.PolicyTooLarge] = []
         for light in ours:

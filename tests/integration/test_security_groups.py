@@ -186,20 +186,37 @@ def spoofed_ping(ns: str, source: str, address: str, count: int) -> int:
     return netns.parse_ping(out)[1]
 
 
-def test_spoofed_source_ip_dropped_with_port_security_passes_without(cloud: Cloud) -> None:
-    ns, spoofed = cloud.ns("vm-b"), "10.40.0.250"
+def macs_spoofed_ping(ns: str, mac: str, address: str) -> int:
+    """Echo replies received while the VM's NIC sends from another MAC (then put back)."""
+    real = netns.ip("-o", "link", "show", "dev", "eth0", ns=ns).split("link/ether ")[1].split()[0]
+    netns.ip("link", "set", "dev", "eth0", "address", mac, ns=ns)
+    try:
+        return pings(ns, address, 3)[1]
+    finally:
+        netns.ip("link", "set", "dev", "eth0", "address", real, ns=ns)
+
+
+def test_spoofed_source_ip_and_mac_dropped_with_port_security_pass_without(
+        cloud: Cloud) -> None:
+    ns, spoofed, fake_mac = cloud.ns("vm-b"), "10.40.0.250", "fa:16:3e:0b:ad:01"
     netns.ip("addr", "add", f"{spoofed}/24", "dev", "eth0", ns=ns)
     try:
-        # From an address no port of vm-b's set has: the switch drops it.
+        # From an address no port of vm-b's set has: the switch drops it; from another
+        # MAC than its vNIC's likewise (forged transmits off).
         assert spoofed_ping(ns, spoofed, cloud.ip("vm-a"), 3) == 0
+        assert macs_spoofed_ping(ns, fake_mac, cloud.ip("vm-a")) == 0
         port_id = cloud.vms["vm-b"]["port"]["id"]
         cloud.neutron.update_port(port_id, security_groups=[], port_security_enabled=False)
         cloud.timings["port_security_off"] = cloud.until(
             lambda: spoofed_ping(ns, spoofed, cloud.ip("vm-a"), 1) == 1,
             "the spoofed address passing with port security off")
         assert cloud.port("vm-b")["binding:vif_details"]["dvs_port_group_set"] == "open"
+        assert macs_spoofed_ping(ns, fake_mac, cloud.ip("vm-a")) >= 2
     finally:
         netns.ip("addr", "del", f"{spoofed}/24", "dev", "eth0", ns=ns, check=False)
+        # vm-a learnt vm-b's address at the fake MAC: forget it, as a real guest would
+        # after its ARP entry aged out.
+        netns.ip("neigh", "flush", "all", ns=cloud.ns("vm-a"))
         cloud.neutron.update_port(cloud.vms["vm-b"]["port"]["id"], port_security_enabled=True,
                                   security_groups=[cloud.groups["default"]["id"]])
     cloud.until(lambda: cloud.port("vm-b")["binding:vif_details"]["dvs_port_group_set"]
