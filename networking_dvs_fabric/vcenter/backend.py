@@ -186,17 +186,23 @@ class VSphereBackend(DVSMtu):
 
     def ensure_port_group(self, physical_network: str, network_id: str, network_name: str,
                           vlan: int, set_key: str = naming.OPEN_SET,
-                          policy: Callable[[], PortGroupPolicy] = lambda: OPEN_POLICY
+                          policy: Callable[[], PortGroupPolicy] | None = None
                           ) -> PortGroupBinding:
         """Make sure the network's port group of ``set_key`` exists on the DVS with ``vlan``.
 
         ``policy`` (filter, security policy, blocked) is asked for only when the port
         group is made or its VLAN set - vCenter takes both in one spec; keeping an
         existing port group's policy current is the policy worker's
-        (``vcenter/policy_worker.py``).
+        (``vcenter/policy_worker.py``).  ``policy`` may be left out for the ``open``
+        set only (its policy is fixed).
         """
+        if policy is None:
+            if set_key != naming.OPEN_SET:
+                raise ValueError(f"ensure_port_group: set {set_key!r} needs its policy")
+            policy = lambda: OPEN_POLICY  # noqa: E731
+        wanted = policy
         return self._fail_fast(lambda: self._ensure_port_group(
-            physical_network, network_id, network_name, vlan, set_key, policy))
+            physical_network, network_id, network_name, vlan, set_key, wanted))
 
     def _ensure_port_group(self, physical_network: str, network_id: str, network_name: str,
                            vlan: int, set_key: str,

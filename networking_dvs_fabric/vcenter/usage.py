@@ -24,7 +24,7 @@ from neutron_lib.db import api as db_api
 
 from networking_dvs_fabric.db import pg_guard
 from networking_dvs_fabric.security import membership
-from networking_dvs_fabric.security.model import OPEN_POLICY, PortGroupPolicy
+from networking_dvs_fabric.security.model import PortGroupPolicy
 from networking_dvs_fabric.vcenter import errors, naming
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def release_if_unused(context, backend: "VSphereBackend", dvs_name: str, network
 def ensure_for_bind(context, backend: "VSphereBackend", physical_network: str,
                     network_id: str, network_name: str, vlan: int,
                     port_id: str, set_key: str = naming.OPEN_SET,
-                    policy: Callable[[], PortGroupPolicy] = lambda: OPEN_POLICY
+                    policy: Callable[[], PortGroupPolicy] | None = None
                     ) -> "PortGroupBinding":
     """The bind's ensure: the port group as ``backend.ensure_port_group`` gives it,
     written down in the guard row before it is answered (one small transaction).
@@ -176,7 +176,7 @@ def ensure_for_bind(context, backend: "VSphereBackend", physical_network: str,
 def guard_bind(context, backend: "VSphereBackend", physical_network: str, network_id: str,
                network_name: str, vlan: int, port_id: str,
                binding: "PortGroupBinding", set_key: str = naming.OPEN_SET,
-               policy: Callable[[], PortGroupPolicy] = lambda: OPEN_POLICY
+               policy: Callable[[], PortGroupPolicy] | None = None
                ) -> "PortGroupBinding":
     """The second half of :func:`ensure_for_bind`, for a ``binding`` just ensured."""
     dvs_name = backend.dvs_for(physical_network)

@@ -12,9 +12,10 @@ from concurrent import futures
 
 import dvs_ml2_base as base
 from neutron_lib import constants as n_const
+from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
 
-from networking_dvs_fabric.security import model
+from networking_dvs_fabric.security import desired, model
 from networking_dvs_fabric.vcenter import pg_cache
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
 from networking_dvs_fabric.vcenter.portgroups import PortGroupManager
@@ -187,8 +188,9 @@ class TestBinding(VSphereDVSDriverTestCase):
         self.assertEqual(42, self.vc.port_group(pg.key).vlan)
 
         other = second_backend(self, watch=False)
+        wanted = desired.policy_for_set(n_context.get_admin_context(), net["id"], port_set)
         binding = other.ensure_port_group(base.PHYSNET, net["id"], net["name"], 3001,
-                                          port_set)
+                                          port_set, lambda: wanted)
         self.assertEqual(pg.key, binding.pg_key)
         restored = self.vc.port_group(pg.key)
         self.assertEqual(3001, restored.vlan)
