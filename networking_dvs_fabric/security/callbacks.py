@@ -27,17 +27,27 @@ from networking_dvs_fabric.security import desired, membership, translate
 
 LOG = logging.getLogger(__name__)
 
+ALL_SETS = "sync"     # an entry's operation: every set of the network, not one group's
+
 # What of a port, changed, changes a port group's filter.
 _FILTER_INPUTS = ("fixed_ips", "allowed_address_pairs", "security_groups",
                   "port_security_enabled", "admin_state_up", "mac_address")
 
 
-def record_networks(context, network_ids: Iterable[str], dvs_names: Iterable[str]) -> None:
-    """One ``port_group_policy`` entry per (network, DVS); joins the caller's transaction."""
+def record_networks(context, network_ids: Iterable[str], dvs_names: Iterable[str],
+                    groups: Iterable[str] = ()) -> None:
+    """One ``port_group_policy`` entry per (network, DVS); joins the caller's transaction.
+
+    Each row's operation names a security group the change is about (the worker then
+    looks only at the sets holding it or naming it as remote group), or ``sync``: all
+    of the network's sets.
+    """
+    operations = sorted(set(groups)) or [ALL_SETS]
     for network_id in sorted(set(network_ids)):
         for dvs_name in sorted(set(dvs_names)):
-            store.record(context, names.RESOURCE_PORT_GROUP_POLICY,
-                         names.port_group_resource(network_id, dvs_name))
+            for operation in operations:
+                store.record(context, names.RESOURCE_PORT_GROUP_POLICY,
+                             names.port_group_resource(network_id, dvs_name), operation)
 
 
 def record_port_set(context, port_id: str) -> None:
@@ -68,7 +78,8 @@ def port_changed(context, original: dict | None, current: dict | None,
     networks = {p["network_id"] for p in ports} if groups or (original and current) else set()
     networks |= membership.networks_of_groups(context, groups, through_remote=True)
     if networks:
-        record_networks(context, networks, dvs_names)
+        # No group on either side (admin state of a port in none): every set.
+        record_networks(context, networks, dvs_names, groups)
 
 
 class Subscriber:
@@ -138,9 +149,10 @@ class Subscriber:
         self._wake()
 
     def _record_groups(self, context, groups: Iterable[str]) -> None:
-        networks = membership.networks_of_groups(context, list(groups), through_remote=False)
+        groups = list(groups)
+        networks = membership.networks_of_groups(context, groups, through_remote=False)
         if networks:
-            record_networks(context, networks, self._dvs_names())
+            record_networks(context, networks, self._dvs_names(), groups)
 
 
 def _describe(rule: dict) -> str:

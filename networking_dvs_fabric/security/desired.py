@@ -5,6 +5,8 @@ by ``translate.policy_for_set`` from what ``membership.set_inputs`` reads.
 """
 from __future__ import annotations
 
+from typing import Collection
+
 from networking_dvs_fabric.security import membership, model, translate
 
 
@@ -32,14 +34,15 @@ def policy_for_set(context, network_id: str, set_key: str,
 
 def policies_for_network(context, network_id: str,
                          max_rules: int = translate.DEFAULT_MAX_RULES,
-                         members_seen: dict[str, list[str]] | None = None
+                         members_seen: dict[str, list[str]] | None = None,
+                         about: Collection[str] | None = None
                          ) -> dict[str, model.PortGroupPolicy | translate.PolicyTooLarge]:
     """The policy of each security group set with ports on the network (or why it cannot
     be made); ``open`` and ``blocked`` are fixed and not listed.  One read of Neutron
-    (``members_seen``: see ``membership.network_inputs``)."""
+    (``members_seen``, ``about``: see ``membership.network_inputs``)."""
     found: dict[str, model.PortGroupPolicy | translate.PolicyTooLarge] = {}
-    for key, inputs in membership.network_inputs(context, network_id,
-                                                 members_seen).items():
+    for key, inputs in membership.network_inputs(context, network_id, members_seen,
+                                                 about).items():
         try:
             found[key] = translate.policy_for_set(
                 inputs.rules, inputs.own_addresses, inputs.member_addresses,

@@ -194,25 +194,36 @@ def set_inputs(context, network_id: str, set_key: str,
 
 
 def network_inputs(context, network_id: str,
-                   members_seen: dict[str, list[str]] | None = None) -> dict[str, SetInputs]:
+                   members_seen: dict[str, list[str]] | None = None,
+                   about: Collection[str] | None = None) -> dict[str, SetInputs]:
     """``set_inputs`` of every security group set with ports on the network, in a fixed
     number of queries however many sets (the policy worker plans a network at once).
 
     ``members_seen``: remote groups' member addresses already read in this batch (a
     group's members are the same for every network: read once, kept here).
+    ``about``: only the sets holding one of these groups or naming one as remote group
+    (what a change of those groups can touch); None: every set.
     """
     sets = [s for s in port_sets(context, network_id).values() if s.port_security
             and s.key not in (model.OPEN, model.BLOCKED)]
     if not sets:
         return {}
+    groups = {g for s in sets for g in s.security_group_ids}
+    rules = rules_of(context, groups)
+    if about is not None:
+        touched = set(about)
+        naming = {r["security_group_id"] for r in rules if r.get("remote_group_id") in touched}
+        sets = [s for s in sets if (touched | naming) & set(s.security_group_ids)]
+        if not sets:
+            return {}
+        groups = {g for s in sets for g in s.security_group_ids}
+        rules = [r for r in rules if r["security_group_id"] in groups]
     by_key: dict[str, list[PortSet]] = {}
     for port_set in sets:
         by_key.setdefault(port_set.key, []).append(port_set)
     with db_api.CONTEXT_READER.using(context):
         addresses, _ = _addresses(context.session, [s.port_id for s in sets])
         foreign = _foreign_mac_ports(context.session, [s.port_id for s in sets])
-    groups = {g for s in sets for g in s.security_group_ids}
-    rules = rules_of(context, groups)
     remote = {r["remote_group_id"] for r in rules if r.get("remote_group_id")}
     remote_ag = {r["remote_address_group_id"] for r in rules
                  if r.get("remote_address_group_id")}

@@ -37,7 +37,7 @@ from networking_dvs_fabric import names, ownership
 from networking_dvs_fabric.db import models as our_models
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.journal.worker import JournalWorker, PermanentFailure
-from networking_dvs_fabric.security import desired, membership, model, translate
+from networking_dvs_fabric.security import callbacks, desired, membership, model, translate
 from networking_dvs_fabric.vcenter import errors, nic_move, usage
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
 from networking_dvs_fabric.vcenter.port_group_worker import failure_of
@@ -70,7 +70,8 @@ class PolicyHandler:
                 continue
             network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
             try:
-                changed, failure = self.plan(context, network_id, dvs_name, listed, members)
+                changed, failure = self.plan(context, network_id, dvs_name, listed, members,
+                                             _groups_of(entry.operations))
             except Exception as exc:  # noqa: BLE001 - mapped to the entry's verdict
                 results[index] = _verdict(exc)
                 continue
@@ -93,8 +94,8 @@ class PolicyHandler:
     # -- filters ------------------------------------------------------------------
     def plan(self, context, network_id: str, dvs_name: str,
              listed: dict[str, list[PortGroup]],
-             members: dict[str, list[str]] | None = None
-             ) -> tuple[list[tuple[PortGroup, model.PortGroupPolicy]],
+             members: dict[str, list[str]] | None = None,
+             about: set[str] | None = None) -> tuple[list[tuple[PortGroup, model.PortGroupPolicy]],
                         translate.PolicyTooLarge | None]:
         """The network's port groups on the DVS whose filter is not the one wanted (and
         a set whose filter cannot be made, if any: that fails the entry).
@@ -114,8 +115,10 @@ class PolicyHandler:
                 if ownership.owner_of(pg.deployment, backend.deployment()) == ownership.OURS]
         if not ours:
             return [], None
+        # ``about``: only the sets a change of these groups can touch (None: all).
         wanted = desired.policies_for_network(context, network_id,
-                                              backend.settings.max_filter_rules, members)
+                                              backend.settings.max_filter_rules, members,
+                                              about)
         changed = []
         too_large: list[translate.PolicyTooLarge] = []
         for light in ours:
@@ -266,6 +269,12 @@ def _set_status(context, port_id: str, old_key: str, new_key: str) -> None:
     plugin = directory.get_plugin()
     if plugin is not None:
         plugin.update_port_status(context, port_id, status)
+
+
+def _groups_of(operations: Sequence[str]) -> set[str] | None:
+    """The security groups an entry's rows are about; None: some row is about all sets."""
+    groups = set(operations)
+    return None if not groups or callbacks.ALL_SETS in groups else groups
 
 
 def _verdict(outcome) -> Exception | None:
