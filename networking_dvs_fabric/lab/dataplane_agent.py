@@ -164,6 +164,9 @@ class Agent:
         if isinstance(change, MigrationStarting):
             LOG.info("dataplane: %s is migrating to %s (nothing moves until it has)",
                      change.vm_moid, change.destination_host)
+            for (vm, index), have in list(self.wired.items()):
+                if vm == change.vm_moid and have.host != change.destination_host:
+                    self.filters.stage(vm, index, have, change.destination_host)
             return
         moid = change.moid
         wanted: dict[int, tuple[str, Any]] = {}

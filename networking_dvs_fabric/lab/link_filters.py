@@ -49,6 +49,9 @@ class LinkFilters:
         self.policies: dict[str, PortGroupPolicy] = {}   # port group key -> as last read
         self.unreadable: set[str] = set()        # port groups whose setting made no sense
         self.ofports: dict[tuple[str, int], int] = {}    # (VM, NIC) -> OpenFlow port
+        # Flows put on a vMotion's destination bridge at its start: (VM, NIC) -> (host,
+        # policy).  ESXi carries a port's filter with the vMotion, before the switchover.
+        self.staged: dict[tuple[str, int], tuple[str, PortGroupPolicy]] = {}
 
     def reset_bridges(self) -> None:
         """Every host bridge with its own flows only (none left of a former agent)."""
@@ -94,6 +97,24 @@ class LinkFilters:
                                                if n not in used)
         return self.ofports[(moid, index)]
 
+    def stage(self, moid: str, index: int, wired: Wired, host: str) -> None:
+        """A migration started: the link's flows on the destination's bridge now, so the
+        switchover is only the link's move (``enforce`` finds them there)."""
+        if wired.policy is None:
+            return
+        port = flows.PortFilter(self.plane.vm_link(moid, index), wired.mac, wired.vlan,
+                                wired.policy, wired.ofport)
+        started = time.monotonic()
+        try:
+            self._install(moid, index, host_bridge(host), port, False, attached=False)
+        except LabError as exc:
+            LOG.warning("dataplane: filter %s nic %d: not staged on %s (%s); installed at "
+                        "the switchover", moid, index, host_bridge(host), exc)
+            return
+        self.staged[(moid, index)] = (host, wired.policy)
+        LOG.info("dataplane: filter %s nic %d staged on %s for the migration in %.1f ms",
+                 moid, index, host_bridge(host), (time.monotonic() - started) * 1000)
+
     def enforce(self, moid: str, index: int, wired: Wired, before: Wired | None, why: str,
                 policy: PortGroupPolicy, attach: Callable[[], None] | None = None) -> Wired:
         """Install the link's flows for ``policy`` on its host's bridge; the wired NIC as
@@ -107,10 +128,14 @@ class LinkFilters:
         started = time.monotonic()
         port = flows.PortFilter(self.plane.vm_link(moid, index), wired.mac, wired.vlan,
                                 policy, wired.ofport)
+        staged = self.staged.pop((moid, index), None)
         try:
             try:
-                port, count = self._install(moid, index, bridge, port, was_blocked,
-                                            attached=attach is None)
+                if attach is not None and staged == (wired.host, policy):
+                    count = 0       # on the bridge since the migration started
+                else:
+                    port, count = self._install(moid, index, bridge, port, was_blocked,
+                                                attached=attach is None)
             except LabError as exc:
                 LOG.error("dataplane: filter %s nic %d: flows not installed on %s (%s); "
                           "trying again", moid, index, bridge, exc)
