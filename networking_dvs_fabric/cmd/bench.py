@@ -34,6 +34,16 @@ NOOP_PHYSNET = "physnet-noop"
 LATER_RATIO_TARGET = 1.2
 
 
+def lab_dvs(vcenter: dict[str, Any]) -> tuple[VCenterSession, PortGroupManager]:
+    """A login to the lab's vCenter and the port groups of its DVS (for the benches)."""
+    session = VCenterSession(VCenterConfig(
+        url=vcenter["url"], username=vcenter["username"], password=vcenter["password"],
+        ca_file=vcenter["ca_file"]))
+    inventory = load_inventory(session, vcenter["datacenter"], [topology.DVS_NAME])
+    return session, PortGroupManager(session, inventory.dvs[topology.DVS_NAME],
+                                     inventory.datacenter_moid)
+
+
 def percentile(ordered: list[float], p: float) -> float:
     """The nearest-rank ``p`` percentile (0 < p <= 1) of already sorted samples."""
     return ordered[min(len(ordered) - 1, max(0, round(p * len(ordered)) - 1))]
@@ -69,12 +79,7 @@ class _TaskProbe:
     """
 
     def __init__(self, vcenter: dict[str, Any]) -> None:
-        self.session = VCenterSession(VCenterConfig(
-            url=vcenter["url"], username=vcenter["username"], password=vcenter["password"],
-            ca_file=vcenter["ca_file"]))
-        inventory = load_inventory(self.session, vcenter["datacenter"], [topology.DVS_NAME])
-        self.manager = PortGroupManager(self.session, inventory.dvs[topology.DVS_NAME],
-                                        inventory.datacenter_moid)
+        self.session, self.manager = lab_dvs(vcenter)
         self.samples: list[float] = []
 
     def measure(self) -> None:

@@ -33,7 +33,7 @@ import netaddr
 from pyVmomi import vim, vmodl
 
 from networking_dvs_fabric.cmd import cpu_pinning
-from networking_dvs_fabric.cmd.bench import percentile
+from networking_dvs_fabric.cmd.bench import lab_dvs, percentile
 from networking_dvs_fabric.cmd.bench import progress as _progress
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.client import NeutronClient
@@ -41,9 +41,7 @@ from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.pg_settings import read_settings
 from networking_dvs_fabric.lab.procs import LabError
 from networking_dvs_fabric.security import model, vim_spec
-from networking_dvs_fabric.vcenter.inventory import load_inventory
-from networking_dvs_fabric.vcenter.portgroups import PortGroupManager
-from networking_dvs_fabric.vcenter.session import VCenterConfig, VCenterSession, collect
+from networking_dvs_fabric.vcenter.session import collect
 
 P50_TARGET_MS, P99_TARGET_MS, RATIO_TARGET = 1000.0, 3000.0, 1.1
 NETWORKS, SETUP_CLIENTS = 4, 4
@@ -85,12 +83,7 @@ class _VCenter:
     """Port groups, their filters read back and the task list, on the lab's vCenter."""
 
     def __init__(self, vcenter: dict[str, Any]) -> None:
-        self.session = VCenterSession(VCenterConfig(
-            url=vcenter["url"], username=vcenter["username"], password=vcenter["password"],
-            ca_file=vcenter["ca_file"]))
-        inventory = load_inventory(self.session, vcenter["datacenter"], [topology.DVS_NAME])
-        self.manager = PortGroupManager(self.session, inventory.dvs[topology.DVS_NAME],
-                                        inventory.datacenter_moid)
+        self.session, self.manager = lab_dvs(vcenter)
         self.polls: list[float] = []
 
     def port_groups(self, network_ids: set[str]) -> dict[tuple[str, str], str]:

@@ -55,6 +55,9 @@ class PortGroupSweeper(ThreadWorker):
         context = n_context.get_admin_context()
         deleted: list[str] = []
         suspects: set[tuple[str, str, str]] = set()
+        # (DVS, network) -> the sets its ports need, read once per sweep however many
+        # port groups (sets) the network has.
+        needed: dict[tuple[str, str], set[str]] = {}
         for dvs_name in sorted(set(backend.settings.dvs_mappings.values())):
             try:
                 hosts = backend.binding_hosts(dvs_name)
@@ -68,7 +71,7 @@ class PortGroupSweeper(ThreadWorker):
             for pg in owned:
                 key = (dvs_name, pg.network_id or "", pg.set_key)
                 try:
-                    gone = self._sweep_one(context, key, hosts, suspects)
+                    gone = self._sweep_one(context, key, hosts, suspects, needed)
                 except errors.VCenterError as exc:
                     LOG.warning("vsphere_dvs sweep: port group %(pg)s on DVS %(dvs)s not "
                                 "removed (%(kind)s error, tried again next sweep): %(err)s",
@@ -107,7 +110,8 @@ class PortGroupSweeper(ThreadWorker):
         return owned
 
     def _sweep_one(self, context, key: tuple[str, str, str], hosts: set[str],
-                   suspects: set[tuple[str, str, str]]) -> bool | None:
+                   suspects: set[tuple[str, str, str]],
+                   needed: dict[tuple[str, str], set[str]]) -> bool | None:
         """True: deleted; False: tried and kept (a suspect again); None: not tried
         (still used, or suspected for the first time - then added to ``suspects``).
 
@@ -115,7 +119,11 @@ class PortGroupSweeper(ThreadWorker):
         ports, and one whose set no port is in any more goes while the others stay.
         """
         dvs_name, network_id, set_key = key
-        if usage.port_group_in_use(context, network_id, hosts, set_key):
+        if (dvs_name, network_id) not in needed:
+            needed[(dvs_name, network_id)] = \
+                usage.wanted_sets(context, network_id, hosts) \
+                if usage.network_exists(context, network_id) else set()
+        if set_key in needed[(dvs_name, network_id)]:
             return None
         if key not in self._suspects:
             suspects.add(key)

@@ -47,17 +47,6 @@ class PortGroupReleased(errors.VCenterError):
     temporary = True
 
 
-def port_group_in_use(context, network_id: str, hosts: Collection[str],
-                      set_key: str | None = None) -> bool:
-    """Does the network need its port group (of ``set_key``; None: any of its port
-    groups) on the DVS whose binding hosts are ``hosts``?"""
-    if not _network_exists(context, network_id):
-        return False
-    if set_key is None:
-        return bool(_ports_on_hosts(context, network_id, hosts))
-    return set_key in wanted_sets(context, network_id, hosts)
-
-
 def all_needed(context, backend: "VSphereBackend", dvs_name: str, network_id: str,
                hosts: Collection[str]) -> bool:
     """Cheap check before a release: is every port group of the network on the DVS, as
