@@ -15,8 +15,12 @@ RESOURCE_PORT_GROUP = "port_group"    # the port group worker releases a (networ
 # The policy worker (issue 13): puts the right filter on each port group of a
 # (network, DVS), and moves a port's NIC to the port group of its set.
 RESOURCE_PORT_GROUP_POLICY = "port_group_policy"
+# A port joined or left a group (or its addresses changed) on a (network, DVS): that
+# network's sets holding the group, and - found by the worker, not in the API's
+# transaction - every network's sets whose rules name the group as remote group.
+RESOURCE_GROUP_MEMBERS = "security_group_members"
 RESOURCE_PORT_SET = "port_set"
-POLICY_RESOURCES = (RESOURCE_PORT_GROUP_POLICY, RESOURCE_PORT_SET)
+POLICY_RESOURCES = (RESOURCE_PORT_GROUP_POLICY, RESOURCE_GROUP_MEMBERS, RESOURCE_PORT_SET)
 
 
 def port_group_resource(network_id: str, dvs_name: str) -> str:

@@ -17,6 +17,7 @@ KIND_TITLES = {
     "port_group_orphan": "port groups of ours no port needs",
     "filter_drift": "port groups whose filter or security policy was changed in vCenter",
     "filter_too_large": "port groups whose filter cannot be made (too many rules)",
+    "port_set_pending": "ports whose NIC is still on another set's port group",
     "switch_missing": "logical switches missing on a leaf",
     "switch_orphan": "logical switches of ours no port needs",
     "switch_vni": "logical switches with the wrong VNI",

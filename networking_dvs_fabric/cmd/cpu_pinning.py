@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import contextlib
 from typing import Any, Iterator
 
 from networking_dvs_fabric.lab.lab import Lab
@@ -81,3 +82,18 @@ def restore(pinning: dict[str, Any] | None) -> None:
     """Give the benchmark's own process back the CPUs it had (the labs are gone)."""
     if pinning:
         os.sched_setaffinity(0, set(pinning["benchmark_cpus_before"]))
+
+
+@contextlib.contextmanager
+def observer_on_api_cpus(pinning: dict[str, Any] | None) -> Iterator[None]:
+    """While the benchmark only watches the background work a request set off (the API
+    has answered and is idle), it watches from the API's CPU: its reads back from
+    vCenter then take no CPU from the workers and the simulator it is timing."""
+    if not pinning:
+        yield
+        return
+    os.sched_setaffinity(0, set(pinning["api_cpus"]))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, set(pinning["other_cpus"]))

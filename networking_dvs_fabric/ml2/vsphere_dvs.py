@@ -258,12 +258,17 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
             self._record_release(context.plugin_context, context.current["id"], dvs_name)
 
     def create_port_postcommit(self, context: api.PortContext) -> None:
-        if context.current.get("security_groups"):
+        # A port created with a host is bound in this same request, and its binding's
+        # update_port_postcommit wakes the worker: woken here, the worker would plan
+        # (reading Neutron's database) while this request is still binding.
+        if context.current.get("security_groups") and not context.host:
             self.waker.wake()
 
     def update_port_postcommit(self, context: api.PortContext) -> None:
         if _our_segment(context.original_binding_levels) is not None or \
-                _our_segment(context.binding_levels) is not None:
+                _our_segment(context.binding_levels) is not None or \
+                (context.current.get("security_groups") and
+                 context.host != context.original_host):
             self.waker.wake()
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:

@@ -7,8 +7,10 @@ project: nothing is lost when a process dies after the API answered.
   ``port_group_policy`` entry per DVS (the policy worker rewrites the filters of
   that network's port groups whose policy changed - one reconfigure per port
   group, however many ports);
-* a port's addresses or groups changing, a port joining or leaving: the networks
-  whose port groups name its groups as remote groups, and its own network;
+* a port's addresses or groups changing, a port joining or leaving: a
+  ``security_group_members`` entry per group for its own network; the worker adds
+  the networks whose port groups name the group as remote group (a query and one
+  row per network that the API's transaction does not pay for);
 * a port's *set* changing (groups, port security, admin state): a ``port_set``
   entry - the worker moves its NIC to the set's port group;
 * a rule the DVS cannot express is refused before it is created.
@@ -35,8 +37,9 @@ _FILTER_INPUTS = ("fixed_ips", "allowed_address_pairs", "security_groups",
 
 
 def record_networks(context, network_ids: Iterable[str], dvs_names: Iterable[str],
-                    groups: Iterable[str] = ()) -> None:
-    """One ``port_group_policy`` entry per (network, DVS); joins the caller's transaction.
+                    groups: Iterable[str] = (),
+                    resource_type: str = names.RESOURCE_PORT_GROUP_POLICY) -> None:
+    """One entry per (network, DVS) and group; joins the caller's transaction.
 
     Each row's operation names a security group the change is about (the worker then
     looks only at the sets holding it or naming it as remote group), or ``sync``: all
@@ -46,7 +49,7 @@ def record_networks(context, network_ids: Iterable[str], dvs_names: Iterable[str
     for network_id in sorted(set(network_ids)):
         for dvs_name in sorted(set(dvs_names)):
             for operation in operations:
-                store.record(context, names.RESOURCE_PORT_GROUP_POLICY,
+                store.record(context, resource_type,
                              names.port_group_resource(network_id, dvs_name), operation)
 
 
@@ -73,13 +76,17 @@ def port_changed(context, original: dict | None, current: dict | None,
     if original and current and not filter_inputs_changed(original, current):
         return
     groups = {g for p in ports for g in (p.get("security_groups") or ())}
-    # A port in no group adds nothing to any filter (its set's rules name no address of
-    # its own), unless its set itself changed: then its own network's port groups.
-    networks = {p["network_id"] for p in ports} if groups or (original and current) else set()
-    networks |= membership.networks_of_groups(context, groups, through_remote=True)
-    if networks:
-        # No group on either side (admin state of a port in none): every set.
-        record_networks(context, networks, dvs_names, groups)
+    own = {p["network_id"] for p in ports}
+    if groups:
+        # Its addresses are in its own network's filters (its sets' sources) and in
+        # those, anywhere, of sets whose rules name its groups as remote (the worker
+        # finds those) - not in the filters its groups' members have elsewhere.
+        record_networks(context, own, dvs_names, groups, names.RESOURCE_GROUP_MEMBERS)
+    elif original and current:
+        # In no group on either side (admin state of a port in none): a port in no
+        # group adds nothing to any filter, but its set changed: every set of its
+        # own network.
+        record_networks(context, own, dvs_names)
 
 
 class Subscriber:

@@ -261,20 +261,22 @@ def _foreign_mac_ports(session, port_ids: Collection[str]) -> set[str]:
 
 
 def networks_of_groups(context, security_group_ids: Collection[str],
-                       through_remote: bool = True) -> set[str]:
+                       through_remote: bool = True, members: bool = True) -> set[str]:
     """Networks whose port groups depend on these groups: those of the groups' member
-    ports and (``through_remote``) of members of groups whose rules name them as remote."""
+    ports (``members``) and (``through_remote``) of members of groups whose rules name
+    them as remote."""
     groups = sorted(set(security_group_ids))
-    if not groups:
+    if not groups or not (members or through_remote):
         return set()
     binding = sg_models.SecurityGroupPortBinding
     with db_api.CONTEXT_READER.using(context):
         session = context.session
-        wanted = binding.security_group_id.in_(groups)
+        wanted = binding.security_group_id.in_(groups) if members else None
         if through_remote:      # one query: the port create path runs it every time
             naming_them = session.query(sg_models.SecurityGroupRule.security_group_id).filter(
                 sg_models.SecurityGroupRule.remote_group_id.in_(groups))
-            wanted = wanted | binding.security_group_id.in_(naming_them.scalar_subquery())
+            naming = binding.security_group_id.in_(naming_them.scalar_subquery())
+            wanted = naming if wanted is None else wanted | naming
         return {row[0] for row in session.query(models_v2.Port.network_id).join(
             binding, binding.port_id == models_v2.Port.id).filter(wanted).distinct().all()}
 
@@ -304,3 +306,33 @@ def plugged_sets(context, port_ids: Collection[str]) -> set[str]:
             # Bound before issue 13: on the network's one port group, the open set's.
             found.add(str(parsed.get(VIF_DETAILS_SET) or model.OPEN))
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingMove:
+    """A bound port whose NIC sits on another set's port group than its set needs."""
+    port_id: str
+    network_id: str
+    plugged: str        # the set its binding names (where its NIC is)
+    wanted: str         # the set its groups, port security and admin state make now
+
+
+def pending_moves(context) -> list[PendingMove]:
+    """Ports whose active binding names a set other than their own: a move the policy
+    worker has not done (yet, or it failed: vCenter refused the NIC's reconfigure)."""
+    plugged: dict[str, str] = {}
+    with db_api.CONTEXT_READER.using(context):
+        for port_id, details in context.session.query(
+                ml2_models.PortBinding.port_id, ml2_models.PortBinding.vif_details).filter(
+                ml2_models.PortBinding.status == "ACTIVE").all():
+            try:
+                parsed = json.loads(details or "{}")
+            except ValueError:
+                continue
+            if isinstance(parsed, dict) and "pg_id" in parsed:
+                plugged[port_id] = str(parsed.get(VIF_DETAILS_SET) or model.OPEN)
+    if not plugged:
+        return []
+    sets = port_sets(context, port_ids=sorted(plugged))
+    return [PendingMove(port_id, found.network_id, plugged[port_id], found.key)
+            for port_id, found in sorted(sets.items()) if plugged[port_id] != found.key]

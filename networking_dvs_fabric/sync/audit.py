@@ -9,9 +9,11 @@ network's ports bound on hosts of that DVS, holding the set's policy
 (``security/desired.py``); a policy changed by hand in vCenter is ``filter_drift``, a
 set whose policy cannot be made (too many rules) ``filter_too_large`` (reported, not
 repaired).  The report counts the project's port groups against
-``[ml2_vsphere] max_port_groups``, from its own read.  A backend that cannot be read
-is reported as unreachable - never as empty, which would look like "everything is
-missing" and, to a repair, like "delete everything".
+``[ml2_vsphere] max_port_groups``, from its own read.  A port whose NIC still sits
+on another set's port group than its set needs (a move the policy worker has not
+done: vCenter refused it, or it is under way) is ``port_set_pending``.  A backend
+that cannot be read is reported as unreachable - never as empty, which would look
+like "everything is missing" and, to a repair, like "delete everything".
 
 Only this deployment's objects are compared (``ownership.py``).  Another
 deployment's are listed as ``foreign`` and never repaired; a legacy object (made
@@ -28,6 +30,7 @@ from networking_dvs_fabric.fabric.api import FabricError, NetworkOnLeaf
 from networking_dvs_fabric.fabric.desired import desired_state
 from networking_dvs_fabric.fabric.intent import read_intents
 from networking_dvs_fabric.runtime import Runtime
+from networking_dvs_fabric.security import membership
 from networking_dvs_fabric.sync import expected
 from networking_dvs_fabric.sync.filter_drift import policy_difference
 from networking_dvs_fabric.topology import HostDirectory, Topology
@@ -85,6 +88,8 @@ class Report:
     # reported, never touched.
     foreign: list[str] = dataclasses.field(default_factory=list)
     legacy_port_groups: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
+    # Ports whose NIC is still to be moved to their set's port group (for a repair).
+    pending_moves: list[str] = dataclasses.field(default_factory=list)
     deployment: str | None = None
 
     @property
@@ -141,6 +146,13 @@ def _audit_port_groups(context, vsphere: VSphereBackend, report: Report) -> None
     report.port_group_count = {"ours": ours,
                                "marked": marked_count if ours is not None else None,
                                "limit": vsphere.settings.max_port_groups}
+    for move in membership.pending_moves(context):
+        report.pending_moves.append(move.port_id)
+        report.drifts.append(Drift(
+            "port_set_pending", "vCenter", move.network_id,
+            f"port {move.port_id}: its NIC is on the port group of set {move.plugged}, "
+            f"its groups need set {move.wanted} (a move not done; `dvs-fabric journal "
+            "--state failed` says why if vCenter refused it)", move.wanted))
 
 
 def _ours_on(context, where: str, dvs_name: str, marked: dict[str, list[PortGroup]],

@@ -4,7 +4,10 @@ Port groups, per (network, DVS, set): missing ones are created and wrong VLANs s
 (``ensure_port_group``, with the set's policy); a policy changed in vCenter is put
 back (``set_policy``); orphans - ours, of a set no bound port needs - are deleted
 (never one without our marker) through the release (``usage.release_if_unused``).
-A set whose policy cannot be made (``filter_too_large``) is not touched.
+A set whose policy cannot be made (``filter_too_large``) is not touched.  A port
+whose NIC was not moved to its set's port group (``port_set_pending``) is moved as
+the policy worker would (``PolicyHandler.move_port``: make before break), after the
+port groups are right.
 Leaves: the networks that drifted on any leaf are converged on every leaf, in
 batches (one transaction per leaf per batch), with progress on long runs - not to
 the targets the audit computed, which may be older than what the fabric worker has
@@ -22,10 +25,12 @@ import dataclasses
 from typing import Callable
 
 from networking_dvs_fabric.fabric.api import FabricError
+from networking_dvs_fabric.security import translate
 from networking_dvs_fabric.sync import converge, expected
 from networking_dvs_fabric.sync.audit import Parts, Report
 from networking_dvs_fabric.vcenter import errors, usage
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
+from networking_dvs_fabric.vcenter.policy_worker import PolicyHandler
 from networking_dvs_fabric.vcenter.portgroups import PortGroup
 
 BATCH = 200
@@ -47,6 +52,7 @@ def repair(context, parts: Parts, report: Report,
     _adopt(parts, report, done, progress)
     if parts.vsphere is not None:
         _port_groups(context, parts, report, done, progress)
+        _moves(context, parts.vsphere, report, done, progress)
     if parts.fabric is not None:
         _leaves(context, parts, report, done, progress, handler)
     return done
@@ -156,6 +162,21 @@ def _network(context, vsphere: VSphereBackend, dvs: str, network_id: str,
                 progress(f"{what}: filter put back ({len(policy.policy.rules)} rules)")
         except errors.VCenterError as exc:
             done.failures.append(f"{what}: {exc}")
+
+
+def _moves(context, vsphere: VSphereBackend, report: Report, done: Repaired,
+           progress: Callable[[str], None]) -> None:
+    if not report.pending_moves:
+        return
+    handler = PolicyHandler(vsphere)
+    for port_id in report.pending_moves:
+        try:
+            handler.move_port(context, port_id)
+        except (errors.VCenterError, translate.PolicyTooLarge) as exc:
+            done.failures.append(f"moving the NIC of port {port_id}: {exc}")
+            continue
+        done.port_groups += 1
+        progress(f"port {port_id}: NIC on its set's port group")
 
 
 def _leaves(context, parts: Parts, report: Report, done: Repaired,

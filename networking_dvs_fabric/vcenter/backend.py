@@ -296,9 +296,9 @@ class VSphereBackend(DVSMtu):
         light = manager.of_network(network_id)
         return [manager.read(pg.moid) for pg in light] if full else light
 
-    def read_port_group(self, dvs_name: str, pg: PortGroup) -> PortGroup:
-        """``pg`` read whole: VLAN, config version and policy."""
-        return self._manager(dvs_name).read(pg.moid)
+    def read_port_group(self, dvs_name: str, pg: PortGroup, policy: bool = True) -> PortGroup:
+        """``pg`` read again: VLAN, config version, marker and (``policy``) its policy."""
+        return self._manager(dvs_name).read(pg.moid, policy)
 
     def set_policy(self, dvs_name: str, pg: PortGroup, policy: PortGroupPolicy) -> PortGroup:
         """Write ``policy`` into our port group ``pg`` (read whole), its VLAN kept.

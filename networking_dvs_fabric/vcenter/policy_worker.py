@@ -1,12 +1,15 @@
 """The policy worker: port group filters kept right, NICs moved to their set's port group.
 
-Two kinds of journal entries, both level-triggered (the entry only says where to
+Three kinds of journal entries, all level-triggered (the entry only says where to
 look; Neutron's tables and vCenter are read afresh):
 
-* ``port_group_policy`` (network:DVS): every port group of the network on that DVS
-  whose policy is not what its set needs now is reconfigured - one vCenter task per
-  port group, however many ports or rules changed.  A set no port is in any more is
-  left to the release.
+* ``port_group_policy`` (network:DVS, about a group or all sets): every port group
+  of the network on that DVS whose policy is not what its set needs now is
+  reconfigured - one vCenter task per port group, however many ports or rules
+  changed.  A set no port is in any more is left to the release.
+* ``security_group_members`` (network:DVS, about a group): the same for that
+  network, and for every network with sets whose rules name the group as remote
+  group (found here, not in the API's transaction).  A batch plans each network once.
 * ``port_set`` (port): the port's set changed (groups, port security, admin state).
   Make before break: the set's port group is made (or its policy brought up to date,
   this port's addresses included) first; then the VM's NIC is moved to it
@@ -15,13 +18,14 @@ look; Neutron's tables and vCenter are read afresh):
   port's status follows admin state; the old port group is handed to the release.
 
 vCenter errors retry (temporary) or fail the entry with the fault (permanent), as
-the port group worker does; a failed move leaves the NIC where it was, on a port
-group whose rules the port's old set needed - never on one with fewer.
+the port group worker does; a failed move leaves the NIC, its binding and its old
+port group where they were (``dvs-fabric audit``: ``port_set_pending``).
 """
 from __future__ import annotations
 
 import json
 import logging
+import time
 from concurrent import futures
 from typing import TYPE_CHECKING, Sequence
 
@@ -61,24 +65,49 @@ class PolicyHandler:
         write the changed filters to vCenter in parallel - one task per port group,
         each port group once however many entries of the batch named it."""
         results: list[Exception | None] = [None] * len(entries)
+        started = time.perf_counter()
         listed: dict[str, list[PortGroup]] = {}     # DVS -> its port groups (light)
         members: dict[str, list[str]] = {}          # remote group -> member addresses
         work: dict[str, tuple[str, PortGroup, model.PortGroupPolicy, list[int]]] = {}
+        # (network, DVS) -> the groups its entries are about (None: all) and which
+        # entries: each network is planned once per batch however many entries name it.
+        targets: dict[tuple[str, str], tuple[set[str] | None, list[int]]] = {}
+
+        def aim(network_id: str, dvs_name: str, about: set[str] | None, index: int) -> None:
+            groups, indexes = targets.get((network_id, dvs_name), (set(), []))
+            merged = None if groups is None or about is None else groups | about
+            targets[(network_id, dvs_name)] = (merged, indexes + [index])
+
         for index, entry in enumerate(entries):
             if entry.resource_type == names.RESOURCE_PORT_SET:
                 results[index] = _verdict(lambda: self.move_port(context, entry.resource_id))
                 continue
             network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
+            about = _groups_of(entry.operations)
+            aim(network_id, dvs_name, about, index)
+            if entry.resource_type == names.RESOURCE_GROUP_MEMBERS and about:
+                try:
+                    naming = membership.networks_of_groups(context, about, through_remote=True,
+                                                           members=False)
+                except Exception as exc:  # noqa: BLE001 - mapped to the entry's verdict
+                    results[index] = _verdict(exc)
+                    continue
+                for other in naming:
+                    aim(other, dvs_name, about, index)
+        for (network_id, dvs_name), (about, indexes) in sorted(targets.items()):
             try:
                 changed, failure = self.plan(context, network_id, dvs_name, listed, members,
-                                             _groups_of(entry.operations))
-            except Exception as exc:  # noqa: BLE001 - mapped to the entry's verdict
-                results[index] = _verdict(exc)
-                continue
+                                             about)
+            except Exception as exc:  # noqa: BLE001 - mapped to the entries' verdicts
+                failure = exc
+                changed = []
             if failure is not None:
-                results[index] = _verdict(failure)
+                verdict = _verdict(failure)
+                for index in indexes:
+                    results[index] = results[index] or verdict
             for light, want in changed:
-                work.setdefault(light.moid, (dvs_name, light, want, []))[3].append(index)
+                work.setdefault(light.moid, (dvs_name, light, want, []))[3].extend(indexes)
+        planned = time.perf_counter()
         if work:
             with futures.ThreadPoolExecutor(max_workers=min(PARALLEL, len(work)),
                                             thread_name_prefix="dvs-filter") as pool:
@@ -89,6 +118,10 @@ class PolicyHandler:
                     for index in indexes:
                         if failure is not None and results[index] is None:
                             results[index] = _verdict(failure)
+            LOG.info("Policy batch: %(n)d entries planned in %(plan).0f ms, %(pgs)d port "
+                     "groups written in %(write).0f ms",
+                     {"n": len(entries), "plan": (planned - started) * 1000,
+                      "pgs": len(work), "write": (time.perf_counter() - planned) * 1000})
         return results
 
     # -- filters ------------------------------------------------------------------
@@ -137,16 +170,21 @@ class PolicyHandler:
         return changed, (too_large[0] if too_large else None)
 
     def apply(self, dvs_name: str, light: PortGroup, want: model.PortGroupPolicy) -> None:
-        """Read the port group whole and write ``want`` unless it holds it already."""
+        """Write ``want`` unless the port group's marker, read again, says it holds it
+        already (another worker wrote it since the plan's read).  Its rules are not
+        read: a rule changed by hand behind the marker is the audit's ``filter_drift``."""
         backend = self._backend
-        pg = backend.read_port_group(dvs_name, light)
-        if pg.policy is not None and pg.policy.same_as(want) and \
-                pg.fingerprint == model.fingerprint(want):
+        started = time.perf_counter()
+        pg = backend.read_port_group(dvs_name, light, policy=False)
+        if pg.fingerprint == model.fingerprint(want):
             return
+        read = time.perf_counter()
         backend.set_policy(dvs_name, pg, want)
         LOG.info("Port group %(pg)s (network %(net)s, set %(set)s): filter updated, "
-                 "%(n)d rules", {"pg": pg.name, "net": pg.network_id, "set": pg.set_key,
-                                 "n": len(want.rules)})
+                 "%(n)d rules (read %(read).0f ms, written %(write).0f ms)",
+                 {"pg": pg.name, "net": pg.network_id, "set": pg.set_key,
+                  "n": len(want.rules), "read": (read - started) * 1000,
+                  "write": (time.perf_counter() - read) * 1000})
 
     def converge(self, context, network_id: str, dvs_name: str) -> None:
         """Plan and apply one (network, DVS), in this thread."""
@@ -182,7 +220,8 @@ class PolicyHandler:
         # (its addresses among the set's) before its NIC is put there.
         for light in backend.network_port_groups(dvs_name, network_id, full=False):
             if light.key == binding.pg_key and light.fingerprint != model.fingerprint(want):
-                backend.set_policy(dvs_name, backend.read_port_group(dvs_name, light), want)
+                backend.set_policy(dvs_name, backend.read_port_group(dvs_name, light,
+                                                                     policy=False), want)
         where = _location(context, port_id)
         if where is not None:
             vm_moid, mac = where
@@ -294,5 +333,4 @@ class PolicyWorker(JournalWorker):
         super().__init__("vsphere_dvs policy worker",
                          PolicyHandler(runtime.require_vcenter()),
                          runtime.worker_settings,
-                         resource_types=(names.RESOURCE_PORT_GROUP_POLICY,
-                                         names.RESOURCE_PORT_SET))
+                         resource_types=names.POLICY_RESOURCES)

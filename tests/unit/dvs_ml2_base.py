@@ -219,11 +219,13 @@ class VCenter:
                 return vm
         raise AssertionError(f"no VM {name!r} in vCenter")
 
-    def attach_nic(self, pg: PG, vm_name: str = VM_NAME, dvs_name: str = DVS) -> None:
-        """Give a VM Neutron does not know a NIC on ``pg`` (as an admin would in vSphere)."""
+    def attach_nic(self, pg: PG, vm_name: str = VM_NAME, dvs_name: str = DVS,
+                   mac: str | None = None) -> None:
+        """Give a VM a NIC on ``pg``: one Neutron does not know (as an admin would add
+        in vSphere), or with ``mac`` a port's (as Nova plugs it, MAC set by hand)."""
         card = vim.vm.device.VirtualEthernetCard
         nic = vim.vm.device.VirtualVmxnet3(
-            key=-1,
+            key=-1, macAddress=mac, addressType="manual" if mac else None,
             backing=card.DistributedVirtualPortBackingInfo(
                 port=vim.dvs.PortConnection(switchUuid=self.dvs(dvs_name).uuid,
                                             portgroupKey=pg.key)))

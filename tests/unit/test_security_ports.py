@@ -20,8 +20,10 @@ from oslo_config import cfg
 from pyVmomi import vim
 
 from networking_dvs_fabric import opts
+from networking_dvs_fabric.db import locations
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.security import model, translate
+from networking_dvs_fabric.sync import audit, repair
 from networking_dvs_fabric.vcenter.policy_worker import PolicyWorker
 from networking_dvs_fabric.vcenter.port_group_worker import PortGroupWorker
 
@@ -181,6 +183,25 @@ class TestRules(SecurityTestCase):
         self.drain()
         self.assertFalse(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
 
+    def test_a_member_joining_on_another_network_reaches_the_filters_naming_its_group(self):
+        """The API journals the join for the member's own network only; the worker
+        finds the other networks whose sets name the group as remote group."""
+        server_net = self.network_with_subnet("10.20.0.0/24")
+        client_net = self.network_with_subnet("10.21.0.0/24")
+        servers, clients = self.group("servers"), self.group("clients")
+        self.rule(servers["id"], remote_group=clients["id"], low=80, high=80)
+        server = self.make_port(server_net["id"], security_groups=[servers["id"]])
+        self.drain()
+        client = self.make_port(client_net["id"], security_groups=[clients["id"]])
+        pending = store.rows(self.ctx, states=[store.PENDING])
+        self.assertNotIn(server_net["id"], " ".join(r["resource_id"] for r in pending))
+        self.drain()
+        address = f"{client['fixed_ips'][0]['ip_address']}/32"
+        self.assertTrue(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
+        self.delete_port(client["id"])
+        self.drain()
+        self.assertFalse(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
+
     def test_an_address_group_follows_its_addresses(self):
         net = self.network_with_subnet()
         admins = self.driver.create_address_group(self.ctx, {"address_group": {
@@ -296,14 +317,16 @@ DENIED = "Permission to perform this operation was denied."
 
 @contextlib.contextmanager
 def task_refused(method: str, fault: BaseException) -> Iterator[list[str]]:
-    """``vim.dvs.DistributedVirtualSwitch/Portgroup.<method>`` raises ``fault``.
+    """``vim.DistributedVirtualSwitch/dvs.DistributedVirtualPortgroup/VirtualMachine
+    .<method>`` raises ``fault``.
 
     A mock, because the simulator checks no privileges: it never refuses a port group
-    change with NoPermission.  Only that one pyVmomi call is replaced; yields the
+    or VM change with NoPermission.  Only that one pyVmomi call is replaced; yields the
     moids it was called on.
     """
-    owner = vim.DistributedVirtualSwitch if method == "AddDVPortgroup_Task" \
-        else vim.dvs.DistributedVirtualPortgroup
+    owner = {"AddDVPortgroup_Task": vim.DistributedVirtualSwitch,
+             "ReconfigVM_Task": vim.VirtualMachine}.get(method,
+                                                        vim.dvs.DistributedVirtualPortgroup)
     called: list[str] = []
 
     def refuse(mo: Any, *args: Any, **kwargs: Any) -> Any:
@@ -348,3 +371,59 @@ class TestRefusals(SecurityTestCase):
         pg_name = port[portbindings.VIF_DETAILS]["dvs_port_group_name"]
         for word in ("write the filter", pg_name, "NoPermission", "DVPortgroup.PolicyOp"):
             self.assertIn(word, error)
+
+    def test_a_nic_move_vcenter_refuses_leaves_nic_and_binding_in_place_and_sync_moves_it(self):
+        net = self.network_with_subnet()
+        ssh = self.group("ssh")
+        self.rule(ssh["id"], prefix="10.9.0.0/16")
+        port = self.make_port(net["id"], security_groups=[ssh["id"]])
+        old = port[portbindings.VIF_DETAILS]
+        old_pg = self.vc.port_group(old["pg_id"])
+        assert old_pg is not None
+        # The VM as Nova plugs it (its NIC has the port's MAC, on the port group the
+        # binding names) and as the watcher records it; the VM's other NICs stay.
+        self.vc.attach_nic(old_pg, mac=port["mac_address"])
+        vm = self.vc.vm()
+        locations.set_vm(self.ctx, vm._moId, [locations.Seen(
+            port["id"], vm._moId, vm.name, "esx-1", port["mac_address"], old_pg.name)])
+        web = self.group("web")
+        self.rule(web["id"], low=443, high=443, prefix="0.0.0.0/0")
+        self._update("ports", port["id"], {"port": {"security_groups": [web["id"]]}},
+                     as_admin=True)
+        fault = vim.fault.NoPermission(msg=DENIED,
+                                       privilegeId="VirtualMachine.Config.EditDevice")
+        with task_refused("ReconfigVM_Task", fault) as tried:
+            self.drain()
+        self.assertEqual([vm._moId], tried)
+        failed = store.rows(self.ctx, states=[store.FAILED])
+        self.assertEqual([port["id"]], [r["resource_id"] for r in failed])
+        for word in ("move the NIC", port["mac_address"], vm._moId, "NoPermission",
+                     "VirtualMachine.Config.EditDevice"):
+            self.assertIn(word, failed[0]["last_error"])
+        # Nothing half-done: the NIC, the binding and the port group it sits on stay.
+        self.assertEqual([old["pg_id"]], self.nic_port_groups(port["mac_address"]))
+        self.assertEqual(old, self.show_port(port["id"])[portbindings.VIF_DETAILS])
+        self.assertIsNotNone(self.vc.port_group(old["pg_id"]))
+        # The audit names the port; the sync, once vCenter allows it, moves it.
+        parts = audit.Parts.of(self.mech.runtime)
+        pending = [d for d in audit.audit(self.ctx, parts).drifts
+                   if d.kind == "port_set_pending"]
+        self.assertEqual(1, len(pending), pending)
+        self.assertIn(port["id"], pending[0].detail)
+        report = audit.audit(self.ctx, parts)
+        done = repair.repair(self.ctx, parts, report)
+        self.assertEqual([], done.failures)
+        new = self.show_port(port["id"])[portbindings.VIF_DETAILS]
+        self.assertNotEqual(old["pg_id"], new["pg_id"])
+        self.assertEqual([new["pg_id"]], self.nic_port_groups(port["mac_address"]))
+        self.assertTrue(self.accepts(self.policy_of(port), model.OUTGOING, 6, "0.0.0.0/0",
+                                     443))
+        self.drain()        # the release the move handed over
+        self.assertIsNone(self.vc.port_group(old["pg_id"]))
+        self.assertEqual([], audit.audit(self.ctx, parts).drifts)
+
+    def nic_port_groups(self, mac: str) -> list[str]:
+        """The port groups of the VM's NICs with ``mac``."""
+        card = vim.vm.device.VirtualEthernetCard
+        return [dev.backing.port.portgroupKey for dev in self.vc.vm().config.hardware.device
+                if isinstance(dev, card) and (dev.macAddress or "").lower() == mac.lower()]
