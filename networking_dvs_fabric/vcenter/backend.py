@@ -223,9 +223,9 @@ class VSphereBackend(DVSMtu):
             if cache is not None and cache.ready:
                 pg = cache.get(dvs.moid, network_id, set_key)
                 if pg is not None and pg.vlan is None:   # watched, VLAN not known yet
-                    pg = manager.read(pg.moid)
+                    pg = manager.read(pg.moid, policy=False)
             else:
-                pg = manager.find(network_id=network_id, set_key=set_key)
+                pg = manager.find(network_id=network_id, set_key=set_key, policy=False)
             if pg is None:
                 name = self.port_group_name(dvs_name, physical_network, network_id,
                                             network_name, set_key)

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from typing import Any, Callable
+from xml.etree import ElementTree
 
 from pyVmomi import vim, vmodl
 
@@ -29,10 +30,28 @@ from networking_dvs_fabric.vcenter.soap_watch import UpdateSet, UpdateWaiter
 
 LOG = logging.getLogger(__name__)
 PROVISIONAL_SECONDS = 3.0
-# No port settings: they are most of a port group's XML, and every process parses every
-# update.  A VLAN is known from our own writes or read once on demand (``vlan`` None).
+# Of the port settings only the VLAN: the rest (a filter of hundreds of rules) is most
+# of a port group's XML, and every process parses every update.  With the VLAN
+# watched, a bind after the policy worker rewrote its port group's filter (a new
+# config version) needs no read of vCenter.
+VLAN_PROPERTY = "config.defaultPortConfig.vlan"
 WATCH_PROPERTIES = LIGHT_PROPERTIES + ("config.configVersion",
-                                       "config.distributedVirtualSwitch")
+                                       "config.distributedVirtualSwitch", VLAN_PROPERTY)
+_XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
+
+
+def _vlan_spec(val: Any) -> Any:
+    """A watched ``vlan`` (a ``VmwareDistributedVirtualSwitchVlanIdSpec`` element) as
+    ``port_group_from_props`` reads it; a trunk or private VLAN: None (not ours)."""
+    if not isinstance(val, ElementTree.Element) or \
+            not str(val.get(_XSI_TYPE, "")).endswith("VlanIdSpec"):
+        return None
+    text = next((child.text for child in val if child.tag.rsplit("}", 1)[-1] == "vlanId"),
+                None)
+    try:
+        return vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec(vlanId=int(text or ""))
+    except ValueError:
+        return None
 
 
 class _Ref:
@@ -221,14 +240,18 @@ class PortGroupCache:
                 for prop in change.changes:
                     if prop.op in ("remove", "indirectRemove"):
                         props.pop(prop.name, None)
+                    elif prop.name == VLAN_PROPERTY:
+                        props[prop.name] = _vlan_spec(prop.val)
                     else:
                         props[prop.name] = prop.val
                 dvs_moid = props.get("config.distributedVirtualSwitch")   # moid text
                 pg = port_group_from_props(_Ref(moid), props)
                 if before is not None and before.config_version == pg.config_version:
-                    # The watch leaves the (bulky) port settings out: keep the VLAN
-                    # we know while the config version says nothing changed.
-                    pg = dataclasses.replace(pg, vlan=before.vlan, policy=before.policy)
+                    # The watch leaves the (bulky) filter out: keep the policy we know
+                    # (and a VLAN, should the watch not have one) while the config
+                    # version says nothing changed.
+                    pg = dataclasses.replace(pg, vlan=pg.vlan if VLAN_PROPERTY in props
+                                             else before.vlan, policy=before.policy)
                 if pg.owned and dvs_moid is not None:
                     self._by_moid[moid] = (dvs_moid, pg)
                 else:

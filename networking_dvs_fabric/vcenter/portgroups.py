@@ -140,11 +140,13 @@ class PortGroupManager:
         return self.session.invoke(read_one, f"read port group {moid}")
 
     def find(self, network_id: str | None = None, name: str | None = None,
-             full: bool = True, set_key: str = naming.OPEN_SET) -> PortGroup | None:
+             full: bool = True, set_key: str = naming.OPEN_SET,
+             policy: bool = True) -> PortGroup | None:
         """Ours (or legacy) for ``network_id`` and ``set_key`` (by marker), else any
         named ``name``.
 
-        ``full`` reads the match's VLAN and config version too (one more round trip).
+        ``full`` reads the match's VLAN and config version too (one more round trip),
+        and with ``policy`` its filter, security policy and blocked flag.
         """
         entries = self.list()
         match = next((pg for pg in entries
@@ -155,7 +157,7 @@ class PortGroupManager:
             match = next((pg for pg in entries if name is not None and pg.name == name), None)
         if match is None or not full:
             return match
-        return self.read(match.moid)
+        return self.read(match.moid, policy)
 
     def of_network(self, network_id: str) -> list[PortGroup]:
         """Every port group of the network on this DVS (each set's), ours or legacy."""

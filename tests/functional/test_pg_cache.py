@@ -171,6 +171,9 @@ def watch(sim: VCenterSimulator) -> Iterator[Watch]:
     w.stop()
 
 
+_NONE = type("NoPortGroup", (), {"vlan": None})()
+
+
 def _network() -> tuple[str, str]:
     network_id = str(uuid.uuid4())
     return network_id, f"net-{network_id}"
@@ -183,7 +186,8 @@ def test_sees_port_group_created_by_someone_else(watch: Watch, admin: Admin) -> 
     assert wait_for(lambda: watch.get(network_id) is not None)
     pg = watch.get(network_id)
     assert (pg.name, pg.moid, pg.key, pg.network_id) == (name, moid, moid, network_id)
-    assert pg.owned and pg.vlan is None     # the watch does not read port settings
+    # Of the port settings the watch reads only the VLAN (not the filter).
+    assert pg.owned and pg.vlan == 100 and pg.policy is None
     # One without the marker is someone else's: never returned, whatever its name says.
     other_id, other_name = _network()
     other = admin.create(other_name, f"not ours, network {other_id}")
@@ -206,6 +210,27 @@ def _modify(moid: str, changes: list[tuple[str, str | None]]) -> bytes:
             f'<kind>modify</kind><obj type="DistributedVirtualPortgroup">{moid}</obj>{sets}'
             '</objectSet></filterSet></returnval></WaitForUpdatesExResponse>'
             '</soapenv:Body></soapenv:Envelope>').encode()
+
+
+def test_a_vlan_changed_by_someone_else_is_seen(watch: Watch, admin: Admin) -> None:
+    """A bind answers from the cache: a VLAN changed behind its back must show there,
+    without a read of vCenter.  vcsim reports no "modify" of a port group (see the
+    next test), so the change is vCenter's wording fed through the watch's parser."""
+    network_id, name = _network()
+    moid = admin.create(name, naming.marker(network_id), vlan=100)
+    assert wait_for(lambda: (watch.get(network_id) or _NONE).vlan == 100)
+    vlan = ('<val xsi:type="VmwareDistributedVirtualSwitchVlanIdSpec">'
+            '<inherited>false</inherited><vlanId>321</vlanId></val>')
+    body = _modify(moid, [("config.configVersion", "7")]).replace(
+        b"</objectSet>", ("<changeSet><name>config.defaultPortConfig.vlan</name>"
+                          f"<op>assign</op>{vlan}</changeSet></objectSet>").encode())
+    watch.cache._apply(soap_watch.parse_update_set(body))
+    assert watch.get(network_id).vlan == 321
+    # A trunk is not one of ours: no VLAN.
+    trunk = body.replace(b"VmwareDistributedVirtualSwitchVlanIdSpec",
+                         b"VmwareDistributedVirtualSwitchTrunkVlanSpec")
+    watch.cache._apply(soap_watch.parse_update_set(trunk))
+    assert watch.get(network_id).vlan is None
 
 
 def test_rename_then_marker_removed(watch: Watch, admin: Admin) -> None:
