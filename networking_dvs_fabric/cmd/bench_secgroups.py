@@ -294,7 +294,7 @@ class _Bench:
 
 
 def bench_secgroups(groups: int = 10, ports: int = 100, members: int = 200,
-                    changes: int = 30, pairs: int = 50, lab_dir: Path | None = None,
+                    changes: int = 30, pairs: int = 100, lab_dir: Path | None = None,
                     pin: bool = True) -> dict:
     if ports < groups:
         raise LabError(f"--ports {ports}: at least one port per group (--groups {groups})")

@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="members of the remote group new members join")
     secgroups.add_argument("--changes", type=_positive, default=30,
                            help="rule adds, and member joins, measured")
-    secgroups.add_argument("--pairs", type=_positive, default=50,
+    secgroups.add_argument("--pairs", type=_positive, default=100,
                            help="port creates of each kind (with / without groups)")
     secgroups.add_argument("--no-pin", action="store_true", help="do not give Neutron's API a CPU of its own (see docs/benchmarks)")
     secgroups.set_defaults(func=cmd_bench_secgroups)
