@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 DEBIAN_PACKAGES := golang-go golang-github-vmware-govmomi-dev openvswitch-vtep \
                    openvswitch-common openvswitch-switch mariadb-server mariadb-client \
-                   iputils-ping ethtool
+                   iputils-ping ethtool rabbitmq-server
 
 .PHONY: setup system-packages demo test clean
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from networking_dvs_fabric.lab import topology as lab_topology
 from networking_dvs_fabric.lab.client import NeutronError
-from networking_dvs_fabric.lab.lab import DATABASES, DEFAULT_DRIVERS, MODES, Lab
+from networking_dvs_fabric.lab.lab import DATABASES, DEFAULT_DRIVERS, MESSAGE_BUSES, MODES, Lab
 from networking_dvs_fabric.lab.procs import LabError
 
 
@@ -23,7 +23,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         extra["ml2_type_vlan"] = {"network_vlan_ranges": lab_topology.vlan_ranges(
             *args.vlan_range)}
     lab.up(args.ml2_mechanism_drivers, args.mode, args.db, dataplane=args.dataplane,
-           extra_config=extra, share=Path(args.share) if args.share else None)
+           extra_config=extra, share=Path(args.share) if args.share else None,
+           bus=args.message_bus)
     print(lab.how_to_reach())
     return 0
 
@@ -188,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a second deployment: use the vCenter simulator and leaves of the "
                          "lab running in LAB_DIR (own database and Neutron; give the two "
                          "labs disjoint --vlan-range)")
+    up.add_argument("--message-bus", choices=MESSAGE_BUSES, default="fake",
+                    help="Neutron's message bus: oslo.messaging's in-process fake (default) "
+                         "or a private RabbitMQ node on loopback (Debian's rabbitmq-server), "
+                         "which Neutron's agents need")
     up.add_argument("--vlan-range", type=_vlan_range, metavar="LO:HI",
                     help="the VLANs this lab's Neutron hands out (default: "
                          f"{lab_topology.VLAN_RANGE[0]}:{lab_topology.VLAN_RANGE[1]})")

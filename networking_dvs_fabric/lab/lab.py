@@ -25,11 +25,15 @@ from networking_dvs_fabric.lab.dataplane import Dataplane, lab_tag
 from networking_dvs_fabric.lab.leaves import LeafSwitch, start_lab_leaves
 from networking_dvs_fabric.lab.mariadb import MariaDB
 from networking_dvs_fabric.lab.procs import Daemon, LabError, wait_until, write_json_atomic
+from networking_dvs_fabric.lab.rabbitmq import RabbitMQ
 from networking_dvs_fabric.lab.vcsim import VCenterSimulator
 
 DEFAULT_DRIVERS = "fabric_hwvtep,vsphere_dvs"
 MODES = ("pre_provision", "on_demand")
 DATABASES = ("sqlite", "mariadb")
+# Neutron's message bus: oslo.messaging's in-process fake (no agents can listen), or a
+# private RabbitMQ node (``lab/rabbitmq.py``) that agents on other "hosts" reach.
+MESSAGE_BUSES = ("fake", "rabbitmq")
 CLOUD_NAME = "dvs-fabric-lab"
 
 
@@ -82,15 +86,19 @@ class Lab:
     # -- up / down --------------------------------------------------------------
     def up(self, mechanism_drivers: str = DEFAULT_DRIVERS, mode: str = "pre_provision",
            db: str = "sqlite", extra_config: dict[str, dict[str, str]] | None = None,
-           dataplane: bool | None = False, share: Path | None = None) -> dict[str, Any]:
+           dataplane: bool | None = False, share: Path | None = None,
+           bus: str = "fake") -> dict[str, Any]:
         """Start the lab.  ``dataplane``: True = required, None = where namespaces work.
 
         ``share``: the directory of a running lab whose vCenter and leaves to use.
+        ``bus``: Neutron's message bus (``MESSAGE_BUSES``).
         """
         if mode not in MODES:
             raise LabError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
         if db not in DATABASES:
             raise LabError(f"--db {db!r}: choose one of {', '.join(DATABASES)}")
+        if bus not in MESSAGE_BUSES:
+            raise LabError(f"--message-bus {bus!r}: choose one of {', '.join(MESSAGE_BUSES)}")
         drivers = ",".join(d.strip() for d in mechanism_drivers.split(",") if d.strip())
         if not drivers:
             raise LabError("--ml2-mechanism-drivers: name at least one driver")
@@ -117,7 +125,7 @@ class Lab:
         self._save(state)      # from here on, 'down' can stop whatever was started
         try:
             self._start_all(state, drivers, mode, db, extra_config or {},
-                            dataplane is not False and not dataplane_off, shared, share)
+                            dataplane is not False and not dataplane_off, shared, share, bus)
         except BaseException:
             _progress("start failed; stopping what was started")
             self.down()
@@ -130,7 +138,8 @@ class Lab:
 
     def _start_all(self, state: dict[str, Any], drivers: str, mode: str, db: str,
                    extra: dict[str, dict[str, str]], dataplane: bool,
-                   shared: dict[str, Any] | None = None, share: Path | None = None) -> None:
+                   shared: dict[str, Any] | None = None, share: Path | None = None,
+                   bus: str = "fake") -> None:
         if shared is not None:
             _progress(f"using the vCenter simulator and leaves of the lab in {share}")
             vcenter = {k: shared["vcenter"][k] for k in ("url", "username", "password",
@@ -168,6 +177,17 @@ class Lab:
             db_file.unlink(missing_ok=True)
             db_url = f"sqlite:///{db_file}"
 
+        bus_status: dict[str, Any] = {"kind": bus}
+        if bus == "rabbitmq":
+            _progress("starting RabbitMQ (a private node on loopback)")
+            rabbit = RabbitMQ(self.dir / "rabbitmq", node=f"lab{lab_tag(self.dir)}")
+            self._record(state, "rabbitmq", rabbit)
+            rabbit.start()
+            self._record(state, "rabbitmq", rabbit)
+            bus_status["transport_url"] = rabbit.transport_url
+            extra = {**extra, "DEFAULT": {**extra.get("DEFAULT", {}),
+                                          "transport_url": rabbit.transport_url}}
+
         access = neutron.VCenterAccess(vcenter["url"], vcenter["username"],
                                        vcenter["password"], vcenter["ca_file"])
         configs = neutron.write_configs(self.dir / "neutron", db_url, access, drivers, mode,
@@ -180,10 +200,12 @@ class Lab:
         names = drivers.split(",")
         daemons, url = neutron.start_neutron(
             self.dir, configs, api_processes=1 if db == "sqlite" else 4,
-            journal_workers=sum(d in names for d in ("fabric_hwvtep", "vsphere_dvs")))
+            journal_workers=sum(d in names for d in ("fabric_hwvtep", "vsphere_dvs")),
+            transport_url=bus_status.get("transport_url"))
         state["daemons"] = [daemon.to_json() for daemon in daemons]
         state["status"] = self._status_doc(url, vcenter, leaves, mode)
         state["status"]["dataplane"] = dataplane
+        state["status"]["message_bus"] = bus_status
         state["config_files"] = [str(p) for p in configs]
         state["db"] = db
         state["mechanism_drivers"] = drivers
@@ -259,6 +281,20 @@ class Lab:
         if data:
             VCenterSimulator.from_json(data).stop()
 
+    def restart_rabbitmq(self) -> RabbitMQ:
+        """Stop the message bus and start it again on its ports and data (fault tests);
+        the new pids are recorded, so ``down`` still stops them."""
+        state = self.state()
+        if state is None or not state.get("services", {}).get("rabbitmq"):
+            raise LabError("no lab RabbitMQ to restart (lab up --message-bus rabbitmq)")
+        node = RabbitMQ.from_json(state["services"]["rabbitmq"])
+        node.stop()
+        try:
+            node.start()
+        finally:
+            self._record(state, "rabbitmq", node)
+        return node
+
     # -- fault controls (tests, benchmarks) ---------------------------------------
     def periodic_workers(self) -> list[Daemon]:
         state = self.state() or {}
@@ -333,6 +369,11 @@ class Lab:
             plane = Dataplane.from_json(services["dataplane"])
             stopped += [name for name, up in plane.running().items() if up]
             plane.stop()
+        if services.get("rabbitmq"):
+            rabbit = RabbitMQ.from_json(services["rabbitmq"])
+            if rabbit.running():
+                stopped.append("rabbitmq")
+            rabbit.stop()
         if services.get("mariadb"):
             mariadb = MariaDB.from_json(services["mariadb"])
             if mariadb.pid is not None and mariadb.running():

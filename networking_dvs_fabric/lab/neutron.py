@@ -206,6 +206,32 @@ def periodic_daemon(workdir: Path, config_files: list[Path], suffix: str = "") -
                   env=_env(config_files))
 
 
+def rpc_server_daemon(workdir: Path, config_files: list[Path]) -> Daemon:
+    """``neutron-rpc-server``: the plugin's RPC endpoints agents call (under uWSGI the
+    API serves no RPC), on the lab's message bus."""
+    argv = [str(BIN / "neutron-rpc-server"), *_config_args(config_files)]
+    return Daemon("neutron-rpc-server", argv, workdir / "logs" / "neutron-rpc-server.log",
+                  env=_env(config_files))
+
+
+#: The queue agents' state reports go to; consumed once the RPC server is up.
+REPORTS_QUEUE = "q-reports-plugin"
+
+
+def rpc_consumers(transport_url: str, queue: str = REPORTS_QUEUE) -> int:
+    """How many consumers ``queue`` has on the bus (0: not declared yet)."""
+    import kombu
+    from amqp import exceptions as amqp_exc
+
+    from networking_dvs_fabric.lab.rabbitmq import amqp_url
+    with kombu.Connection(amqp_url(transport_url), connect_timeout=3) as conn:
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue,
+                                                          passive=True).consumer_count)
+        except amqp_exc.NotFound:
+            return 0
+
+
 def _placement_address(config_files: list[Path]) -> tuple[str, int]:
     """Where ``write_configs`` told Neutron its placement is."""
     parser = configparser.ConfigParser(interpolation=None)
@@ -236,9 +262,10 @@ JOURNAL_STARTED = "journal worker started"
 
 
 def start_neutron(workdir: Path, config_files: list[Path], api_processes: int,
-                  timeout: float = 180.0, journal_workers: int = 0
-                  ) -> tuple[list[Daemon], str]:
+                  timeout: float = 180.0, journal_workers: int = 0,
+                  transport_url: str | None = None) -> tuple[list[Daemon], str]:
     """Start placement, the API and the periodic workers; wait until the API answers.
+    With a message bus (``transport_url``), the RPC server too, until it consumes.
 
     Returns the daemons in start order (stop them in reverse) and the API's URL.
     SQLite cannot take writes from several processes at once (Neutron does not
@@ -269,6 +296,12 @@ def start_neutron(workdir: Path, config_files: list[Path], api_processes: int,
                 JOURNAL_STARTED) >= journal_workers, timeout,
                 f"{journal_workers} journal worker(s) in neutron-periodic-workers",
                 alive=periodic, interval=0.2)
+        if transport_url is not None:
+            rpc = rpc_server_daemon(workdir, config_files).start()
+            started.append(rpc)
+            wait_until(lambda: rpc_consumers(transport_url) > 0, timeout,
+                       f"neutron-rpc-server consuming {REPORTS_QUEUE}", alive=rpc,
+                       interval=0.5)
     except BaseException:
         for daemon in reversed(started):
             daemon.stop()
