@@ -134,7 +134,9 @@ class Daemon:
         """SIGTERM the daemon's process group by its pid, SIGKILL if it lingers."""
         if self.pid is None:
             return
-        if not self.running():
+        # The program gone is not enough: a child it left in its group (a start
+        # script's VM) is stopped with the group.
+        if not self.running() and not self._group_alive():
             self._reap()
             return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):

@@ -265,10 +265,13 @@ class VSphereDVSMechanismDriver(api.MechanismDriver):
             self.waker.wake()
 
     def update_port_postcommit(self, context: api.PortContext) -> None:
+        # Ours before or after; or a port in groups whose binding changed (bound by
+        # another driver, or not at all: its addresses still count in remote groups).
         if _our_segment(context.original_binding_levels) is not None or \
                 _our_segment(context.binding_levels) is not None or \
                 (context.current.get("security_groups") and
-                 context.host != context.original_host):
+                 (context.host != context.original_host or
+                  context.binding_levels != context.original_binding_levels)):
             self.waker.wake()
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:

@@ -20,6 +20,7 @@ from neutron.db.port_security import models as psec_models
 from neutron.plugins.ml2 import models as ml2_models
 from neutron_lib.db import api as db_api
 
+from networking_dvs_fabric import names
 from networking_dvs_fabric.security import model
 
 #: The key of ``vif_details`` where vsphere_dvs writes the set of the port group it
@@ -322,9 +323,12 @@ def pending_moves(context) -> list[PendingMove]:
     worker has not done (yet, or it failed: vCenter refused the NIC's reconfigure)."""
     plugged: dict[str, str] = {}
     with db_api.CONTEXT_READER.using(context):
+        ours = context.session.query(ml2_models.PortBindingLevel.port_id).filter(
+            ml2_models.PortBindingLevel.driver == names.VSPHERE_DRIVER)
         for port_id, details in context.session.query(
                 ml2_models.PortBinding.port_id, ml2_models.PortBinding.vif_details).filter(
-                ml2_models.PortBinding.status == "ACTIVE").all():
+                ml2_models.PortBinding.status == "ACTIVE",
+                ml2_models.PortBinding.port_id.in_(ours.scalar_subquery())).all():
             try:
                 parsed = json.loads(details or "{}")
             except ValueError:

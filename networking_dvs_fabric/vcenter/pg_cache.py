@@ -242,6 +242,10 @@ class PortGroupCache:
                         props.pop(prop.name, None)
                     elif prop.name == VLAN_PROPERTY:
                         props[prop.name] = _vlan_spec(prop.val)
+                    elif prop.name.startswith(VLAN_PROPERTY + "."):
+                        # A partial update inside the VLAN spec (vCenter may word a
+                        # change so): the VLAN is not known any more; a bind reads it.
+                        props[VLAN_PROPERTY] = None
                     else:
                         props[prop.name] = prop.val
                 dvs_moid = props.get("config.distributedVirtualSwitch")   # moid text

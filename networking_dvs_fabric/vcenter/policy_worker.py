@@ -7,9 +7,9 @@ look; Neutron's tables and vCenter are read afresh):
   of the network on that DVS whose policy is not what its set needs now is
   reconfigured - one vCenter task per port group, however many ports or rules
   changed.  A set no port is in any more is left to the release.
-* ``security_group_members`` (network:DVS, about a group): the same for that
-  network, and for every network with sets whose rules name the group as remote
-  group (found here, not in the API's transaction).  A batch plans each network once.
+* ``security_group_members`` (network:DVS, about a group): becomes a
+  ``port_group_policy`` entry for that network and for every network with sets whose
+  rules name the group as remote group (found here, not in the API's transaction).
 * ``port_set`` (port): the port's set changed (groups, port security, admin state).
   Make before break: the set's port group is made (or its policy brought up to date,
   this port's addresses included) first; then the VM's NIC is moved to it
@@ -69,44 +69,24 @@ class PolicyHandler:
         listed: dict[str, list[PortGroup]] = {}     # DVS -> its port groups (light)
         members: dict[str, list[str]] = {}          # remote group -> member addresses
         work: dict[str, tuple[str, PortGroup, model.PortGroupPolicy, list[int]]] = {}
-        # (network, DVS) -> the groups its entries are about (None: all) and which
-        # entries: each network is planned once per batch however many entries name it.
-        targets: dict[tuple[str, str], tuple[set[str] | None, list[int]]] = {}
-
-        def aim(network_id: str, dvs_name: str, about: set[str] | None, index: int) -> None:
-            groups, indexes = targets.get((network_id, dvs_name), (set(), []))
-            merged = None if groups is None or about is None else groups | about
-            targets[(network_id, dvs_name)] = (merged, indexes + [index])
-
         for index, entry in enumerate(entries):
             if entry.resource_type == names.RESOURCE_PORT_SET:
                 results[index] = _verdict(lambda: self.move_port(context, entry.resource_id))
                 continue
+            if entry.resource_type == names.RESOURCE_GROUP_MEMBERS:
+                results[index] = _verdict(lambda: self.fan_out(context, entry))
+                continue
             network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
-            about = _groups_of(entry.operations)
-            aim(network_id, dvs_name, about, index)
-            if entry.resource_type == names.RESOURCE_GROUP_MEMBERS and about:
-                try:
-                    naming = membership.networks_of_groups(context, about, through_remote=True,
-                                                           members=False)
-                except Exception as exc:  # noqa: BLE001 - mapped to the entry's verdict
-                    results[index] = _verdict(exc)
-                    continue
-                for other in naming:
-                    aim(other, dvs_name, about, index)
-        for (network_id, dvs_name), (about, indexes) in sorted(targets.items()):
             try:
                 changed, failure = self.plan(context, network_id, dvs_name, listed, members,
-                                             about)
-            except Exception as exc:  # noqa: BLE001 - mapped to the entries' verdicts
-                failure = exc
-                changed = []
+                                             _groups_of(entry.operations))
+            except Exception as exc:  # noqa: BLE001 - mapped to the entry's verdict
+                results[index] = _verdict(exc)
+                continue
             if failure is not None:
-                verdict = _verdict(failure)
-                for index in indexes:
-                    results[index] = results[index] or verdict
+                results[index] = _verdict(failure)
             for light, want in changed:
-                work.setdefault(light.moid, (dvs_name, light, want, []))[3].extend(indexes)
+                work.setdefault(light.moid, (dvs_name, light, want, []))[3].append(index)
         planned = time.perf_counter()
         if work:
             with futures.ThreadPoolExecutor(max_workers=min(PARALLEL, len(work)),
@@ -125,6 +105,20 @@ class PolicyHandler:
         return results
 
     # -- filters ------------------------------------------------------------------
+    def fan_out(self, context, entry: store.Entry) -> None:
+        """A members entry becomes a ``port_group_policy`` row for its own network and
+        one for each network whose sets name one of its groups as remote group.  Each
+        network is then planned under its own claim, by one worker at a time (two
+        workers planning one network from different entries could write an older
+        plan over a newer one), in the next pass.  Run again after a crash, it only
+        records the same rows twice."""
+        network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
+        groups = _groups_of(entry.operations) or set()
+        networks = {network_id} | membership.networks_of_groups(
+            context, groups, through_remote=True, members=False)
+        with db_api.CONTEXT_WRITER.using(context):
+            callbacks.record_networks(context, networks, [dvs_name], groups)
+
     def plan(self, context, network_id: str, dvs_name: str,
              listed: dict[str, list[PortGroup]],
              members: dict[str, list[str]] | None = None,

@@ -226,6 +226,16 @@ def test_a_vlan_changed_by_someone_else_is_seen(watch: Watch, admin: Admin) -> N
                           f"<op>assign</op>{vlan}</changeSet></objectSet>").encode())
     watch.cache._apply(soap_watch.parse_update_set(body))
     assert watch.get(network_id).vlan == 321
+    # A partial update inside the spec: the VLAN is unknown (a bind reads it), never
+    # the old one.
+    nested = _modify(moid, [("config.configVersion", "8")]).replace(
+        b"</objectSet>", b"<changeSet><name>config.defaultPortConfig.vlan.vlanId</name>"
+                         b'<op>assign</op><val xsi:type="xsd:int">55</val></changeSet>'
+                         b"</objectSet>")
+    watch.cache._apply(soap_watch.parse_update_set(nested))
+    assert watch.get(network_id).vlan is None
+    watch.cache._apply(soap_watch.parse_update_set(body))
+    assert watch.get(network_id).vlan == 321
     # A trunk is not one of ours: no VLAN.
     trunk = body.replace(b"VmwareDistributedVirtualSwitchVlanIdSpec",
                          b"VmwareDistributedVirtualSwitchTrunkVlanSpec")

@@ -74,6 +74,7 @@ def test_a_node_known_only_from_its_state_is_stopped_by_pid(tmp_path: Path) -> N
         assert restored.transport_url == node.transport_url
         restored.stop()
         assert not any(pid_alive(pid) for pid in pids)
+        assert not port_open("127.0.0.1", node.port)        # the Erlang VM too
     finally:
         node.stop()
 

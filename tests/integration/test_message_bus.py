@@ -18,7 +18,7 @@ import requests
 
 from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.neutron import rpc_consumers
-from networking_dvs_fabric.lab.procs import pid_alive, wait_until
+from networking_dvs_fabric.lab.procs import pid_alive, port_open, wait_until
 from networking_dvs_fabric.lab.rabbitmq import RabbitMQ
 
 # What neutron-openvswitch-agent does at start: one report_state call.
@@ -57,15 +57,21 @@ def _agents(url: str, host: str) -> list[dict]:
     return answer.json()["agents"]
 
 
-def _bus_pids(lab: Lab) -> list[int]:
-    return RabbitMQ.from_json(lab.state()["services"]["rabbitmq"]).pids
+def _bus(lab: Lab) -> tuple[list[int], list[int]]:
+    """The node's pids (start script, epmd) and ports (AMQP, distribution, epmd)."""
+    node = RabbitMQ.from_json(lab.state()["services"]["rabbitmq"])
+    return node.pids, [node.port, node.dist_port, node.epmd_port]
 
 
-def _gone(pids: list[int]) -> bool:
+def _gone(bus: tuple[list[int], list[int]]) -> bool:
+    """No pid alive and nothing listening on the ports (the Erlang VM included)."""
+    pids, ports = bus
     deadline = time.monotonic() + 10
-    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (any(pid_alive(pid) for pid in pids) or
+                                           any(port_open("127.0.0.1", p) for p in ports)):
         time.sleep(0.2)
-    return not any(pid_alive(pid) for pid in pids)
+    return not any(pid_alive(pid) for pid in pids) and \
+        not any(port_open("127.0.0.1", p) for p in ports)
 
 
 @pytest.fixture
@@ -75,9 +81,9 @@ def lab(tmp_path: Path):
     try:
         yield lab
     finally:
-        pids = _bus_pids(lab)       # the node's now: a restart gives new ones
+        bus = _bus(lab)             # the node's now: a restart gives new pids
         lab.down()
-    assert _gone(pids)
+    assert _gone(bus)
 
 
 def test_an_agent_report_over_rabbitmq_reaches_neutron_and_survives_a_restart(
@@ -104,9 +110,10 @@ def test_lab_down_stops_the_node_and_its_epmd_by_pid(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "lab")
     lab.up(bus="rabbitmq")
     try:
-        pids = _bus_pids(lab)
-        assert len(pids) == 2 and all(pid_alive(pid) for pid in pids)
+        bus = _bus(lab)
+        assert len(bus[0]) == 2 and all(pid_alive(pid) for pid in bus[0])
+        assert all(port_open("127.0.0.1", p) for p in bus[1])
     finally:
         stopped = lab.down()
     assert "rabbitmq" in stopped
-    assert _gone(pids)
+    assert _gone(bus)

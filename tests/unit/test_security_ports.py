@@ -195,6 +195,15 @@ class TestRules(SecurityTestCase):
         client = self.make_port(client_net["id"], security_groups=[clients["id"]])
         pending = store.rows(self.ctx, states=[store.PENDING])
         self.assertNotIn(server_net["id"], " ".join(r["resource_id"] for r in pending))
+        # The worker's first pass plans nothing itself: it turns the members entry into
+        # one port_group_policy entry per network, so each network is planned under its
+        # own claim (one worker at a time), never from two entries at once.
+        PolicyWorker(self.mech.runtime).run_once()
+        pending = {(r["resource_type"], r["resource_id"].split(":")[0])
+                   for r in store.rows(self.ctx, states=[store.PENDING])}
+        self.assertLessEqual({("port_group_policy", server_net["id"]),
+                              ("port_group_policy", client_net["id"])}, pending)
+        self.assertNotIn("security_group_members", {kind for kind, _ in pending})
         self.drain()
         address = f"{client['fixed_ips'][0]['ip_address']}/32"
         self.assertTrue(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
