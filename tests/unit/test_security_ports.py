@@ -85,6 +85,16 @@ class SecurityTestCase(base.VSphereDVSTestCase):
         assert found[0].policy is not None
         return found[0].policy
 
+    def assert_member_admitted_until_it_leaves(self, server: dict, client: dict) -> None:
+        """After the worker: the server's filter admits TCP 80 from the client; once the
+        client's port is deleted, no more."""
+        self.drain()
+        address = f"{client['fixed_ips'][0]['ip_address']}/32"
+        self.assertTrue(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
+        self.delete_port(client["id"])
+        self.drain()
+        self.assertFalse(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
+
     @staticmethod
     def accepts(policy: model.PortGroupPolicy, direction: str, protocol: int | None,
                 source: str | None, port: int | None = None) -> bool:
@@ -176,12 +186,7 @@ class TestRules(SecurityTestCase):
         self.rule(servers["id"], remote_group=clients["id"], low=80, high=80)
         server = self.make_port(net["id"], security_groups=[servers["id"]])
         client = self.make_port(net["id"], security_groups=[clients["id"]])
-        self.drain()
-        address = f"{client['fixed_ips'][0]['ip_address']}/32"
-        self.assertTrue(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
-        self.delete_port(client["id"])
-        self.drain()
-        self.assertFalse(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
+        self.assert_member_admitted_until_it_leaves(server, client)
 
     def test_a_member_joining_on_another_network_reaches_the_filters_naming_its_group(self):
         """The API journals the join for the member's own network only; the worker
@@ -204,12 +209,7 @@ class TestRules(SecurityTestCase):
         self.assertLessEqual({("port_group_policy", server_net["id"]),
                               ("port_group_policy", client_net["id"])}, pending)
         self.assertNotIn("security_group_members", {kind for kind, _ in pending})
-        self.drain()
-        address = f"{client['fixed_ips'][0]['ip_address']}/32"
-        self.assertTrue(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
-        self.delete_port(client["id"])
-        self.drain()
-        self.assertFalse(self.accepts(self.policy_of(server), model.OUTGOING, 6, address, 80))
+        self.assert_member_admitted_until_it_leaves(server, client)
 
     def test_an_address_group_follows_its_addresses(self):
         net = self.network_with_subnet()
