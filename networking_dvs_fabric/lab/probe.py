@@ -56,21 +56,39 @@ class VCenterProbe:
         raise LookupError(f"no DVS named {name}")
 
     def port_groups(self, dvs_name: str) -> list[PortGroupView]:
-        """The DVS's port groups; one deleted while being read is simply not listed
-        (the workers delete port groups at any moment)."""
+        """The DVS's port groups, read in one property-collector call, so one deleted
+        while being read is simply not listed (the workers delete port groups at any
+        moment).  Reading each port group's properties one by one is not safe here:
+        the simulator's accessor (``Fetch``) panics on an object deleted a moment
+        before and closes the connection without an answer."""
         switch = self.dvs(dvs_name)
+        pc = self.si.content.propertyCollector
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(
+                obj=switch, skip=True,
+                selectSet=[vmodl.query.PropertyCollector.TraversalSpec(
+                    name="portgroups", type=vim.DistributedVirtualSwitch,
+                    path="portgroup", skip=False)])],
+            propSet=[vmodl.query.PropertyCollector.PropertySpec(
+                type=vim.dvs.DistributedVirtualPortgroup,
+                pathSet=["name", "key", "config.description",
+                         "config.defaultPortConfig"])])
         views = []
-        for pg in switch.portgroup:
-            try:
-                config = pg.config
-                name, key = pg.name, pg.key
-            except vmodl.fault.ManagedObjectNotFound:
-                continue
-            vlan_spec = getattr(config.defaultPortConfig, "vlan", None)
-            vlan = getattr(vlan_spec, "vlanId", None)
-            views.append(PortGroupView(
-                name=name, key=key, vlan=int(vlan) if isinstance(vlan, int) else None,
-                description=config.description or "", dvs_uuid=switch.uuid))
+        result = pc.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions())
+        while result is not None:
+            for content in result.objects:
+                props = {prop.name: prop.val for prop in content.propSet}
+                if "name" not in props:
+                    continue
+                vlan_spec = getattr(props.get("config.defaultPortConfig"), "vlan", None)
+                vlan = getattr(vlan_spec, "vlanId", None)
+                views.append(PortGroupView(
+                    name=props["name"], key=props["key"],
+                    vlan=int(vlan) if isinstance(vlan, int) else None,
+                    description=props.get("config.description") or "",
+                    dvs_uuid=switch.uuid))
+            token = result.token
+            result = pc.ContinueRetrievePropertiesEx(token) if token else None
         return views
 
     def port_groups_of_network(self, dvs_name: str, network_id: str) -> list[PortGroupView]:
