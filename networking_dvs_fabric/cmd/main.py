@@ -22,9 +22,11 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     if args.vlan_range:
         extra["ml2_type_vlan"] = {"network_vlan_ranges": lab_topology.vlan_ranges(
             *args.vlan_range)}
+    if args.agents and args.dataplane is False:
+        raise LabError("--agents needs the dataplane: drop --no-dataplane")
     lab.up(args.ml2_mechanism_drivers, args.mode, args.db, dataplane=args.dataplane,
            extra_config=extra, share=Path(args.share) if args.share else None,
-           bus=args.message_bus)
+           bus=args.message_bus, agents=args.agents)
     print(lab.how_to_reach())
     return 0
 
@@ -193,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Neutron's message bus: oslo.messaging's in-process fake (default) "
                          "or a private RabbitMQ node on loopback (Debian's rabbitmq-server), "
                          "which Neutron's agents need")
+    up.add_argument("--agents", action="store_true",
+                    help="a small real cloud: a network node net-1 (Neutron's DHCP and L3 "
+                         "agents) and a KVM compute kvm-1, each with its own Open vSwitch "
+                         "and OVS agent, cabled to the leaves; implies --dataplane and "
+                         "--message-bus rabbitmq, adds the openvswitch driver")
     up.add_argument("--vlan-range", type=_vlan_range, metavar="LO:HI",
                     help="the VLANs this lab's Neutron hands out (default: "
                          f"{lab_topology.VLAN_RANGE[0]}:{lab_topology.VLAN_RANGE[1]})")

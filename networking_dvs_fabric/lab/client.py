@@ -74,15 +74,31 @@ class NeutronClient:
     def list_ports(self, network_id: str) -> list[dict]:
         return self._call("GET", f"ports?network_id={network_id}")["ports"]
 
+    def router_ports(self, router_id: str) -> list[dict]:
+        return self._call("GET", f"ports?device_id={router_id}")["ports"]
+
+    def create_router(self, name: str) -> dict:
+        body = {"name": name, "project_id": self.project_id}
+        return self._call("POST", "routers", {"router": body})["router"]
+
+    def add_router_interface(self, router_id: str, subnet_id: str) -> dict:
+        return self._call("PUT", f"routers/{router_id}/add_router_interface",
+                          {"subnet_id": subnet_id})
+
     def delete_port(self, port_id: str) -> None:
         self._call("DELETE", f"ports/{port_id}")
 
     def get_port(self, port_id: str) -> dict:
         return self._call("GET", f"ports/{port_id}")["port"]
 
-    def create_subnet(self, network_id: str, cidr: str, name: str = "") -> dict:
+    def create_subnet(self, network_id: str, cidr: str, name: str = "",
+                      gateway: bool = False) -> dict:
+        """An IPv4 subnet; without a gateway unless ``gateway`` (then Neutron's default,
+        the first address, which a router interface takes)."""
         body = {"network_id": network_id, "cidr": cidr, "ip_version": 4, "name": name,
-                "project_id": self.project_id, "gateway_ip": None}
+                "project_id": self.project_id}
+        if not gateway:
+            body["gateway_ip"] = None
         return self._call("POST", "subnets", {"subnet": body})["subnet"]
 
     def get_subnet(self, subnet_id: str) -> dict:

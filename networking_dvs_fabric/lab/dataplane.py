@@ -18,8 +18,12 @@ Layout (every name carries the lab's tag, so two labs never meet):
 - per VM, a namespace ``dvsf-<tag>-<vm moid>`` with ``eth0`` (the NIC's MAC, the
   port's fixed IP, MTU 1450: VXLAN takes 50 bytes of the underlay's 1500).
 
-Ports of a leaf without a host in the lab (the KVM host's) are internal ports, so
-``ovs-vtep`` keeps them in the database.  Frames are tagged in OVS: there are no
+- with agent hosts (``lab up --agents``), per host a namespace with its own Open
+  vSwitch and Neutron's agents, its first link cabled to its leaf port
+  (``lab/agent_hosts.py``).
+
+Ports of a leaf without a host in the lab (without agent hosts, the KVM host's and
+the network node's) are internal ports, so ``ovs-vtep`` keeps them in the database.  Frames are tagged in OVS: there are no
 802.1Q links here.  Everything started is a :class:`Daemon` stopped by pid; the
 namespaces are deleted by name on ``stop()`` (they are the lab's own).
 """
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from networking_dvs_fabric.lab import netns
+from networking_dvs_fabric.lab.agent_hosts import AgentHost
 from networking_dvs_fabric.lab.leaves import VSWITCH_SCHEMA, LeafSwitch, ovs_env
 from networking_dvs_fabric.lab.procs import Daemon, LabError, wait_until
 
@@ -63,7 +68,8 @@ class Dataplane:
     """Namespaces, switches and links of one lab; see the module docstring."""
 
     def __init__(self, workdir: Path, tag: str, leaves: Sequence[dict[str, Any]],
-                 attachments: Sequence[dict[str, str]]) -> None:
+                 attachments: Sequence[dict[str, str]],
+                 agent_hosts: Sequence[AgentHost] = ()) -> None:
         self.workdir = Path(workdir)
         self.tag = tag
         # Leaf records as LeafSwitch.to_json() gives them (name, tunnel_ip, ports, ...).
@@ -71,6 +77,8 @@ class Dataplane:
         self.attachments = [dict(a) for a in attachments]
         self.daemons: list[Daemon] = []
         self.namespaces: list[str] = []
+        # Open vSwitch hosts with Neutron's agents (lab/agent_hosts.py), cabled to leaves.
+        self.agent_hosts = list(agent_hosts)
 
     # -- names -----------------------------------------------------------------
     @property
@@ -83,10 +91,19 @@ class Dataplane:
     def vm_ns(self, vm_moid: str) -> str:
         return f"dvsf-{self.tag}-{re.sub(r'[^A-Za-z0-9-]', '', vm_moid)}"
 
+    def nic_ns(self, vm_moid: str, index: int = 0) -> str:
+        """The namespace of a VM's NIC ``index`` (the first NIC's is ``vm_ns``)."""
+        return self.vm_ns(vm_moid) + (f"-{index}" if index else "")
+
     @staticmethod
     def vm_link(vm_moid: str, index: int = 0) -> str:
         """Host-side end of a VM's link, in the hosts namespace."""
         return f"{re.sub(r'[^a-z0-9]', '', vm_moid.lower())[:11]}n{index}"[:15]
+
+    @property
+    def leases_dir(self) -> Path:
+        """Where the VMs' DHCP clients write their leases (``dhcp_client``)."""
+        return self.workdir / "leases"
 
     @property
     def hosts_dir(self) -> Path:
@@ -133,6 +150,10 @@ class Dataplane:
         try:
             progress("dataplane: the hosts' namespace, spine and ESXi host bridges")
             self._start_hosts()
+            for host in self.agent_hosts:
+                progress(f"dataplane: agent host {host.name} (namespace, Open vSwitch, "
+                         f"{', '.join(f'{leaf}/{port}' for leaf, port in host.cabled)})")
+                host.start_switch()
             for leaf in self.leaves:
                 progress(f"dataplane: {leaf['name']} (ovs-vswitchd + ovs-vtep in its "
                          "namespace)")
@@ -185,8 +206,14 @@ class Dataplane:
         self._vswitchd(f"dataplane-{name}-vswitchd", ns, db, rundir)
         self.vsctl(db, "add-br", name, "--", "set", "Bridge", name, "datapath_type=netdev")
         attached = {a["port"]: a for a in self.attachments if a["leaf"] == name}
+        agent_links = {port: host for host in self.agent_hosts
+                       for leaf_name, port in host.cabled if leaf_name == name}
         for port in leaf["ports"]:
             att = attached.get(port)
+            if port in agent_links:
+                agent_links[port].cable(name, port, ns)
+                self.vsctl(db, "add-port", name, port)
+                continue
             if att is None:
                 self.vsctl(db, "add-port", name, port, "--", "set", "Interface", port,
                            "type=internal")
@@ -210,6 +237,8 @@ class Dataplane:
             "-vconsole:off", name), rundir)
 
     def stop(self) -> None:
+        for host in self.agent_hosts:
+            host.stop()
         for daemon in reversed(self.daemons):
             daemon.stop()
         for name in set(self.namespaces) | set(self._vm_namespaces()):
@@ -220,14 +249,17 @@ class Dataplane:
         return [ns for ns in netns.list_ns() if ns.startswith(prefix)]
 
     def running(self) -> dict[str, bool]:
-        return {d.name: d.running() for d in self.daemons}
+        running = {d.name: d.running() for d in self.daemons}
+        for host in self.agent_hosts:
+            running.update(host.running())
+        return running
 
     # -- VMs ---------------------------------------------------------------------
     def attach_vm(self, vm_moid: str, index: int, mac: str, address: str | None,
                   esxi_host: str, vlan: int, ofport: int | None = None) -> str:
         """A namespace for the VM's NIC on its host's bridge, tagged ``vlan``; ``ofport``:
         the OpenFlow port number to ask for (flows naming it may be in place already)."""
-        ns = self.vm_ns(vm_moid) + (f"-{index}" if index else "")
+        ns = self.nic_ns(vm_moid, index)
         link = self.vm_link(vm_moid, index)
         self.detach_vm(vm_moid, index)
         netns.add_ns(ns)
@@ -260,18 +292,20 @@ class Dataplane:
     def detach_vm(self, vm_moid: str, index: int = 0) -> None:
         link = self.vm_link(vm_moid, index)
         self.vsctl(self.hosts_db, "--if-exists", "del-port", link)
-        netns.del_ns(self.vm_ns(vm_moid) + (f"-{index}" if index else ""))
+        netns.del_ns(self.nic_ns(vm_moid, index))
 
     # -- state file ----------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {"workdir": str(self.workdir), "tag": self.tag, "leaves": self.leaves,
                 "attachments": self.attachments, "namespaces": self.namespaces,
                 "hosts_db": self.hosts_db,
-                "daemons": [d.to_json() for d in self.daemons]}
+                "daemons": [d.to_json() for d in self.daemons],
+                "agent_hosts": [host.to_json() for host in self.agent_hosts]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Dataplane":
-        plane = cls(Path(data["workdir"]), data["tag"], data["leaves"], data["attachments"])
+        plane = cls(Path(data["workdir"]), data["tag"], data["leaves"], data["attachments"],
+                    [AgentHost.from_json(h) for h in data.get("agent_hosts", [])])
         plane.namespaces = list(data.get("namespaces", []))
         plane.daemons = [Daemon.from_json(d) for d in data.get("daemons", [])]
         return plane

@@ -3,7 +3,9 @@
 It plays the hypervisor's part in the lab.  It follows vCenter with the project's own
 ``VmWatch`` (one PropertyCollector, long polls) and, for every powered-on VM with a
 NIC that carries ``nvp.iface-id.N`` (what Nova writes), wires a namespace with the
-NIC's MAC and the Neutron port's fixed IP onto the bridge of the VM's ESXi host,
+NIC's MAC and the Neutron port's fixed IP onto the bridge of the VM's ESXi host
+(with agent hosts, the lab's Neutron runs DHCP: the VM asks it for its address with
+``dhcp_client`` instead),
 tagged with the port group's VLAN (read from vCenter).  When the simulator has
 relocated a VM (``runtime.host`` changed) the link moves to the destination host's
 bridge - the vMotion switchover.  A VM powered off, deleted or without the NIC loses
@@ -28,12 +30,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from networking_dvs_fabric.lab import dhcp_client
 from networking_dvs_fabric.lab.client import NeutronClient, NeutronError
 from networking_dvs_fabric.lab.dataplane import Dataplane
 from networking_dvs_fabric.lab.lab import Lab
@@ -72,6 +76,9 @@ class Agent:
         self.vlans: dict[str, int] = {}          # port group key -> VLAN
         self.networks: dict[str, str | None] = {}   # port group key -> network (ours)
         self.filters = LinkFilters(self.plane, self.session)
+        # With Neutron's DHCP agent in the lab, VMs get their addresses by DHCP.
+        self.dhcp = bool(status.get("agent_hosts"))
+        self.dhcp_clients: dict[tuple[str, int], subprocess.Popen] = {}
         self.lock = threading.Lock()             # the VM watch's thread vs the policy poll
         self.stop = threading.Event()
         self.watch: VmWatch | None = None
@@ -177,6 +184,7 @@ class Agent:
                     wanted[index] = (change.host, nic)
         for (vm, index) in [k for k in self.wired if k[0] == moid and k[1] not in wanted]:
             self.filters.remove(vm, index, self.wired[(vm, index)])
+            self._stop_dhcp(vm, index)
             self.plane.detach_vm(vm, index)
             del self.wired[(vm, index)]
             self.filters.forget(vm, index)
@@ -194,7 +202,7 @@ class Agent:
                     self.wired[(moid, index)] = self._rewire(moid, index, have, host, vlan,
                                                              key)
                 continue
-            address = self._address(nic.iface_id)
+            address = None if self.dhcp else self._address(nic.iface_id)
             wired = Wired(host, vlan, nic.mac, address, nic.port_group_key,
                           ofport=self.filters.ofport(moid, index))
 
@@ -202,8 +210,13 @@ class Agent:
                 ns = self.plane.attach_vm(moid, index, wired.mac, wired.address, wired.host,
                                           wired.vlan, wired.ofport)
                 LOG.info("dataplane: plugged %s nic %d (%s, %s) on %s VLAN %d as namespace "
-                         "%s", moid, index, wired.mac, wired.address or "no IP",
+                         "%s", moid, index, wired.mac,
+                         wired.address or ("asking DHCP" if self.dhcp else "no IP"),
                          wired.host, wired.vlan, ns)
+                if self.dhcp:
+                    self._stop_dhcp(moid, index)
+                    self.dhcp_clients[(moid, index)] = dhcp_client.start(
+                        ns, self.plane.leases_dir)
             self.wired[(moid, index)] = self.filters.enforce(
                 moid, index, wired, None, "plugged",
                 self.filters.policy(wired.port_group, fresh=True), attach=plug)
@@ -230,6 +243,14 @@ class Agent:
                  "in %.1f ms", moid, index, have.host, host, have.port_group, key, have.vlan,
                  vlan, (time.monotonic() - started) * 1000)
         return now
+
+    def _stop_dhcp(self, moid: str, index: int) -> None:
+        client = self.dhcp_clients.pop((moid, index), None)
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait()
+        dhcp_client.lease_file(self.plane.leases_dir,
+                               self.plane.nic_ns(moid, index)).unlink(missing_ok=True)
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> None:

@@ -15,13 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from networking_dvs_fabric.lab import netns, neutron, topology
+from networking_dvs_fabric.lab.agent_hosts import (AGENT_DOWN_TIME, AGENTS_BY_HOST,
+                                                   lab_agent_hosts, wait_agents_alive)
 from networking_dvs_fabric.lab.dataplane import Dataplane, lab_tag
+from networking_dvs_fabric.lab.lab_controls import LabControls
 from networking_dvs_fabric.lab.leaves import LeafSwitch, start_lab_leaves
 from networking_dvs_fabric.lab.mariadb import MariaDB
 from networking_dvs_fabric.lab.procs import Daemon, LabError, wait_until, write_json_atomic
@@ -35,6 +37,7 @@ DATABASES = ("sqlite", "mariadb")
 # private RabbitMQ node (``lab/rabbitmq.py``) that agents on other "hosts" reach.
 MESSAGE_BUSES = ("fake", "rabbitmq")
 CLOUD_NAME = "dvs-fabric-lab"
+AGENT_START_TIMEOUT = 120.0
 
 
 def default_lab_dir() -> Path:
@@ -49,7 +52,7 @@ def _progress(message: str) -> None:
     print(f"lab: {message}", file=sys.stderr, flush=True)
 
 
-class Lab:
+class Lab(LabControls):
     def __init__(self, lab_dir: Path | None = None) -> None:
         self.dir = Path(lab_dir) if lab_dir else default_lab_dir()
         self.state_file = self.dir / "state.json"
@@ -87,11 +90,14 @@ class Lab:
     def up(self, mechanism_drivers: str = DEFAULT_DRIVERS, mode: str = "pre_provision",
            db: str = "sqlite", extra_config: dict[str, dict[str, str]] | None = None,
            dataplane: bool | None = False, share: Path | None = None,
-           bus: str = "fake") -> dict[str, Any]:
+           bus: str = "fake", agents: bool = False) -> dict[str, Any]:
         """Start the lab.  ``dataplane``: True = required, None = where namespaces work.
 
         ``share``: the directory of a running lab whose vCenter and leaves to use.
         ``bus``: Neutron's message bus (``MESSAGE_BUSES``).
+        ``agents``: the agent hosts (``lab/agent_hosts.py``) with Neutron's OVS, DHCP
+        and L3 agents; needs the dataplane and RabbitMQ, and adds ``openvswitch`` to
+        the drivers and the router service.
         """
         if mode not in MODES:
             raise LabError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -102,6 +108,21 @@ class Lab:
         drivers = ",".join(d.strip() for d in mechanism_drivers.split(",") if d.strip())
         if not drivers:
             raise LabError("--ml2-mechanism-drivers: name at least one driver")
+        if agents:
+            if share is not None:
+                raise LabError("--agents: a lab sharing another's leaves has no dataplane "
+                               "to cable agent hosts to")
+            if bus == "fake":
+                bus = "rabbitmq"            # agents on other hosts need a real bus
+            dataplane = True
+            if "openvswitch" not in drivers.split(","):
+                drivers += ",openvswitch"
+            extra = dict(extra_config or {})
+            extra["DEFAULT"] = {"service_plugins": "router",
+                                "agent_down_time": str(AGENT_DOWN_TIME),
+                                "dhcp_agents_per_network": "1",
+                                **extra.get("DEFAULT", {})}
+            extra_config = extra
         shared = None
         if share is not None:
             if Path(share).resolve() == self.dir.resolve():
@@ -125,7 +146,8 @@ class Lab:
         self._save(state)      # from here on, 'down' can stop whatever was started
         try:
             self._start_all(state, drivers, mode, db, extra_config or {},
-                            dataplane is not False and not dataplane_off, shared, share, bus)
+                            dataplane is not False and not dataplane_off, shared, share, bus,
+                            agents)
         except BaseException:
             _progress("start failed; stopping what was started")
             self.down()
@@ -139,7 +161,7 @@ class Lab:
     def _start_all(self, state: dict[str, Any], drivers: str, mode: str, db: str,
                    extra: dict[str, dict[str, str]], dataplane: bool,
                    shared: dict[str, Any] | None = None, share: Path | None = None,
-                   bus: str = "fake") -> None:
+                   bus: str = "fake", agents: bool = False) -> None:
         if shared is not None:
             _progress(f"using the vCenter simulator and leaves of the lab in {share}")
             vcenter = {k: shared["vcenter"][k] for k in ("url", "username", "password",
@@ -182,7 +204,7 @@ class Lab:
             _progress("starting RabbitMQ (a private node on loopback)")
             rabbit = RabbitMQ(self.dir / "rabbitmq", node=f"lab{lab_tag(self.dir)}")
             self._record(state, "rabbitmq", rabbit)
-            rabbit.start()
+            rabbit.start(fresh=True)
             self._record(state, "rabbitmq", rabbit)
             bus_status["transport_url"] = rabbit.transport_url
             extra = {**extra, "DEFAULT": {**extra.get("DEFAULT", {}),
@@ -206,19 +228,27 @@ class Lab:
         state["status"] = self._status_doc(url, vcenter, leaves, mode)
         state["status"]["dataplane"] = dataplane
         state["status"]["message_bus"] = bus_status
+        state["status"]["agent_hosts"] = (
+            {name: list(AGENTS_BY_HOST[name]) for name in topology.AGENT_HOSTS}
+            if agents else {})
         state["config_files"] = [str(p) for p in configs]
         state["db"] = db
         state["mechanism_drivers"] = drivers
         self._save(state)
         self._write_clouds_yaml(url)
         if dataplane:
-            self._start_dataplane(state, switches)
+            self._start_dataplane(state, switches, agents)
+        if agents:
+            self._start_agents(state, rabbit, url)
 
-    def _start_dataplane(self, state: dict[str, Any], leaves: list[LeafSwitch]) -> None:
-        plane = Dataplane(self.dir / "dataplane", lab_tag(self.dir),
+    def _start_dataplane(self, state: dict[str, Any], leaves: list[LeafSwitch],
+                         agents: bool = False) -> None:
+        tag = lab_tag(self.dir)
+        plane = Dataplane(self.dir / "dataplane", tag,
                           [leaf.to_json() for leaf in leaves],
                           [{"esxi_host": a.esxi_host, "leaf": a.leaf, "port": a.port}
-                           for a in topology.attachments()])
+                           for a in topology.attachments()],
+                          lab_agent_hosts(self.dir / "agent-hosts", tag) if agents else ())
         try:
             plane.start(_progress)
         finally:
@@ -234,6 +264,20 @@ class Lab:
         wait_until(lambda: "following vCenter" in agent.log_tail(50), 60,
                    "the dataplane agent", alive=agent)
         _progress("dataplane: up (agent following vCenter)")
+
+    def _start_agents(self, state: dict[str, Any], rabbit: RabbitMQ, url: str) -> None:
+        plane = Dataplane.from_json(state["services"]["dataplane"])
+        try:
+            for host in plane.agent_hosts:
+                host.start_agents(rabbit.transport_url, rabbit.port, _progress)
+        finally:
+            state["services"]["dataplane"] = plane.to_json()
+            self._save(state)
+        expected = {(host, agent) for host, agents in state["status"]["agent_hosts"].items()
+                    for agent in agents}
+        _progress(f"waiting for {len(expected)} agents to report to Neutron")
+        wait_agents_alive(url, expected, AGENT_START_TIMEOUT, plane.agent_hosts)
+        _progress("agents: all alive")
 
     def dataplane(self) -> Dataplane:
         data = (self.state() or {}).get("services", {}).get("dataplane")
@@ -260,98 +304,6 @@ class Lab:
         text = (f"clouds:\n  {CLOUD_NAME}:\n    auth_type: none\n    auth:\n"
                 f"      endpoint: {url}\n    network_endpoint_override: {url}\n")
         (self.dir / "clouds.yaml").write_text(text)
-
-    def restart_vcenter(self, **changes: Any) -> VCenterSimulator:
-        """Restart the simulator on its port with changed password/cert (fault tests).
-
-        The new pid is recorded, so ``down`` still stops it.
-        """
-        state = self.state()
-        if state is None or not state.get("services", {}).get("vcsim"):
-            raise LabError("no lab vCenter to restart")
-        sim = VCenterSimulator.from_json(state["services"]["vcsim"])
-        sim.restart_with(**changes)
-        self._record(state, "vcsim", sim)
-        return sim
-
-    def stop_vcenter(self) -> None:
-        """Stop only the simulator (vCenter unreachable); ``restart_vcenter`` brings it back."""
-        state = self.state() or {}
-        data = state.get("services", {}).get("vcsim")
-        if data:
-            VCenterSimulator.from_json(data).stop()
-
-    def restart_rabbitmq(self) -> RabbitMQ:
-        """Stop the message bus and start it again on its ports and data (fault tests);
-        the new pids are recorded, so ``down`` still stops them."""
-        state = self.state()
-        if state is None or not state.get("services", {}).get("rabbitmq"):
-            raise LabError("no lab RabbitMQ to restart (lab up --message-bus rabbitmq)")
-        node = RabbitMQ.from_json(state["services"]["rabbitmq"])
-        node.stop()
-        try:
-            node.start()
-        finally:
-            self._record(state, "rabbitmq", node)
-        return node
-
-    # -- fault controls (tests, benchmarks) ---------------------------------------
-    def periodic_workers(self) -> list[Daemon]:
-        state = self.state() or {}
-        return [Daemon.from_json(d) for d in state.get("daemons", [])
-                if d["name"].startswith("neutron-periodic-workers")]
-
-    def kill_periodic_workers(self) -> list[int]:
-        """SIGKILL every periodic-workers process group of the lab, as a crash would."""
-        killed = []
-        for daemon in self.periodic_workers():
-            if daemon.running() and daemon.pid is not None:
-                try:
-                    os.killpg(daemon.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
-                killed.append(daemon.pid)
-                daemon.stop()          # reaps; nothing left to terminate
-        return killed
-
-    def start_periodic_worker(self) -> Daemon:
-        """Start one more neutron-periodic-workers process (recorded, so ``down`` stops it)."""
-        state = self.state()
-        if state is None or "config_files" not in state:
-            raise LabError("no lab is running")
-        configs = [Path(p) for p in state["config_files"]]
-        index = len(self.periodic_workers())
-        daemon = neutron.periodic_daemon(self.dir, configs, suffix=f"-{index}" if index else "")
-        daemon.start()
-        state["daemons"].append(daemon.to_json())
-        self._save(state)
-        return daemon
-
-    def leaf(self, name: str) -> LeafSwitch:
-        state = self.state() or {}
-        for data in state.get("services", {}).get("leaves", []):
-            if data["name"] == name:
-                return LeafSwitch.from_json(data)
-        if state.get("shared_from"):
-            raise LabError(f"leaf {name!r} belongs to the lab in {state['shared_from']}, "
-                           "which this lab shares; control it there")
-        raise LabError(f"no leaf named {name!r} in this lab")
-
-    def stop_leaf(self, name: str) -> None:
-        self.leaf(name).stop()
-
-    def start_leaf(self, name: str, empty: bool = False) -> LeafSwitch:
-        """Start a stopped leaf again on its port; ``empty`` starts it with a new database."""
-        leaf = self.leaf(name)
-        leaf.stop()
-        if empty:
-            leaf.db_path.unlink(missing_ok=True)
-        leaf.start()
-        state = self.state() or {}
-        state["services"]["leaves"] = [leaf.to_json() if d["name"] == name else d
-                                       for d in state["services"]["leaves"]]
-        self._save(state)
-        return leaf
 
     def down(self) -> list[str]:
         """Stop every process this lab started, by pid; returns what was stopped."""

@@ -128,6 +128,10 @@ class Daemon:
         if argv[1:3] == ["netns", "exec"] and len(argv) > 4:
             # ``ip netns exec NS PROGRAM ...`` execs PROGRAM: that is what runs.
             return os.path.basename(argv[4])
+        if os.path.basename(argv[0]) == "nsenter":
+            # ``nsenter --OPTION... PROGRAM ...`` execs PROGRAM.
+            program = next((arg for arg in argv[1:] if not arg.startswith("-")), argv[0])
+            return os.path.basename(program)
         return os.path.basename(argv[0])
 
     def stop(self, timeout: float = 15.0) -> None:

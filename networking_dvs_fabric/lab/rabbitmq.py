@@ -56,9 +56,13 @@ class RabbitMQ:
         return [d.pid for d in (self._server, self._epmd) if d is not None and d.pid]
 
     # -- start and stop ----------------------------------------------------------
-    def start(self) -> "RabbitMQ":
+    def start(self, fresh: bool = False) -> "RabbitMQ":
+        """Start the node; ``fresh`` first removes the data of an earlier node here
+        (its users were made with another password: the new one would be refused)."""
         server_program = _server_program()
         epmd_program = find_program("epmd", "erlang-base")
+        if fresh:
+            shutil.rmtree(self.workdir / "mnesia", ignore_errors=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
         for name in ("port", "dist_port", "epmd_port"):
             wanted = getattr(self, name)

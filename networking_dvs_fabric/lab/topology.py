@@ -21,6 +21,13 @@ LEAF_NAMES = ("leaf1", "leaf2", "leaf3")
 KVM_HOST = "kvm-1"
 KVM_PHYSICAL_NETWORK = "physnet-kvm"
 KVM_PORTS = (("leaf2", "swp9"), ("leaf3", "swp9"))
+# The network node: Neutron's DHCP and L3 agents on Open vSwitch, on the KVM physical
+# network, behind leaf3 (ESXi hosts of both clusters sit behind leaf1).
+NETWORK_NODE = "net-1"
+NETWORK_NODE_PORTS = (("leaf3", "swp10"),)
+# The agent hosts (lab/agent_hosts.py): the KVM compute and the network node, each an
+# Open vSwitch host with Neutron's agents; their links in the order they are cabled.
+AGENT_HOSTS = {KVM_HOST: KVM_PORTS, NETWORK_NODE: NETWORK_NODE_PORTS}
 
 
 def esxi_hosts(cluster: str) -> list[str]:
@@ -68,8 +75,9 @@ def leaf_ports() -> dict[str, list[str]]:
     ports: dict[str, list[str]] = {name: [] for name in LEAF_NAMES}
     for att in attachments():
         ports[att.leaf].append(att.port)
-    for leaf, port in KVM_PORTS:
-        ports[leaf].append(port)
+    for links in AGENT_HOSTS.values():
+        for leaf, port in links:
+            ports[leaf].append(port)
     return ports
 
 
@@ -81,8 +89,9 @@ def fabric_topology(leaf_endpoints: dict[str, str]) -> dict:
         "hosts": [{"name": a.esxi_host,
                    "attachments": [{"leaf": a.leaf, "port": a.port, "dvs": DVS_NAME}]}
                   for a in attachments()] + [
-            {"name": KVM_HOST, "physical_network": KVM_PHYSICAL_NETWORK,
-             "attachments": [{"leaf": leaf, "port": port} for leaf, port in KVM_PORTS]}],
+            {"name": host, "physical_network": KVM_PHYSICAL_NETWORK,
+             "attachments": [{"leaf": leaf, "port": port} for leaf, port in links]}
+            for host, links in AGENT_HOSTS.items()],
     }
 
 

@@ -13,6 +13,7 @@ leaves carry it (``fabric/provisioning.py``).
 from __future__ import annotations
 
 import logging
+import time
 
 from neutron.db import segments_db
 from neutron_lib import constants as n_const
@@ -34,6 +35,7 @@ DRIVER_NAME = names.FABRIC_DRIVER
 RESOURCE_NETWORK = names.RESOURCE_NETWORK
 INACTIVE_BINDING_DELAYS = (0.5, 3.0)
 HOLD_TRIES = 3
+UNPLACED_WARN_EVERY = 300.0
 ConfigurationError = runtime.FabricConfigurationError
 
 
@@ -60,6 +62,7 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             LOG.info("fabric_hwvtep: no [ml2_vsphere] vcenter_url; only hosts with a "
                      "physical_network in the topology file are served")
         self.waker = self.runtime.waker
+        self._unplaced_warned: dict[str, float] = {}
         LOG.info("fabric_hwvtep ready: %(leaves)d leaves, %(hosts)d hosts in %(file)s, "
                  "mode %(mode)s, MAC distribution %(macs)s",
                  {"leaves": len(self.topology.leaves), "hosts": len(self.topology.hosts),
@@ -97,7 +100,15 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
                                       "err": exc})
                 return
             if placement is None:
-                LOG.debug("fabric_hwvtep: host %s not in the fabric topology", context.host)
+                self._unplaced(context)
+                if any(s.get(api.NETWORK_TYPE) == n_const.TYPE_VLAN
+                       for s in context.segments_to_bind):
+                    # ML2 offers the network's dynamic VLAN segments (ours, made for
+                    # hosts behind the leaves) at the top level too: an agent mapping
+                    # their physical network would bind straight into a VLAN no leaf
+                    # carries for this host.  Refuse the port instead.
+                    context.set_binding(segment[api.ID],
+                                        portbindings.VIF_TYPE_BINDING_FAILED, {})
                 return
             dynamic, active_host = self._allocate_and_hold(context, placement.physical_network)
             if dynamic is None:
@@ -117,6 +128,25 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             if active_host not in (None, context.host):
                 self._record_inactive_binding(context)
             return
+
+    def _unplaced(self, context: api.PortContext) -> None:
+        """A VXLAN port on a host the topology does not place is left to other drivers
+        (a host doing VXLAN in software binds it itself); when none binds it, the log must
+        say why: a warning naming the host and the topology file, at most once per host
+        every ``UNPLACED_WARN_EVERY`` seconds (ML2 tries each bind several times)."""
+        host = context.host
+        now = time.monotonic()
+        if now - self._unplaced_warned.get(host, -UNPLACED_WARN_EVERY) < UNPLACED_WARN_EVERY:
+            LOG.debug("fabric_hwvtep: host %s not in the fabric topology", host)
+            return
+        self._unplaced_warned[host] = now
+        LOG.warning("fabric_hwvtep: binding host %(host)s of port %(port)s is not in the "
+                    "fabric topology file %(file)s (nor an ESXi host of a cluster it "
+                    "names): the port is not bound through the fabric, nor into a VLAN "
+                    "the fabric made for other hosts; add the host and its leaf ports to "
+                    "the file",
+                    {"host": host, "port": context.current["id"],
+                     "file": self.runtime.topology_file})
 
     def _allocate_and_hold(self, context: api.PortContext,
                            physical_network: str) -> tuple[dict | None, str | None]:
@@ -249,7 +279,10 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
 
 
 def _ours(binding_levels: list[dict] | None) -> bool:
-    return levels.bound_by(binding_levels, DRIVER_NAME)
+    """Bound through us: a level of ours with a level below it (a refusal of ours at
+    the top, ``bind_port`` for a host the topology does not place, has none)."""
+    return levels.bound_by(binding_levels, DRIVER_NAME) and \
+        _segment_below_us(binding_levels) is not None
 
 
 def _level_ids(binding_levels: list[dict] | None) -> list[tuple]:

@@ -88,3 +88,18 @@ def test_a_port_taken_by_another_program_is_named(tmp_path: Path) -> None:
         with pytest.raises(LabError, match=f"port {port} on 127.0.0.1 is taken"):
             node.start()
         assert node.pids == []
+
+
+def test_a_fresh_node_where_one_ran_before_accepts_its_new_password(tmp_path: Path) -> None:
+    """``lab up`` again in the same directory: the earlier node's data made user 'lab'
+    with another password; a fresh start must not keep it (its login was refused and
+    ``lab up`` failed after 90 s)."""
+    first = RabbitMQ(tmp_path / "rabbitmq").start()
+    first.stop()
+    second = RabbitMQ(tmp_path / "rabbitmq")
+    assert second.password != first.password
+    try:
+        second.start(fresh=True)
+        assert _rpc_round_trip(second.transport_url) == "OVER THE BUS"
+    finally:
+        second.stop()

@@ -1,0 +1,187 @@
+"""Neutron's own agents across the fabric (issue 14), with real packets.
+
+One lab for the module (``lab up --agents``, MariaDB): a network node ``net-1`` with
+Neutron's OVS, DHCP and L3 agents behind leaf3, a KVM compute ``kvm-1`` with its OVS
+agent behind leaf2, vSphere VMs on ESXi host DC0_C0_H0 behind leaf1.  Every guest
+gets its address from Neutron's dnsmasq on ``net-1`` (VLAN -> VXLAN -> VLAN).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from networking_dvs_fabric.lab import dhcp_client, guests, netns, topology
+from networking_dvs_fabric.lab.agent_hosts import alive_agents
+from networking_dvs_fabric.lab.lab import Lab
+from networking_dvs_fabric.lab.nova import FakeNova
+from networking_dvs_fabric.lab.procs import wait_until
+
+from .conftest import lab_directory
+
+WHY_NOT = netns.unavailable()
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no dataplane here: {WHY_NOT}")
+
+
+@pytest.fixture(scope="module")
+def cloud(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with lab_directory(request, tmp_path_factory, "lab-agents") as directory:
+        lab = Lab(directory)
+        try:
+            lab.up(db="mariadb", agents=True)
+            yield lab
+        finally:
+            lab.down()
+
+
+@pytest.fixture(scope="module")
+def nova(cloud: Lab) -> Iterator[FakeNova]:
+    with FakeNova(cloud.status()["vcenter"]) as fake:
+        yield fake
+
+
+def _network(neutron, cidr: str, gateway: bool = False) -> tuple[dict, dict]:
+    net = neutron.create_network(f"agents-{uuid.uuid4().hex[:6]}")
+    return net, neutron.create_subnet(net["id"], cidr, gateway=gateway)
+
+
+def _dhcp_port(neutron, network_id: str) -> dict:
+    def find():
+        return [p for p in neutron.list_ports(network_id)
+                if p["device_owner"] == "network:dhcp" and p["status"] == "ACTIVE"]
+    wait_until(lambda: bool(find()), 60, "the network's DHCP port to be ACTIVE")
+    return find()[0]
+
+
+def test_a_vsphere_vm_leases_its_address_from_the_network_node_and_pings_a_kvm_vm(
+        cloud: Lab, nova: FakeNova) -> None:
+    neutron = guests.neutron_of(cloud)
+    net, _ = _network(neutron, "10.14.1.0/24")
+    dhcp = _dhcp_port(neutron, net["id"])
+    # The DHCP port: VXLAN at the top, a VLAN on the KVM physical network below,
+    # bound by the network node's OVS agent.
+    assert dhcp["binding:host_id"] == topology.NETWORK_NODE
+    assert dhcp["binding:vif_type"] == "ovs"
+    vm = guests.boot_vsphere_vm(cloud, nova, neutron, net["id"], "agents-vm-a")
+    lease = guests.wait_lease(cloud, vm)
+    assert lease["server"] == dhcp["fixed_ips"][0]["ip_address"]
+    assert lease["mtu"] == "1450"
+    assert lease["bound_at"] - vm.attached_at < 30
+    kvm = guests.boot_kvm_vm(cloud, neutron, net["id"], "agents-kvm-a")
+    guests.wait_lease(cloud, kvm)
+    bound = neutron.get_port(kvm.port["id"])
+    assert bound["binding:vif_type"] == "ovs" and bound["status"] == "ACTIVE"
+    # leaf1 (ESXi) <-> leaf2 (kvm-1): every ping answered, both ways.
+    sent, received = netns.ping(vm.ns, kvm.address, count=5)
+    assert received == sent == 5
+    sent, received = netns.ping(kvm.ns, vm.address, count=5)
+    assert received == sent == 5
+
+
+def test_two_networks_joined_by_a_router_on_the_network_node(
+        cloud: Lab, nova: FakeNova) -> None:
+    neutron = guests.neutron_of(cloud)
+    net_a, sub_a = _network(neutron, "10.14.2.0/24", gateway=True)
+    net_b, sub_b = _network(neutron, "10.14.3.0/24", gateway=True)
+    router = neutron.create_router("agents-router")
+    for sub in (sub_a, sub_b):
+        neutron.add_router_interface(router["id"], sub["id"])
+    vm_a = guests.boot_vsphere_vm(cloud, nova, neutron, net_a["id"], "agents-vm-ra")
+    vm_b = guests.boot_vsphere_vm(cloud, nova, neutron, net_b["id"], "agents-vm-rb",
+                                  esxi_host="DC0_C1_H1")
+    lease = guests.wait_lease(cloud, vm_a)
+    guests.wait_lease(cloud, vm_b)
+    assert lease["router"] == sub_a["gateway_ip"]
+    # The router's interfaces are ports on net-1, bound through the fabric.
+    ports = neutron.router_ports(router["id"])
+    assert len(ports) == 2
+    for port in ports:
+        wait_until(lambda p=port: neutron.get_port(p["id"])["status"] == "ACTIVE", 60,
+                   f"router port {port['id']} ACTIVE")
+        assert neutron.get_port(port["id"])["binding:host_id"] == topology.NETWORK_NODE
+    sent, received = netns.ping(vm_a.ns, sub_a["gateway_ip"], count=3)
+    assert received == sent
+    sent, received = netns.ping(vm_a.ns, vm_b.address, count=5)
+    assert received == sent == 5, "no path through the router"
+
+
+def test_a_host_missing_from_the_topology_fails_to_bind_and_the_log_says_why(
+        cloud: Lab) -> None:
+    """An OVS agent alive on a host the topology file does not name: its port fails to
+    bind, and Neutron's log names the host and the file."""
+    neutron = guests.neutron_of(cloud)
+    net, _ = _network(neutron, "10.14.4.0/24")
+    host = "kvm-9"
+    from .test_message_bus import _report
+    _report(cloud.status()["message_bus"]["transport_url"], host,
+            {"bridge_mappings": {topology.KVM_PHYSICAL_NETWORK: "br-phys"},
+             "tunnel_types": [], "datapath_type": "netdev"})
+    wait_until(lambda: (host, "ovs") in alive_agents(cloud.status()["neutron"]["url"]), 30,
+               f"the agent of {host} alive")
+    port = neutron.create_port(net["id"], host, device_id=str(uuid.uuid4()))
+    assert port["binding:vif_type"] == "binding_failed"
+    topology_file = Path(cloud.state()["config_files"][0]).parent / "fabric-topology.yaml"
+    logs = "".join(p.read_text(errors="replace")
+                   for p in (cloud.dir / "logs").glob("neutron-*.log"))
+    said = [line for line in logs.splitlines()
+            if "not in the fabric topology file" in line and host in line]
+    assert said and str(topology_file) in said[0]
+
+
+def test_an_ovs_agent_down_refuses_the_bind_and_the_port_binds_when_it_is_back(
+        cloud: Lab) -> None:
+    neutron = guests.neutron_of(cloud)
+    net, _ = _network(neutron, "10.14.5.0/24")
+    url = cloud.status()["neutron"]["url"]
+    cloud.stop_agent(topology.KVM_HOST, "ovs")
+    try:
+        wait_until(lambda: (topology.KVM_HOST, "ovs") not in alive_agents(url), 60,
+                   "Neutron to see kvm-1's OVS agent dead")
+        kvm = guests.boot_kvm_vm(cloud, neutron, net["id"], "agents-kvm-down")
+        assert kvm.port["binding:vif_type"] == "binding_failed"
+    finally:
+        cloud.start_agent(topology.KVM_HOST, "ovs")
+    # Back: the agent finds the plugged tap, asks for its details, ML2 binds it.
+    guests.wait_lease(cloud, kvm, timeout=90)
+    port = neutron.get_port(kvm.port["id"])
+    assert port["binding:vif_type"] == "ovs" and port["status"] == "ACTIVE"
+
+
+def test_rabbitmq_restarted_the_agents_reconnect_and_nothing_is_lost(
+        cloud: Lab, nova: FakeNova) -> None:
+    """The bus goes down for a while: a port created meanwhile (Neutron's API answers
+    once it can send its notifications again) is wired after it, and a VM's DHCP
+    request is still answered."""
+    neutron = guests.neutron_of(cloud)
+    net, _ = _network(neutron, "10.14.6.0/24")
+    _dhcp_port(neutron, net["id"])
+    before = guests.boot_vsphere_vm(cloud, nova, neutron, net["id"], "agents-vm-bus1")
+    guests.wait_lease(cloud, before)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        created: list[concurrent.futures.Future] = []
+
+        def outage() -> None:
+            created.append(pool.submit(neutron.create_port, net["id"], topology.KVM_HOST,
+                                       name="agents-kvm-bus", device_id=str(uuid.uuid4())))
+            time.sleep(5)
+            assert not created[0].done(), "Neutron answered without its message bus"
+        cloud.restart_rabbitmq(while_down=outage)
+        port = created[0].result(timeout=120)
+    url = cloud.status()["neutron"]["url"]
+    expected = {(h, a) for h, agents in cloud.status()["agent_hosts"].items() for a in agents}
+    wait_until(lambda: expected <= alive_agents(url), 120, "every agent alive again")
+    ns = cloud.plug_kvm_vm(port)
+    during = guests.Guest("agents-kvm-bus", port, ns, time.time(),
+                          client=dhcp_client.start(ns, cloud.dataplane().leases_dir))
+    guests.wait_lease(cloud, during, timeout=90)
+    assert neutron.get_port(port["id"])["status"] == "ACTIVE"
+    # The VM from before asks again (a new DISCOVER) and is answered with its address.
+    dhcp_client.start(before.ns, cloud.dataplane().leases_dir)
+    guests.wait_lease(cloud, before)
+    sent, received = netns.ping(before.ns, during.address, count=3)
+    assert received == sent
