@@ -17,6 +17,7 @@ import pytest
 
 from networking_dvs_fabric.lab import dhcp_client, guests, netns, topology
 from networking_dvs_fabric.lab.agent_hosts import alive_agents
+from networking_dvs_fabric.lab.demo import PRECOPY_SECONDS
 from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.nova import FakeNova
 from networking_dvs_fabric.lab.procs import wait_until
@@ -81,6 +82,30 @@ def test_a_vsphere_vm_leases_its_address_from_the_network_node_and_pings_a_kvm_v
     assert received == sent == 5
     sent, received = netns.ping(kvm.ns, vm.address, count=5)
     assert received == sent == 5
+
+
+def test_a_vmotion_during_a_ping_to_a_kvm_vm_loses_at_most_two(
+        cloud: Lab, nova: FakeNova) -> None:
+    """The vSphere VM moves from DC0_C0_H0 (leaf1) to DC0_C0_H2 (leaf3), announced as
+    vCenter does, while it pings the KVM VM (kvm-1, leaf2) every 100 ms."""
+    neutron = guests.neutron_of(cloud)
+    net, _ = _network(neutron, "10.14.7.0/24")
+    vm = guests.boot_vsphere_vm(cloud, nova, neutron, net["id"], "agents-vm-move")
+    kvm = guests.boot_kvm_vm(cloud, neutron, net["id"], "agents-kvm-move")
+    guests.wait_lease(cloud, vm)
+    guests.wait_lease(cloud, kvm)
+    assert netns.ping(vm.ns, kvm.address, count=3)[1] == 3
+    pinger = netns.PingRun(vm.ns, kvm.address, 0.1)
+    try:
+        time.sleep(1.0)
+        nova.announce_migration("agents-vm-move", "DC0_C0_H2")
+        time.sleep(PRECOPY_SECONDS)          # the memory copy; the fabric prepares
+        nova.vmotion("agents-vm-move", "DC0_C0_H2")
+        time.sleep(4.0)
+    finally:
+        sent, received = pinger.stop()
+    assert sent >= 60
+    assert sent - received <= 2, f"{sent - received} of {sent} pings lost"
 
 
 def test_two_networks_joined_by_a_router_on_the_network_node(
