@@ -36,7 +36,9 @@ def keep_lab_logs(directory: Path, name: str) -> Path:
     """Copy the lab's ``state.json`` and every ``*.log`` under ``directory`` (Neutron's,
     vcsim's, the leaves') to ``KEPT_LABS/<name>-<time>/``, same relative paths."""
     target = KEPT_LABS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    for path in [directory / "state.json", *directory.rglob("*.log")]:
+    # (dnsmasq's log, with --log-dhcp, is <agent host>/dnsmasq/<network>/dhcp_dns_log)
+    for path in [directory / "state.json", *directory.rglob("*.log"),
+                 *directory.rglob("dhcp_dns_log")]:
         if path.is_file():
             (target / path.relative_to(directory)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target / path.relative_to(directory))
