@@ -81,6 +81,13 @@ class NeutronClient:
         body = {"name": name, "project_id": self.project_id}
         return self._call("POST", "routers", {"router": body})["router"]
 
+    def remove_router_interface(self, router_id: str, subnet_id: str) -> dict:
+        return self._call("PUT", f"routers/{router_id}/remove_router_interface",
+                          {"subnet_id": subnet_id})
+
+    def delete_router(self, router_id: str) -> None:
+        self._call("DELETE", f"routers/{router_id}")
+
     def add_router_interface(self, router_id: str, subnet_id: str) -> dict:
         return self._call("PUT", f"routers/{router_id}/add_router_interface",
                           {"subnet_id": subnet_id})

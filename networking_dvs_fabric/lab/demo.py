@@ -11,6 +11,11 @@
 3. Migrate one VM with a vMotion to a host behind a third leaf, announcing the start
    as vCenter does, while the other VM pings it every 100 ms; the loss is reported.
 
+Where network namespaces work the lab also runs Neutron's own agents (``lab up
+--agents``, MariaDB): the VMs lease their addresses from dnsmasq on ``net-1``, and
+``demo_agents`` adds a KVM VM on ``kvm-1`` pinged from vm-a, and a router on
+``net-1`` to a second network (vm-c), pinged through from vm-b.
+
 Then everything is deleted and shown gone.  With ``--json`` the last line is the
 summary (see the README).  The vMotion's memory copy is ``PRECOPY_SECONDS`` between
 the start event and the switchover, as a real vMotion takes seconds between the two.
@@ -21,7 +26,7 @@ import json
 import time
 from typing import Any, Callable
 
-from networking_dvs_fabric.lab import demo_security, netns, topology
+from networking_dvs_fabric.lab import demo_agents, demo_security, netns, topology
 from networking_dvs_fabric.lab.client import NeutronClient
 from networking_dvs_fabric.lab.dataplane import host_bridge
 from networking_dvs_fabric.lab.lab import Lab
@@ -84,7 +89,9 @@ class Demo:
         print(text, flush=True)
 
     def run(self, mode: str = "pre_provision", dataplane: bool | None = None) -> int:
-        status = self.lab.up(mode=mode, dataplane=dataplane)
+        agents = dataplane is not False and netns.unavailable() is None
+        status = self.lab.up(mode=mode, dataplane=dataplane, agents=agents,
+                             db="mariadb" if agents else "sqlite")
         try:
             summary = self._workflows(status, mode)
         finally:
@@ -96,6 +103,7 @@ class Demo:
 
     def _workflows(self, status: dict[str, Any], mode: str) -> dict[str, Any]:
         plane = status.get("dataplane", False)
+        agents = bool(status.get("agent_hosts"))
         self.say(f"\nlab is up ({mode}; dataplane {'on' if plane else 'off'}); Neutron at "
                  f"{status['neutron']['url']}")
         neutron = NeutronClient(status["neutron"]["url"])
@@ -104,7 +112,7 @@ class Demo:
         self.say("\n== 1. create a network")
         network = neutron.create_network("demo-net")
         vni = network["provider:segmentation_id"]
-        neutron.create_subnet(network["id"], SUBNET, "demo-subnet")
+        subnet = neutron.create_subnet(network["id"], SUBNET, "demo-subnet", gateway=agents)
         switch = f"dvsf-{network['id']}"
         self.say(f"network demo-net {network['id']}: {network['provider:network_type']} "
                  f"VNI {vni}, subnet {SUBNET}; vCenter and leaves untouched so far")
@@ -112,6 +120,7 @@ class Demo:
         self.say("\n== 2. boot two VMs, as Nova's VMware driver does")
         nova = FakeNova(status["vcenter"])
         vms: dict[str, dict[str, Any]] = {}
+        cleanup = demo_agents.Cleanup()
         group = demo_security.make_group(neutron, SUBNET)
         try:
             for name, host in (("vm-a", HOST_A), ("vm-b", HOST_B)):
@@ -122,10 +131,12 @@ class Demo:
                     raise LabError(f"port of {name} did not bind (vif_type "
                                    f"{port['binding:vif_type']}); see "
                                    f"{self.lab.dir / 'logs' / 'neutron-api.log'}")
+                attached_at = time.time()
                 vm = nova.boot(name, host, [port])
                 att = _attachment(host)
                 vms[name] = {"port": port, "host": host, "moid": vm._moId,
-                             "ip": port["fixed_ips"][0]["ip_address"]}
+                             "ip": port["fixed_ips"][0]["ip_address"],
+                             "attached_at": attached_at}
                 details = port["binding:vif_details"]
                 self.say(f"{name}: port {port['id']} bound to {compute}, MAC "
                          f"{port['mac_address']}, IP {vms[name]['ip']}; VM on {host} "
@@ -140,6 +151,12 @@ class Demo:
                                                   "vlan": vlan}}
             result["ping"] = {"sent": 0, "received": 0}
             ok = True
+            if agents:
+                self.say("\n== the VMs ask Neutron's DHCP for their addresses")
+                result["dhcp"] = demo_agents.lease(self.say, self.lab, "vm-a",
+                                                   self._ns(vms["vm-a"]),
+                                                   vms["vm-a"]["attached_at"])
+                ok &= result["dhcp"]["address"] == vms["vm-a"]["ip"]
             if plane:
                 sent, received = self._ping(vms)
                 result["ping"] = {"sent": sent, "received": received}
@@ -149,6 +166,17 @@ class Demo:
                 self._ns(vms["vm-b"]) if plane else "", group, bool(plane))
             if plane:
                 ok &= all(result["security_groups"].values())
+            if agents:
+                self.say("\n== a KVM VM on the same network, on kvm-1 (Open vSwitch agent)")
+                result["kvm_ping"] = demo_agents.kvm_ping(
+                    self.say, self.lab, neutron, network["id"], "vm-a", self._ns(vms["vm-a"]),
+                    group["id"], cleanup)
+                self.say("\n== a second network, joined by a router on net-1 (L3 agent)")
+                result["router_ping"] = demo_agents.router_ping(
+                    self.say, self.lab, neutron, nova, subnet, "vm-b", self._ns(vms["vm-b"]),
+                    HOST_A_TO, cleanup)
+                for key in ("kvm_ping", "router_ping"):
+                    ok &= 0 < result[key]["received"] == result[key]["sent"]
             self.say("\n== 3. migrate vm-a with a vMotion to a host behind another leaf")
             moved = self._vmotion(nova, vms, plane, switch, mode)
             result["vmotion"] = moved
@@ -156,6 +184,7 @@ class Demo:
                 ok &= moved["received"] >= moved["sent"] - 2
         finally:
             self.say("\n== delete everything")
+            cleanup.run(self.say)
             for name in vms:
                 nova.destroy(name)
                 neutron.delete_port(vms[name]["port"]["id"])
@@ -191,10 +220,12 @@ class Demo:
         _wait(lambda: leaf_bindings(self.lab, switch) and converged(),
               what="leaf programming (bindings and remote MACs)")
         self.say(f"leaves: logical switch {switch}, tunnel_key {vni}")
+        hosts = {(a.leaf, a.port): f"ESXi {a.esxi_host}" for a in topology.attachments()}
+        hosts.update({link: host for host, links in topology.AGENT_HOSTS.items()
+                      for link in links})
         for (leaf, port), vlan in sorted(leaf_bindings(self.lab, switch).items()):
-            esxi = next(a.esxi_host for a in topology.attachments()
-                        if (a.leaf, a.port) == (leaf, port))
-            self.say(f"  {leaf} {port} (ESXi {esxi}): VLAN {vlan} -> VNI {vni}")
+            self.say(f"  {leaf} {port} ({hosts.get((leaf, port), 'no host')}): VLAN {vlan} "
+                     f"-> VNI {vni}")
         for leaf, entries in sorted(remote_macs(self.lab, switch).items()):
             shown = ", ".join(f"{mac} -> {ip}" for mac, ip in sorted(entries.items()))
             self.say(f"  {leaf} remote MACs: {shown or '(none)'}")

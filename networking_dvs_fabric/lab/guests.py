@@ -60,10 +60,12 @@ def boot_vsphere_vm(lab: Lab, nova: FakeNova, neutron: NeutronClient, network_id
 
 
 def boot_kvm_vm(lab: Lab, neutron: NeutronClient, network_id: str, name: str,
-                host: str = topology.KVM_HOST) -> Guest:
+                host: str = topology.KVM_HOST, **port_extra: Any) -> Guest:
     """A VM on the KVM compute with one NIC on the network, plugged as Nova/os-vif does;
-    its DHCP client is started at once (it asks until the OVS agent has wired it)."""
-    port = neutron.create_port(network_id, host, name=name, device_id=str(uuid.uuid4()))
+    its DHCP client is started at once (it asks until the OVS agent has wired it).
+    ``port_extra``: more attributes of its port (``security_groups``)."""
+    port = neutron.create_port(network_id, host, name=name, device_id=str(uuid.uuid4()),
+                               **port_extra)
     attached_at = time.time()
     ns = lab.plug_kvm_vm(port, host)
     client = dhcp_client.start(ns, lab.dataplane().leases_dir)

@@ -1,7 +1,8 @@
 """Real frames through the lab: VM -> VLAN -> leaf -> VXLAN -> leaf -> VLAN -> VM.
 
-The whole demo (``dvs-fabric lab demo --json``) on a lab with a dataplane, in both
-resolution modes: two VMs booted as Nova does on hosts behind different leaves ping
+The whole demo (``dvs-fabric lab demo --json``) on a lab with a dataplane and Neutron's
+agents, in both resolution modes: two VMs booted as Nova does on hosts behind
+different leaves lease their addresses by DHCP from the network node, ping
 each other through ``ovs-vtep`` software VTEPs that obey the leaves' hardware_vtep
 databases (which only the project programs), then one VM moves by vMotion to a host
 behind a third leaf, announced as vCenter does, while the other pings it every 100 ms.
@@ -39,6 +40,15 @@ def test_ping_across_leaves_and_through_a_vmotion(mode: str, tmp_path: Path) -> 
     # Across two leaves, every ping answered.
     assert summary["ping"]["sent"] >= 10
     assert summary["ping"]["received"] == summary["ping"]["sent"]
+    # Neutron's own agents (the lab runs them where the dataplane runs): vm-a leased
+    # its port's address from dnsmasq on net-1; vm-a pinged a KVM VM on kvm-1 (the
+    # same security group on both sides); vm-b pinged vm-c through a router on net-1.
+    assert summary["dhcp"]["address"].startswith("10.10.0.")
+    assert 0 < summary["dhcp"]["lease_s"] < 60
+    for key in ("kvm_ping", "router_ping"):
+        assert summary[key]["sent"] >= 10, key
+        assert summary[key]["received"] == summary[key]["sent"], key
+    assert summary["router_ping"]["gateway_received"] > 0
     # vm-a's security group opens TCP 8080, not 9090: real connections from vm-b.
     assert summary["security_groups"] == {"allowed_connect": True, "refused_connect": True}
     move = summary["vmotion"]
