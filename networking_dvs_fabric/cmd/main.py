@@ -134,6 +134,15 @@ def cmd_bench_vmotion(args: argparse.Namespace) -> int:
     return 0 if result.get("targets_met", True) else 3
 
 
+def cmd_bench_dhcp(args: argparse.Namespace) -> int:
+    from networking_dvs_fabric.cmd import bench_dhcp
+    result = bench_dhcp.bench_dhcp(networks=args.networks,
+                                   lab_dir=Path(args.lab_dir) if args.lab_dir else None)
+    print(json.dumps(result, indent=2) if args.json else bench_dhcp.format_text(result))
+    met = all(result[kind].get("target_met") for kind in ("vsphere", "kvm"))
+    return 0 if met else 3
+
+
 def cmd_bench_secgroups(args: argparse.Namespace) -> int:
     from networking_dvs_fabric.cmd import bench_secgroups
     result = bench_secgroups.bench_secgroups(
@@ -286,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     vmotion.add_argument("--moves", type=_positive, default=100,
                          help="relocations per mode")
     vmotion.set_defaults(func=cmd_bench_vmotion)
+    dhcp = bench_sub.add_parser(
+        "dhcp", help="from port create to the VM's DHCP lease (vSphere VM, KVM VM, and a "
+                     "baseline next to dnsmasq); runs its own lab with Neutron's agents")
+    dhcp.add_argument("--json", action="store_true", help="print the result as JSON")
+    dhcp.add_argument("--networks", type=_positive, default=20,
+                      help="networks, each with one guest of each kind")
+    dhcp.set_defaults(func=cmd_bench_dhcp)
     secgroups = bench_sub.add_parser(
         "secgroups", help="security groups: rule and member changes until vCenter's filters "
                           "hold them, vCenter tasks per change, port create cost; runs its "

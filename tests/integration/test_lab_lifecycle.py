@@ -43,9 +43,10 @@ def test_up_status_restart_down(lab_dir: Path):
 
     status = json.loads(_cli(lab_dir, "lab", "status", "--json").stdout)
     assert set(status) == {"neutron", "vcenter", "compute_hosts", "leaves", "attachments",
-                           "mode", "dataplane", "message_bus"}
+                           "mode", "dataplane", "message_bus", "agent_hosts"}
     # No agents by default: oslo.messaging's in-process fake, no broker started.
     assert status["message_bus"] == {"kind": "fake"}
+    assert status["agent_hosts"] == {}          # lab up --agents runs them
     # On by default where network namespaces work (here they do; elsewhere it says why).
     assert status["dataplane"] is (netns.unavailable() is None)
     assert status["neutron"]["url"].startswith("http://127.0.0.1:")
