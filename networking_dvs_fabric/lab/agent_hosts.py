@@ -133,6 +133,7 @@ class AgentHost:
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         conf = self.dir / "conf.db"
         conf.unlink(missing_ok=True)
+        (self.dir / "db.sock").unlink(missing_ok=True)     # a killed server's: not ready
         netns.run([netns.tool("ovsdb-tool"), "create", str(conf), str(VSWITCH_SCHEMA)],
                   f"ovsdb-tool create ({self.name})")
         server = self._daemon("ovsdb-server", [
@@ -203,6 +204,7 @@ class AgentHost:
     def start_agents(self, transport_url: str, bus_port: int,
                      progress: Callable[[str], None] = lambda text: None) -> None:
         """The forwarder to the bus, then each agent; waits until each has reported."""
+        (self.dir / "logs" / "bus-forward.log").unlink(missing_ok=True)   # readiness below
         self._daemon("bus-forward", [sys.executable, "-m",
                                      "networking_dvs_fabric.lab.ns_forward", self.ns,
                                      str(bus_port)], env=dict(os.environ))
@@ -269,7 +271,9 @@ class AgentHost:
 
     def unplug_vm(self, port_id: str) -> None:
         self.vsctl("--if-exists", "del-port", INT_BRIDGE, self.vm_tap(port_id))
-        netns.del_ns(self.vm_ns(port_id))
+        if self.vm_ns(port_id) in netns.list_ns():
+            netns.kill_pids(self.vm_ns(port_id))       # its DHCP client
+            netns.del_ns(self.vm_ns(port_id))
 
     # -- stop ----------------------------------------------------------------------
     def owned_namespaces(self) -> list[str]:
@@ -299,11 +303,7 @@ class AgentHost:
             daemon.stop()
         if self.ns in netns.list_ns():
             for ns in self.owned_namespaces():
-                for pid in netns.ip("netns", "pids", ns, check=False).split():
-                    try:
-                        os.kill(int(pid), signal.SIGTERM)
-                    except (ProcessLookupError, ValueError):
-                        pass
+                netns.kill_pids(ns)
                 netns.del_ns(ns)
         for daemon in reversed(self.daemons):
             daemon.stop()

@@ -242,6 +242,9 @@ class Dataplane:
         for daemon in reversed(self.daemons):
             daemon.stop()
         for name in set(self.namespaces) | set(self._vm_namespaces()):
+            # A VM's DHCP client (its starter may be gone) would keep a deleted
+            # namespace alive: the namespace is the lab's, so are its processes.
+            netns.kill_pids(name)
             netns.del_ns(name)
 
     def _vm_namespaces(self) -> list[str]:

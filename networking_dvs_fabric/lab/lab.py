@@ -135,7 +135,8 @@ class Lab(LabControls):
         if dataplane is not False:
             dataplane_off = netns.unavailable()
             if dataplane_off and dataplane:
-                raise LabError(f"--dataplane: {dataplane_off}")
+                raise LabError(f"{'--agents' if agents else '--dataplane'}: "
+                               f"{dataplane_off}")
             if dataplane_off:
                 _progress(f"no dataplane: {dataplane_off}; the lab runs without one")
         if self.state() is not None:

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -80,6 +81,26 @@ def add_ns(name: str) -> None:
 def del_ns(name: str) -> None:
     """Delete a namespace (its interfaces go with it); no error if it is already gone."""
     ip("netns", "del", name, check=False)
+
+
+def kill_pids(name: str, grace: float = 3.0) -> None:
+    """Stop every process in namespace ``name`` (the lab's own), by the pids ``ip netns
+    pids`` gives: SIGTERM, then SIGKILL what is left after ``grace`` seconds."""
+    def pids() -> list[int]:
+        out = ip("netns", "pids", name, check=False)
+        return [int(p) for p in out.split() if p.isdigit()]
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        left = pids()
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and pids():
+            time.sleep(0.05)
 
 
 def list_ns() -> list[str]:

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import threading
+import time
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -72,7 +73,12 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
 
 def _serve(listener: socket.socket, port: int) -> None:
     while True:
-        client, _ = listener.accept()
+        try:
+            client, _ = listener.accept()
+        except OSError as exc:       # EMFILE, ECONNABORTED: keep serving the others
+            print(f"accept on port {port}: {exc}", flush=True)
+            time.sleep(0.5)
+            continue
         try:
             upstream = socket.create_connection(("127.0.0.1", port), timeout=10)
             upstream.settimeout(None)

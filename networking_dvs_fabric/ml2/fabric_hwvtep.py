@@ -101,12 +101,13 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
                 return
             if placement is None:
                 self._unplaced(context)
-                if any(s.get(api.NETWORK_TYPE) == n_const.TYPE_VLAN
-                       for s in context.segments_to_bind):
+                if self._fabric_vlans_offered(context):
                     # ML2 offers the network's dynamic VLAN segments (ours, made for
                     # hosts behind the leaves) at the top level too: an agent mapping
                     # their physical network would bind straight into a VLAN no leaf
-                    # carries for this host.  Refuse the port instead.
+                    # carries for this host.  Refuse the port instead (this works as
+                    # fabric_hwvtep is listed before the bottom drivers, as a top
+                    # level of a hierarchical binding must be).
                     context.set_binding(segment[api.ID],
                                         portbindings.VIF_TYPE_BINDING_FAILED, {})
                 return
@@ -128,6 +129,18 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             if active_host not in (None, context.host):
                 self._record_inactive_binding(context)
             return
+
+    @staticmethod
+    def _fabric_vlans_offered(context: api.PortContext) -> bool:
+        """Are dynamic VLAN segments (the fabric's) among the segments offered to bind?
+        Static provider VLAN segments of a multi-segment network are not the fabric's."""
+        offered = {s[api.ID] for s in context.segments_to_bind
+                   if s.get(api.NETWORK_TYPE) == n_const.TYPE_VLAN}
+        if not offered:
+            return False
+        dynamic = segments_db.get_network_segments(
+            context.plugin_context, context.network.current["id"], filter_dynamic=True)
+        return any(s[api.ID] in offered for s in dynamic)
 
     def _unplaced(self, context: api.PortContext) -> None:
         """A VXLAN port on a host the topology does not place is left to other drivers

@@ -49,12 +49,14 @@ def leaves(tmp_path):
 
 
 def _expected_ports() -> dict[str, list[str]]:
-    """The ESXi hosts' ports from the attachments, plus the KVM host's."""
+    """The ESXi hosts' ports from the attachments, plus the agent hosts' (KVM, network
+    node)."""
     ports: dict[str, list[str]] = {}
     for att in topology.attachments():
         ports.setdefault(att.leaf, []).append(att.port)
-    for leaf, port in topology.KVM_PORTS:
-        ports.setdefault(leaf, []).append(port)
+    for links in topology.AGENT_HOSTS.values():
+        for leaf, port in links:
+            ports.setdefault(leaf, []).append(port)
     return ports
 
 

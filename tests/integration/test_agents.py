@@ -20,7 +20,8 @@ from networking_dvs_fabric.lab.agent_hosts import AGENT_DOWN_TIME, alive_agents
 from networking_dvs_fabric.lab.demo import PRECOPY_SECONDS
 from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.nova import FakeNova
-from networking_dvs_fabric.lab.procs import wait_until
+from networking_dvs_fabric.lab.dataplane import lab_tag
+from networking_dvs_fabric.lab.procs import pid_alive, wait_until
 
 from .conftest import lab_directory
 
@@ -37,7 +38,21 @@ def cloud(request: pytest.FixtureRequest,
             lab.up(db="mariadb", agents=True)
             yield lab
         finally:
+            dnsmasq = [int(p.read_text()) for p in
+                       directory.glob("agent-hosts/*/state/dhcp/*/pid")]
+            ours = {f"qdhcp-{p.name}" for p in directory.glob("agent-hosts/*/state/dhcp/*")}
+            try:
+                ours |= {f"qrouter-{r['id']}" for r in
+                         guests.neutron_of(lab)._call("GET", "routers")["routers"]}
+            except Exception:  # noqa: BLE001 - the lab may not have come up
+                pass
             lab.down()
+        # Nothing left: no dnsmasq (it leaves the agents' process groups), no namespace
+        # of the lab's, nor of its agents (qdhcp-/qrouter- named by Neutron's ids).
+        assert not [pid for pid in dnsmasq if pid_alive(pid)]
+        tag = lab_tag(directory)
+        left = [ns for ns in netns.list_ns() if ns.startswith(f"dvsf-{tag}-") or ns in ours]
+        assert not left, f"namespaces left after lab down: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +156,7 @@ def test_a_host_missing_from_the_topology_fails_to_bind_and_the_log_says_why(
     bind, and Neutron's log names the host and the file."""
     neutron = guests.neutron_of(cloud)
     net, _ = _network(neutron, "10.14.4.0/24")
+    _dhcp_port(neutron, net["id"])     # the network now has the fabric's VLAN segment
     host = "kvm-9"
     from .test_message_bus import _report
     _report(cloud.status()["message_bus"]["transport_url"], host,
