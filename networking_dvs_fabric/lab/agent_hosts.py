@@ -31,7 +31,6 @@ are 0700) - it then answers every DISCOVER with "no address available".  Its log
 """
 from __future__ import annotations
 
-import configparser
 import json
 import os
 import re
@@ -42,7 +41,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from networking_dvs_fabric.lab import netns, topology
+from networking_dvs_fabric.lab import netns, neutron, topology
 from networking_dvs_fabric.lab.leaves import VSWITCH_SCHEMA, ovs_env
 from networking_dvs_fabric.lab.procs import Daemon, LabError, wait_until
 
@@ -61,15 +60,6 @@ AGENT_PROGRAMS = {"ovs": "neutron-openvswitch-agent", "dhcp": "neutron-dhcp-agen
 AGENT_TYPES = {"ovs": "Open vSwitch agent", "dhcp": "DHCP agent", "l3": "L3 agent"}
 # Namespaces Neutron's agents make; one is this host's when a link in it has its peer here.
 AGENT_NAMESPACE_PREFIXES = ("qdhcp-", "qrouter-", "snat-", "fip-")
-
-
-def _write_ini(path: Path, sections: dict[str, dict[str, str]]) -> None:
-    parser = configparser.ConfigParser(interpolation=None)
-    for section, values in sections.items():
-        parser[section] = values
-    with open(path, "w") as handle:
-        parser.write(handle)
-    path.chmod(0o600)
 
 
 class AgentHost:
@@ -163,7 +153,7 @@ class AgentHost:
         for sub in ("state", "locks"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         common = self.dir / "agent.conf"
-        _write_ini(common, {
+        neutron.write_ini(common, {
             # graceful_shutdown_timeout: the lab stops agents by SIGTERM; oslo.service
             # would wait up to 60 s for their workers, then the lab kills them.
             "DEFAULT": {"host": self.name, "transport_url": transport_url,
@@ -191,7 +181,7 @@ class AgentHost:
         configs = {}
         for agent in AGENTS_BY_HOST.get(self.name, ("ovs",)):
             filename, sections = files[agent]
-            _write_ini(self.dir / filename, sections)
+            neutron.write_ini(self.dir / filename, sections)
             configs[agent] = [common, self.dir / filename]
         return configs
 

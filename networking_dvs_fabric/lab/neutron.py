@@ -32,7 +32,7 @@ class VCenterAccess:
     ca_file: str
 
 
-def _write_ini(path: Path, sections: Mapping[str, Mapping[str, str]]) -> None:
+def write_ini(path: Path, sections: Mapping[str, Mapping[str, str]]) -> None:
     parser = configparser.ConfigParser(interpolation=None)
     for section, values in sections.items():
         parser[section] = dict(values)
@@ -61,7 +61,7 @@ def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
         f'"{rule}": "rule:context_is_admin or role:service"\n'
         for rule in ("create_port_binding", "delete_port_binding", "activate",
                      "get_port_binding")))
-    _write_ini(neutron_conf, {
+    write_ini(neutron_conf, {
         "DEFAULT": {"core_plugin": "ml2", "service_plugins": "", "auth_strategy": "noauth",
                     "transport_url": "fake:/", "state_path": str(workdir / "state"),
                     "debug": "false", "api_workers": "2",
@@ -101,7 +101,7 @@ def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
     }
     for section, values in (extra or {}).items():
         sections.setdefault(section, {}).update(values)
-    _write_ini(ml2_conf, sections)
+    write_ini(ml2_conf, sections)
     (workdir / "state").mkdir(exist_ok=True)
     (workdir / "locks").mkdir(exist_ok=True)
     write_lab_python(workdir, sqlite=db_url.startswith("sqlite"))
