@@ -17,7 +17,7 @@ from networking_dvs_fabric import ownership
 from networking_dvs_fabric.security.model import OPEN_POLICY, PortGroupPolicy
 from networking_dvs_fabric.vcenter import errors, naming
 from networking_dvs_fabric.vcenter.dvs_mtu import MTU_RETRY_HOLDOFF, DVSMtu, DVSMtuNotRaised
-from networking_dvs_fabric.vcenter.inventory import Inventory, load_inventory
+from networking_dvs_fabric.vcenter.inventory import Inventory, InventoryKeeper, load_inventory
 from networking_dvs_fabric.vcenter.pg_cache import PortGroupCache
 from networking_dvs_fabric.vcenter.portgroups import PortGroup, PortGroupManager
 from networking_dvs_fabric.vcenter.session import VCenterSession
@@ -64,8 +64,11 @@ class VSphereBackend(DVSMtu):
         # One login for everything this backend does; the port group watch (and the
         # vCenter watcher) use channels of it (``VCenterSession.channel``).
         self.session = session_factory()
-        self._inventory: Inventory | None = None
-        self._inventory_time = 0.0
+        self._inventories = InventoryKeeper(
+            lambda: load_inventory(self.session, settings.datacenter,
+                                   set(settings.dvs_mappings.values()),
+                                   set(settings.host_mappings.values())),
+            settings.inventory_max_age)
         self._cache: PortGroupCache | None = None
         # Striped: a fixed set of locks, so a long-lived API worker does not keep one
         # lock per network it ever bound.
@@ -95,11 +98,12 @@ class VSphereBackend(DVSMtu):
 
     def _start_cache(self) -> None:
         with self._state_lock:
-            if self._cache is None and self._inventory is not None:
+            inventory = self._inventory
+            if self._cache is None and inventory is not None:
                 # The watch's long poll must end well within one request timeout.
                 wait = max(1, min(10, int(self.session.config.request_timeout // 2)))
                 self._cache = PortGroupCache(self.session.channel,
-                                             self._inventory.datacenter_moid, wait)
+                                             inventory.datacenter_moid, wait)
                 self._cache.start()
 
     def stop(self) -> None:
@@ -119,16 +123,16 @@ class VSphereBackend(DVSMtu):
             self._start_cache()
         return self._cache is not None and self._cache.wait_ready(timeout)
 
+    @property
+    def _inventory(self) -> Inventory | None:
+        """The last inventory read, if any (no I/O)."""
+        return self._inventories.current
+
     def inventory(self, refresh: bool = False) -> Inventory:
-        with self._state_lock:
-            stale = time.monotonic() - self._inventory_time > self.settings.inventory_max_age
-            if self._inventory is None or refresh or stale:
-                self._inventory = load_inventory(
-                    self.session, self.settings.datacenter,
-                    set(self.settings.dvs_mappings.values()),
-                    set(self.settings.host_mappings.values()))
-                self._inventory_time = time.monotonic()
-            return self._inventory
+        """The inventory: read from vCenter when there is none yet or ``refresh`` (its
+        errors raise); else the last one read, refreshed in the background once older
+        than ``inventory_max_age`` (``inventory.InventoryKeeper``)."""
+        return self._inventories.get(refresh)
 
     # -- decisions ------------------------------------------------------------
     def dvs_for(self, physical_network: str | None) -> str | None:
@@ -276,6 +280,14 @@ class VSphereBackend(DVSMtu):
             return None
         return cache.of_network(self.inventory().dvs[dvs_name].moid, network_id)
 
+    def _of_network(self, manager: PortGroupManager, network_id: str) -> list[PortGroup]:
+        """The network's port groups on the manager's DVS, ours or legacy, light: from
+        the watched cache when it is ready (no I/O), else one read of the DVS."""
+        cached = self.cached_port_groups(manager.dvs.name, network_id)
+        if cached is None:
+            return manager.of_network(network_id)
+        return [pg for pg in cached if manager.owner(pg) != ownership.FOREIGN]
+
     def forget_port_group(self, physical_network: str, network_id: str, key: str) -> None:
         """Drop the cached port group ``key`` of the network: another process deleted it
         and the watch has not said so yet."""
@@ -360,7 +372,7 @@ class VSphereBackend(DVSMtu):
             needed = still_used()
             manager = self._manager(dvs_name)
             gone = True
-            for pg in manager.of_network(network_id):     # deleting: no VLAN needed
+            for pg in self._of_network(manager, network_id):   # deleting: no VLAN needed
                 if needed and still_used(pg):
                     continue
                 try:

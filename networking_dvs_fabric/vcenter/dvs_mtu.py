@@ -28,8 +28,7 @@ class DVSMtu:
 
     session: Any
     settings: Any
-    _state_lock: Any
-    _inventory: Any
+    _inventories: Any       # inventory.InventoryKeeper
     _mtu_failed: dict[str, tuple[float, int, str]]
     inventory: Any          # methods of VSphereBackend
     _lock_for: Any
@@ -106,11 +105,10 @@ class DVSMtu:
 
     def _remember_mtu(self, dvs_name: str, max_mtu: int) -> None:
         """Put a DVS's MTU just read into the cached inventory (no new inventory read)."""
-        with self._state_lock:
-            inventory = self._inventory
-            if inventory is None or dvs_name not in inventory.dvs or \
-                    inventory.dvs[dvs_name].max_mtu == max_mtu:
-                return
+        def change(inventory: Any) -> Any:
+            if dvs_name not in inventory.dvs or inventory.dvs[dvs_name].max_mtu == max_mtu:
+                return inventory
             dvs = dict(inventory.dvs)
             dvs[dvs_name] = dataclasses.replace(dvs[dvs_name], max_mtu=max_mtu)
-            self._inventory = dataclasses.replace(inventory, dvs=dvs)
+            return dataclasses.replace(inventory, dvs=dvs)
+        self._inventories.update(change)

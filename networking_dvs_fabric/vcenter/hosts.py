@@ -1,35 +1,26 @@
 """The topology's questions answered from vCenter: hosts of a cluster, DVSs of a host.
 
-Backed by :meth:`VSphereBackend.inventory` (one PropertyCollector read, cached).  When
-vCenter cannot be reached the last inventory read is used; with none at all the
-directory raises the vCenter error: "unknown" must never read as "no hosts", or the
-fabric worker would remove what those hosts need.
+Backed by :meth:`VSphereBackend.inventory` (one PropertyCollector read, kept by
+``inventory.InventoryKeeper``): a lookup gets the last inventory read at once - an
+old one is refreshed in the background, and a vCenter that cannot be reached costs
+a lookup nothing.  With none read at all the directory raises the vCenter error:
+"unknown" must never read as "no hosts", or the fabric worker would remove what
+those hosts need.
 """
 from __future__ import annotations
 
-import logging
-
-from networking_dvs_fabric.vcenter import errors
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
 from networking_dvs_fabric.vcenter.inventory import Inventory
-
-LOG = logging.getLogger(__name__)
 
 
 class VCenterHostDirectory:
     def __init__(self, backend: VSphereBackend) -> None:
         self.backend = backend
-        self._last: Inventory | None = None
 
     def _inventory(self) -> Inventory:
-        try:
-            self._last = self.backend.inventory()
-        except errors.VCenterError as exc:
-            if self._last is None:
-                raise
-            LOG.warning("vCenter inventory not refreshed (%s); using the last one read", exc)
-        assert self._last is not None
-        return self._last
+        # Raises only while no inventory was ever read: a failed refresh of an old one
+        # is the backend's to log and retry (``InventoryKeeper``).
+        return self.backend.inventory()
 
     def esxi_hosts(self, binding_host: str) -> list[str] | None:
         inventory = self._inventory()

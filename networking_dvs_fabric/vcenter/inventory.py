@@ -1,18 +1,24 @@
 """What the driver needs to know of vCenter's inventory, read in one PropertyCollector call.
 
-The datacenter, its DVSs (uuid, member hosts, MTU), its clusters (member hosts)
-and the ESXi host names.  Values are frozen: a refresh builds a new ``Inventory``.
+The datacenter, its DVSs (uuid, member hosts, MTU, folder), its clusters (member
+hosts) and the ESXi host names.  Values are frozen: a refresh builds a new
+``Inventory``.  :class:`InventoryKeeper` holds the last one read and refreshes it
+when old, without making its readers wait for vCenter.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterable, Mapping
 
 from pyVmomi import vim, vmodl
 
 from networking_dvs_fabric.vcenter import errors
 from networking_dvs_fabric.vcenter.session import VCenterSession, collect
 
+LOG = logging.getLogger(__name__)
 # vSphere's MTU of a new DVS.  A DVS whose ``config.maxMtu`` is unset (0 or absent:
 # govmomi's simulator never sets it) runs at this MTU.
 DEFAULT_DVS_MTU = 1500
@@ -25,6 +31,7 @@ class DVSInfo:
     moid: str
     host_ids: frozenset[str]
     max_mtu: int = DEFAULT_DVS_MTU     # config.maxMtu; unset reads as DEFAULT_DVS_MTU
+    folder_moid: str | None = None     # the folder holding it (and its port groups)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +111,7 @@ def load_inventory(session: VCenterSession, datacenter: str,
                     name="view", path="view", skip=False, type=vim.view.ContainerView)])],
                 propSet=[pcq.PropertySpec(type=vim.DistributedVirtualSwitch,
                                           pathSet=["name", "uuid", "summary.hostMember",
-                                                   DVS_CONFIG]),
+                                                   "parent", DVS_CONFIG]),
                          pcq.PropertySpec(type=vim.ClusterComputeResource,
                                           pathSet=["name", "host"]),
                          pcq.PropertySpec(type=vim.HostSystem, pathSet=["name"])])
@@ -119,7 +126,8 @@ def load_inventory(session: VCenterSession, datacenter: str,
                 dvs[props["name"]] = DVSInfo(
                     name=props["name"], uuid=props["uuid"], moid=obj._moId,
                     host_ids=frozenset(h._moId for h in props.get("summary.hostMember") or []),
-                    max_mtu=max_mtu_of(props.get(DVS_CONFIG)))
+                    max_mtu=max_mtu_of(props.get(DVS_CONFIG)),
+                    folder_moid=getattr(props.get("parent"), "_moId", None))
             elif isinstance(obj, vim.ClusterComputeResource):
                 clusters[props["name"]] = frozenset(h._moId for h in props.get("host") or [])
             elif isinstance(obj, vim.HostSystem):
@@ -140,3 +148,87 @@ def load_inventory(session: VCenterSession, datacenter: str,
                 f"[ml2_vsphere] host_mappings: no cluster named {name!r} in datacenter "
                 f"{datacenter!r} (found: {', '.join(sorted(inventory.clusters)) or 'none'})")
     return inventory
+
+
+# After a refresh failed, the next one is tried this much later (and logged again).
+INVENTORY_RETRY_HOLDOFF = 30.0
+
+
+class InventoryKeeper:
+    """The last inventory read, refreshed in the background once it is ``max_age`` old.
+
+    Placement asks for the inventory once per ESXi host per port: a reader must not
+    pay a reload - nor, with vCenter slow or down, the whole retry cycle - each time
+    the inventory is old.  So a reader gets the inventory there is at once; one
+    refresh at a time runs in a thread of its own; a failed one is logged and tried
+    again after ``retry_holdoff``.  Only with no inventory at all, or asked to
+    (``get(refresh=True)``), does the reader wait for vCenter (and get its error).
+    """
+
+    def __init__(self, load: Callable[[], Inventory], max_age: float,
+                 retry_holdoff: float = INVENTORY_RETRY_HOLDOFF) -> None:
+        self._load = load
+        self.max_age = max_age
+        self.retry_holdoff = retry_holdoff
+        self._lock = threading.Lock()           # the fields below
+        self._load_lock = threading.Lock()      # one read of vCenter at a time
+        self._inventory: Inventory | None = None
+        self._time = 0.0
+        self._refresh: threading.Thread | None = None
+        self._retry_at = 0.0
+
+    @property
+    def current(self) -> Inventory | None:
+        """The last inventory read (None: none yet); no I/O."""
+        return self._inventory
+
+    @property
+    def refreshing(self) -> bool:
+        """Is a background refresh running?"""
+        thread = self._refresh
+        return thread is not None and thread.is_alive()
+
+    def get(self, refresh: bool = False) -> Inventory:
+        """The inventory; read now when there is none or ``refresh`` (errors raise)."""
+        if not refresh:
+            with self._lock:
+                inventory = self._inventory
+                if inventory is not None:
+                    now = time.monotonic()
+                    if now - self._time > self.max_age and now >= self._retry_at and \
+                            not self.refreshing:
+                        self._refresh = threading.Thread(
+                            target=self._refresh_in_background, name="dvs-inventory",
+                            daemon=True)
+                        self._refresh.start()
+                    return inventory
+        with self._load_lock:
+            if not refresh and self._inventory is not None:    # read meanwhile
+                return self._inventory
+            return self._read()
+
+    def update(self, change: Callable[[Inventory], Inventory]) -> None:
+        """Replace the inventory with ``change(inventory)`` (e.g. an MTU just read)."""
+        with self._lock:
+            if self._inventory is not None:
+                self._inventory = change(self._inventory)
+
+    def _read(self) -> Inventory:
+        inventory = self._load()
+        with self._lock:
+            self._inventory = inventory
+            self._time = time.monotonic()
+            self._retry_at = 0.0
+        return inventory
+
+    def _refresh_in_background(self) -> None:
+        try:
+            with self._load_lock:
+                self._read()
+        except Exception as exc:  # noqa: BLE001 - any failure: keep the last one, retry
+            with self._lock:
+                self._retry_at = time.monotonic() + self.retry_holdoff
+                age = time.monotonic() - self._time
+            LOG.warning("vCenter inventory not refreshed (%(err)s); using the one read "
+                        "%(age).0f s ago, next try in %(next).0f s",
+                        {"err": exc, "age": age, "next": self.retry_holdoff})

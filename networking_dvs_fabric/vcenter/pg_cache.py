@@ -54,6 +54,67 @@ def _vlan_spec(val: Any) -> Any:
         return None
 
 
+_Bucket = dict[str, tuple[int, PortGroup]]     # moid -> (order of arrival, pg)
+
+
+class _Index:
+    """Port groups by moid and by (DVS, network): a lookup reads one bucket.
+
+    Each entry keeps the order it arrived in (kept while it stays), so the first
+    of a bucket is the one a walk over all entries in arrival order meets first.
+    """
+
+    def __init__(self) -> None:
+        self.by_moid: dict[str, tuple[str, PortGroup, int]] = {}  # moid -> (dvs, pg, order)
+        self._buckets: dict[tuple[str, str | None], _Bucket] = {}
+        self._arrivals = 0
+
+    def __len__(self) -> int:
+        return len(self.by_moid)
+
+    def __contains__(self, moid: str) -> bool:
+        return moid in self.by_moid
+
+    def pg(self, moid: str) -> PortGroup | None:
+        entry = self.by_moid.get(moid)
+        return entry[1] if entry else None
+
+    def put(self, moid: str, dvs_moid: str, pg: PortGroup) -> None:
+        old = self.by_moid.get(moid)
+        if old is None:
+            self._arrivals += 1
+            order = self._arrivals
+        else:
+            order = old[2]
+            self._unbucket(moid, old[0], old[1])
+        self.by_moid[moid] = (dvs_moid, pg, order)
+        self._buckets.setdefault((dvs_moid, pg.network_id), {})[moid] = (order, pg)
+
+    def pop(self, moid: str) -> tuple[str, PortGroup] | None:
+        old = self.by_moid.pop(moid, None)
+        if old is None:
+            return None
+        self._unbucket(moid, old[0], old[1])
+        return old[0], old[1]
+
+    def clear(self) -> None:
+        self.by_moid.clear()
+        self._buckets.clear()
+
+    def bucket(self, dvs_moid: str, network_id: str) -> list[PortGroup]:
+        """The network's port groups on the DVS, in order of arrival."""
+        found = self._buckets.get((dvs_moid, network_id))
+        return [pg for _, pg in sorted(found.values(), key=lambda e: e[0])] if found else []
+
+    def _unbucket(self, moid: str, dvs_moid: str, pg: PortGroup) -> None:
+        key = (dvs_moid, pg.network_id)
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.pop(moid, None)
+            if not bucket:
+                del self._buckets[key]
+
+
 class _Ref:
     """What ``port_group_from_props`` reads of a managed object: its moid."""
 
@@ -70,9 +131,11 @@ class PortGroupCache:
         self._datacenter_moid = datacenter_moid
         self._wait_seconds = wait_seconds
         self._lock = threading.Lock()
-        self._by_moid: dict[str, tuple[str, PortGroup]] = {}   # moid -> (dvs moid, pg)
-        # Just created by us, not yet reported by the watch: moid -> (dvs, pg, until)
-        self._provisional: dict[str, tuple[str, PortGroup, float]] = {}
+        self._by_moid = _Index()        # followed by the watch
+        # Just created by us, not yet reported by the watch, until a deadline.
+        self._provisional = _Index()
+        self._until: dict[str, float] = {}      # moid -> deadline (provisional)
+        self._next_expiry = float("inf")        # no deadline of _until is earlier
         self._props: dict[str, dict[str, Any]] = {}
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -95,21 +158,34 @@ class PortGroupCache:
         return found[0] if found else None
 
     def of_network(self, dvs_moid: str, network_id: str) -> list[PortGroup]:
-        """The network's port groups on the DVS (every set's); [] when not ready."""
+        """The network's port groups on the DVS (every set's); [] when not ready.
+
+        One per set: the first to arrive, the watched before the provisional ones.
+        Reads the (DVS, network) entries only, however many port groups are followed.
+        """
         if not self._ready.is_set():
             return []
         found: dict[str, PortGroup] = {}
         with self._lock:
-            for owner, pg in self._by_moid.values():
-                if owner == dvs_moid and pg.network_id == network_id:
-                    found.setdefault(pg.set_key, pg)
-            now = time.monotonic()
-            for moid, (owner, pg, until) in list(self._provisional.items()):
-                if until < now:
-                    del self._provisional[moid]
-                elif owner == dvs_moid and pg.network_id == network_id:
-                    found.setdefault(pg.set_key, pg)
+            self._expire(time.monotonic())
+            for pg in self._by_moid.bucket(dvs_moid, network_id) + \
+                    self._provisional.bucket(dvs_moid, network_id):
+                found.setdefault(pg.set_key, pg)
         return list(found.values())
+
+    def _expire(self, now: float) -> None:
+        """Drop provisional entries past their deadline (under the lock)."""
+        if now <= self._next_expiry:
+            return
+        for moid, until in list(self._until.items()):
+            if until < now:
+                self._drop_provisional(moid)
+        self._next_expiry = min(self._until.values(), default=float("inf"))
+
+    def _drop_provisional(self, moid: str) -> PortGroup | None:
+        self._until.pop(moid, None)
+        old = self._provisional.pop(moid)
+        return old[1] if old else None
 
     def count(self) -> int:
         """Port groups with the project's marker (any deployment's) being followed."""
@@ -126,15 +202,17 @@ class PortGroupCache:
         """
         with self._lock:
             if pg.moid in self._by_moid:
-                self._by_moid[pg.moid] = (dvs_moid, pg)
+                self._by_moid.put(pg.moid, dvs_moid, pg)
             else:
-                self._provisional[pg.moid] = (dvs_moid, pg,
-                                              time.monotonic() + PROVISIONAL_SECONDS)
+                until = time.monotonic() + PROVISIONAL_SECONDS
+                self._provisional.put(pg.moid, dvs_moid, pg)
+                self._until[pg.moid] = until
+                self._next_expiry = min(self._next_expiry, until)
 
     def forget(self, pg: PortGroup) -> None:
         with self._lock:
-            self._by_moid.pop(pg.moid, None)
-            self._provisional.pop(pg.moid, None)
+            self._by_moid.pop(pg.moid)
+            self._drop_provisional(pg.moid)
             self._props.pop(pg.moid, None)
 
     # -- the watch ------------------------------------------------------------
@@ -230,11 +308,11 @@ class PortGroupCache:
         with self._lock:
             for change in update.objects:
                 moid = change.moid
-                known = self._provisional.pop(moid, None)   # the watch has it now
-                before = known[1] if known else self._by_moid.get(moid, (None, None))[1]
+                known = self._drop_provisional(moid)   # the watch has it now
+                before = known if known is not None else self._by_moid.pg(moid)
                 if change.kind == "leave":
                     self._props.pop(moid, None)
-                    self._by_moid.pop(moid, None)
+                    self._by_moid.pop(moid)
                     continue
                 props = self._props.setdefault(moid, {})
                 for prop in change.changes:
@@ -257,6 +335,6 @@ class PortGroupCache:
                     pg = dataclasses.replace(pg, vlan=pg.vlan if VLAN_PROPERTY in props
                                              else before.vlan, policy=before.policy)
                 if pg.owned and dvs_moid is not None:
-                    self._by_moid[moid] = (dvs_moid, pg)
+                    self._by_moid.put(moid, dvs_moid, pg)
                 else:
-                    self._by_moid.pop(moid, None)
+                    self._by_moid.pop(moid)

@@ -4,6 +4,9 @@ Every write is guarded by the ownership marker (``naming.marker``): a port group
 without it, or with another deployment's id in it (``ownership.py``), is never
 changed or deleted.  Creation tolerates a concurrent
 creator (``DuplicateName``): the loser adopts the winner's port group.
+
+Creating one and deleting one cost a fixed number of vCenter calls, however many
+port groups the DVS has (and, on vCenter, VMs the datacenter has: ``pg_users``).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pyVmomi import vim, vmodl
 from networking_dvs_fabric import ownership
 from networking_dvs_fabric.security import vim_spec
 from networking_dvs_fabric.security.model import OPEN_POLICY, PortGroupPolicy, fingerprint
-from networking_dvs_fabric.vcenter import errors, naming
+from networking_dvs_fabric.vcenter import errors, naming, pg_users
 from networking_dvs_fabric.vcenter.inventory import DVSInfo
 from networking_dvs_fabric.vcenter.session import VCenterSession, collect
 
@@ -29,6 +32,9 @@ PG_PROPERTIES = ("name", "key", "config.description", "config.defaultPortConfig"
 # filter: a filter of a few hundred rules costs tens of ms of CPU to parse.
 WRITE_PROPERTIES = ("name", "key", "config.description", "config.defaultPortConfig.vlan",
                     "config.configVersion")
+# A ``VCenterSession.traits`` key: vCenter has no CreateDVPortgroup_Task (govmomi's
+# simulator 0.24.2 has not).
+NO_CREATE_DVPG = "no CreateDVPortgroup_Task"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,17 +132,20 @@ class PortGroupManager:
     def read(self, moid: str, policy: bool = True) -> PortGroup:
         """One port group with its VLAN and config version (and ``policy``: its filter,
         security policy and blocked flag)."""
-        def read_one(si: Any) -> PortGroup:
+        return port_group_from_props(*self._read(
+            moid, PG_PROPERTIES if policy else WRITE_PROPERTIES))
+
+    def _read(self, moid: str, properties: tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
+        def read_one(si: Any) -> tuple[Any, dict[str, Any]]:
             pcq = vmodl.query.PropertyCollector
             spec = pcq.FilterSpec(
                 objectSet=[pcq.ObjectSpec(obj=self._pg(si, moid), skip=False)],
                 propSet=[pcq.PropertySpec(type=vim.dvs.DistributedVirtualPortgroup,
-                                          pathSet=list(PG_PROPERTIES if policy
-                                                       else WRITE_PROPERTIES))])
+                                          pathSet=list(properties))])
             found = collect(si.content.propertyCollector, [spec])
             if not found:
                 raise errors.VCenterNotFound(f"port group {moid} not found")
-            return port_group_from_props(*found[0])
+            return found[0]
         return self.session.invoke(read_one, f"read port group {moid}")
 
     def find(self, network_id: str | None = None, name: str | None = None,
@@ -166,46 +175,85 @@ class PortGroupManager:
 
     def create(self, name: str, network_id: str, vlan: int, set_key: str = naming.OPEN_SET,
                policy: PortGroupPolicy = OPEN_POLICY) -> PortGroup:
-        """Create our port group, or adopt ours if a concurrent creator won the race."""
+        """Create our port group, or adopt ours if a concurrent creator won the race.
+
+        Reads only the port group made (or the winner's): never the DVS's list.
+        """
         what = f"create port group {name!r} (VLAN {vlan}) on DVS {self.dvs.name}"
-        created = duplicate = False
+        spec = _spec(name, network_id, vlan, deployment=self.deployment, set_key=set_key,
+                     policy=policy)
         try:
-            task = self.session.invoke(
-                lambda si: self._dvs(si).AddDVPortgroup_Task(
-                    [_spec(name, network_id, vlan, deployment=self.deployment,
-                           set_key=set_key, policy=policy)]),
-                what)
-            self.session.wait_for_task(task, what)
-            created = True
-            LOG.info("Created port group %(name)s VLAN %(vlan)s on DVS %(dvs)s",
-                     {"name": name, "vlan": vlan, "dvs": self.dvs.name})
+            moid = self._create(spec, what)
         except errors.VCenterError as exc:
             if not exc.is_fault(vim.fault.DuplicateName):
                 raise
-            duplicate = True
             LOG.info("Port group %(name)s already exists on DVS %(dvs)s (created "
                      "concurrently); adopting it", {"name": name, "dvs": self.dvs.name})
-        entries = self.list()
-        existing = next((pg for pg in entries if pg.network_id == network_id
-                         and pg.set_key == set_key
-                         and self.owner(pg) != ownership.FOREIGN), None) or \
-            next((pg for pg in entries if pg.name == name), None)
-        if existing is None and duplicate:
+            return self._adopt_winner(name, network_id, vlan, set_key, policy, what,
+                                      getattr(exc.fault, "object", None))
+        LOG.info("Created port group %(name)s VLAN %(vlan)s on DVS %(dvs)s",
+                 {"name": name, "vlan": vlan, "dvs": self.dvs.name})
+        if moid is None:
+            raise errors.VCenterNotFound(f"{what}: port group missing right after creation")
+        # Just made from our own spec: only its key and config version were unknown.
+        made = self.read(moid, policy=False)
+        return dataclasses.replace(made, vlan=vlan, policy=policy,
+                                   fingerprint=fingerprint(policy))
+
+    def _create(self, spec: Any, what: str) -> str | None:
+        """Run the create task; the new port group's moid (None: not found by name)."""
+        traits = self.session.traits
+        if not traits.get(NO_CREATE_DVPG):
+            try:
+                task = self.session.invoke(
+                    lambda si: self._dvs(si).CreateDVPortgroup_Task(spec), what)
+                made = getattr(self.session.wait_for_task(task, what), "_moId", None)
+                return made if made is not None else self._named(spec.name)
+            except errors.VCenterError as exc:
+                if not exc.is_fault(vmodl.fault.MethodNotFound):
+                    raise
+                LOG.info("vCenter %s has no CreateDVPortgroup_Task; creating port groups "
+                         "with AddDVPortgroup_Task", self.session.config.url)
+                traits[NO_CREATE_DVPG] = True
+        # AddDVPortgroup_Task tells nothing of what it made: look the name up.
+        task = self.session.invoke(lambda si: self._dvs(si).AddDVPortgroup_Task([spec]), what)
+        self.session.wait_for_task(task, what)
+        return self._named(spec.name)
+
+    def _named(self, name: str) -> str | None:
+        """The moid of the port group named ``name`` beside the DVS (None: none)."""
+        def find(si: Any) -> str | None:
+            folder = self.dvs.folder_moid or self._dvs(si).parent._moId
+            found = si.content.searchIndex.FindChild(vim.Folder(folder, si._stub), name)
+            return found._moId if isinstance(found, vim.dvs.DistributedVirtualPortgroup) \
+                else None
+        return self.session.invoke(find, f"find port group {name!r} beside DVS "
+                                         f"{self.dvs.name}")
+
+    def _adopt_winner(self, name: str, network_id: str, vlan: int, set_key: str,
+                      policy: PortGroupPolicy, what: str, holder: Any) -> PortGroup:
+        """The port group that holds ``name`` (``holder``, from the fault), ours: made
+        right (VLAN, policy, our deployment id) and returned."""
+        moid = holder._moId if isinstance(holder, vim.dvs.DistributedVirtualPortgroup) \
+            else None if holder is not None else self._named(name)
+        obj: Any = None
+        props: dict[str, Any] = {}
+        if moid is not None:
+            try:
+                obj, props = self._read(moid, PG_PROPERTIES)
+            except errors.VCenterNotFound:      # deleted since: not on this DVS any more
+                moid = None
+        dvs = props.get("config.distributedVirtualSwitch")
+        if moid is None or getattr(dvs, "_moId", dvs) != self.dvs.moid:
             raise errors.PortGroupNameTaken(
                 f"{what}: the name is taken elsewhere in the datacenter")
-        if existing is None:
-            raise errors.VCenterNotFound(f"{what}: port group missing right after creation")
+        existing = port_group_from_props(obj, props)
         if existing.network_id != network_id or existing.set_key != set_key or \
                 self.owner(existing) == ownership.FOREIGN:
             raise errors.PortGroupNotOwned(
                 f"port group {name!r} on DVS {self.dvs.name} exists but was not created by "
                 "networking-dvs-fabric (no ownership marker); it is left alone - rename it or "
                 "change port_group_name_format")
-        if created and existing.name == name:
-            # Just made from our own spec: only its key was unknown.
-            return dataclasses.replace(existing, vlan=vlan, policy=policy,
-                                       fingerprint=fingerprint(policy))
-        existing = self.read(existing.moid)
         if existing.vlan != vlan or self.owner(existing) != ownership.OURS or \
                 existing.policy is None or not existing.policy.same_as(policy):
             return self.set_vlan(existing, vlan, policy)
@@ -249,21 +297,10 @@ class PortGroupManager:
                                            "not adopting it")
         return self.set_vlan(full, full.vlan)
 
-    def vms_using(self, pg: PortGroup) -> list[str]:
-        """Names of the VMs with a NIC on ``pg`` (vCenter's pg.vm and each VM's networks)."""
-        def read(si: Any) -> list[str]:
-            names: set[str] = set()
-            pg_obj = self._pg(si, pg.moid)
-            for vm in pg_obj.vm or []:
-                names.add(vm.name)
-            root = (vim.Datacenter(self.datacenter_moid, si._stub)
-                    if self.datacenter_moid else None)
-            for obj, props in self.session.retrieve(si, vim.VirtualMachine,
-                                                    ["name", "network"], root=root):
-                if any(net._moId == pg.moid for net in props.get("network") or []):
-                    names.add(props.get("name", obj._moId))
-            return sorted(names)
-        return self.session.invoke(read, f"find VMs on port group {pg.name!r}")
+    def vms_using(self, pg: PortGroup) -> list[str] | None:
+        """Names of the VMs with a NIC on ``pg``; None: the port group is gone
+        (``pg_users.vms_on``)."""
+        return pg_users.vms_on(self.session, pg.moid, pg.name, self.datacenter_moid)
 
     def delete(self, pg: PortGroup) -> None:
         """Delete our port group; raise PortGroupInUse if VMs still use it."""
@@ -277,6 +314,9 @@ class PortGroupManager:
         # Outside the try: a VM deleted while its name is read (ManagedObjectNotFound)
         # must not read as "the port group is already gone".
         users = self.vms_using(pg)
+        if users is None:       # e.g. a cached port group another process deleted
+            LOG.info("Port group %s was already gone", pg.name)
+            return
         if users:
             raise errors.PortGroupInUse(
                 f"port group {pg.name!r} on DVS {self.dvs.name} is still used by VM(s) "

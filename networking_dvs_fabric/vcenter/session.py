@@ -134,6 +134,8 @@ class _Login:
         # Counts successful logins: a new one means the old session was lost (vCenter
         # restarted, or the session expired), so what we made there may be gone too.
         self.count = 0
+        # What was learnt of this vCenter's behaviour (``VCenterSession.traits``).
+        self.traits: dict[str, bool] = {}
 
     def current(self) -> Any:
         with self.lock:
@@ -220,6 +222,12 @@ class VCenterSession:
     def logins(self) -> int:
         """Successful logins so far (shared with the channels)."""
         return self._shared.count
+
+    @property
+    def traits(self) -> dict[str, bool]:
+        """What was learnt of this vCenter's behaviour (it lacks a method, fills a
+        property...), shared with the channels and kept across re-logins."""
+        return self._shared.traits
 
     @property
     def si(self) -> Any:

@@ -7,6 +7,9 @@ never read as "nothing needed".
 """
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 import dvs_ml2_base as base  # skips the module without the simulator
@@ -71,3 +74,48 @@ def test_unreachable_vcenter_raises_instead_of_answering_nothing(sim, lab_topolo
     directory = _directory(sim, url=f"https://127.0.0.1:{free_port()}/sdk")
     with pytest.raises(errors.VCenterError):
         lab_topology_file.placement("compute-c0", directory)
+
+
+def test_a_stale_inventory_and_a_hung_vcenter_cost_a_lookup_nothing() -> None:
+    """Placement asks once per ESXi host per port: with the inventory old and vCenter
+    not answering, one refresh runs (and fails) in the background; every lookup gets
+    the last inventory, and none starts another try before the hold-off."""
+    simulator = base.start_simulator()
+    try:
+        config = VCenterConfig(url=simulator.url, username=simulator.username,
+                               password=simulator.password, ca_file=str(simulator.ca_file),
+                               connect_timeout=1, request_timeout=1, retries=1)
+        settings = BackendSettings(datacenter="DC0", dvs_mappings={"physnet-dvs": "DVS0"},
+                                   host_mappings={"compute-c0": "DC0_C0"},
+                                   inventory_max_age=0.0)     # always stale
+        backend = VSphereBackend(settings, lambda: VCenterSession(config))
+        reads: list[str] = []
+        invoke = backend.session.invoke
+
+        def counting(func, what):
+            if what.startswith("read inventory"):
+                reads.append(what)
+            return invoke(func, what)
+        backend.session.invoke = counting          # a spy: every call still goes through
+        directory = VCenterHostDirectory(backend)
+        hosts = directory.esxi_hosts("compute-c0")
+        assert hosts == ["DC0_C0_H0", "DC0_C0_H1", "DC0_C0_H2"] and len(reads) == 1
+
+        os.kill(simulator.pid, signal.SIGSTOP)     # vCenter hangs
+        try:
+            for _ in range(30):
+                assert directory.esxi_hosts("compute-c0") == hosts
+                assert directory.physical_networks("DC0_C0_H1") == {"physnet-dvs": "DVS0"}
+            assert base.wait_for(lambda: not backend._inventories.refreshing, 30)
+            assert len(reads) == 2                 # one refresh, in the background
+            for _ in range(30):                    # failed: not tried again at once
+                assert directory.esxi_hosts("compute-c0") == hosts
+            assert len(reads) == 2 and not backend._inventories.refreshing
+            with pytest.raises(errors.VCenterUnreachable):   # asked for: read now
+                backend.inventory(refresh=True)
+            assert len(reads) == 3
+        finally:
+            os.kill(simulator.pid, signal.SIGCONT)
+        backend.stop()
+    finally:
+        base.stop_simulator(simulator)
