@@ -9,6 +9,9 @@ it down, so running it again restarts cleanly.
 ``up(share=<other lab's directory>)`` starts a second deployment: its own database
 and Neutron, using the other lab's vCenter simulator and leaves (not started, and
 not stopped by this lab's ``down``) - two clouds on one vCenter and one fabric.
+
+``up(second_dvs=True)`` moves cluster DC0_C1 to a second DVS, DVS1, on physical
+network ``physnet-dvs2`` with the same VLAN numbers (``lab/second_dvs.py``).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from networking_dvs_fabric.lab.leaves import LeafSwitch, start_lab_leaves
 from networking_dvs_fabric.lab.mariadb import MariaDB
 from networking_dvs_fabric.lab.procs import Daemon, LabError, wait_until, write_json_atomic
 from networking_dvs_fabric.lab.rabbitmq import RabbitMQ
+from networking_dvs_fabric.lab.second_dvs import apply as add_second_dvs
 from networking_dvs_fabric.lab.vcsim import VCenterSimulator
 
 DEFAULT_DRIVERS = "fabric_hwvtep,vsphere_dvs"
@@ -90,7 +94,8 @@ class Lab(LabControls):
     def up(self, mechanism_drivers: str = DEFAULT_DRIVERS, mode: str = "pre_provision",
            db: str = "sqlite", extra_config: dict[str, dict[str, str]] | None = None,
            dataplane: bool | None = False, share: Path | None = None,
-           bus: str = "fake", agents: bool = False) -> dict[str, Any]:
+           bus: str = "fake", agents: bool = False,
+           second_dvs: bool = False) -> dict[str, Any]:
         """Start the lab.  ``dataplane``: True = required, None = where namespaces work.
 
         ``share``: the directory of a running lab whose vCenter and leaves to use.
@@ -98,6 +103,7 @@ class Lab(LabControls):
         ``agents``: the agent hosts (``lab/agent_hosts.py``) with Neutron's OVS, DHCP
         and L3 agents; needs the dataplane and RabbitMQ, and adds ``openvswitch`` to
         the drivers and the router service.
+        ``second_dvs``: DC0_C1's hosts on DVS1 (``physnet-dvs2``), C0's on DVS0.
         """
         if mode not in MODES:
             raise LabError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -128,6 +134,10 @@ class Lab(LabControls):
             if Path(share).resolve() == self.dir.resolve():
                 raise LabError("--share: name another lab's directory, not this one")
             shared = Lab(Path(share)).status()       # raises: no lab running there
+            if shared["vcenter"]["dvs"] != topology.dvs_mappings(second_dvs):
+                raise LabError(f"--share: the lab in {share} maps {shared['vcenter']['dvs']}, "
+                               f"this one would map {topology.dvs_mappings(second_dvs)}: "
+                               "give both labs --second-dvs, or neither")
             if dataplane:
                 raise LabError("--dataplane: a lab sharing another's leaves has none")
             dataplane = False
@@ -148,7 +158,7 @@ class Lab(LabControls):
         try:
             self._start_all(state, drivers, mode, db, extra_config or {},
                             dataplane is not False and not dataplane_off, shared, share, bus,
-                            agents)
+                            agents, second_dvs)
         except BaseException:
             _progress("start failed; stopping what was started")
             self.down()
@@ -162,7 +172,8 @@ class Lab(LabControls):
     def _start_all(self, state: dict[str, Any], drivers: str, mode: str, db: str,
                    extra: dict[str, dict[str, str]], dataplane: bool,
                    shared: dict[str, Any] | None = None, share: Path | None = None,
-                   bus: str = "fake", agents: bool = False) -> None:
+                   bus: str = "fake", agents: bool = False,
+                   second_dvs: bool = False) -> None:
         if shared is not None:
             _progress(f"using the vCenter simulator and leaves of the lab in {share}")
             vcenter = {k: shared["vcenter"][k] for k in ("url", "username", "password",
@@ -177,6 +188,10 @@ class Lab(LabControls):
             self._record(state, "vcsim", vcsim)
             vcenter = {"url": vcsim.url, "username": vcsim.username,
                        "password": vcsim.password, "ca_file": str(vcsim.ca_file)}
+            if second_dvs:
+                _progress("vCenter: DVS1 for cluster DC0_C1 (off DVS0)")
+                add_second_dvs(**vcenter)
+                state["second_dvs"] = True      # restart_vcenter applies it again
 
             _progress("starting 3 leaf switches (ovsdb-server, hardware_vtep)")
             switches = start_lab_leaves(self.dir, dataplane)
@@ -215,7 +230,7 @@ class Lab(LabControls):
                                        vcenter["password"], vcenter["ca_file"])
         configs = neutron.write_configs(self.dir / "neutron", db_url, access, drivers, mode,
                                         {leaf["name"]: leaf["ovsdb"] for leaf in leaves},
-                                        extra)
+                                        extra, second_dvs)
         _progress(f"creating Neutron's schema ({db})")
         neutron.prepare_database(db_url, configs, self.dir / "logs" / "db-manage.log")
 
@@ -226,7 +241,7 @@ class Lab(LabControls):
             journal_workers=sum(d in names for d in ("fabric_hwvtep", "vsphere_dvs")),
             transport_url=bus_status.get("transport_url"))
         state["daemons"] = [daemon.to_json() for daemon in daemons]
-        state["status"] = self._status_doc(url, vcenter, leaves, mode)
+        state["status"] = self._status_doc(url, vcenter, leaves, mode, second_dvs)
         state["status"]["dataplane"] = dataplane
         state["status"]["message_bus"] = bus_status
         state["status"]["agent_hosts"] = (
@@ -288,16 +303,15 @@ class Lab(LabControls):
         return Dataplane.from_json(data)
 
     def _status_doc(self, url: str, vcenter: dict[str, str], leaves: list[dict[str, Any]],
-                    mode: str) -> dict[str, Any]:
-        dvs = topology.DVS_NAME
+                    mode: str, second_dvs: bool = False) -> dict[str, Any]:
         return {
             "neutron": {"url": url},
             "vcenter": {**vcenter, "datacenter": topology.DATACENTER,
-                        "dvs": {topology.PHYSICAL_NETWORK: dvs}},
+                        "dvs": topology.dvs_mappings(second_dvs)},
             "compute_hosts": topology.compute_hosts(),
             "leaves": leaves,
-            "attachments": [{"esxi_host": a.esxi_host, "dvs": dvs, "leaf": a.leaf,
-                             "port": a.port} for a in topology.attachments()],
+            "attachments": [{"esxi_host": a.esxi_host, "dvs": a.dvs, "leaf": a.leaf,
+                             "port": a.port} for a in topology.attachments(second_dvs)],
             "mode": mode,
         }
 
@@ -349,10 +363,13 @@ class Lab(LabControls):
     def how_to_reach(self) -> str:
         status = self.status()
         url = status["neutron"]["url"]
+        dvs = status["vcenter"]["dvs"]
         return "\n".join([
             f"Neutron API:   {url}  (noauth)",
             f"vCenter:       {status['vcenter']['url']}  user {status['vcenter']['username']}"
             f"  CA {status['vcenter']['ca_file']}",
+            *([f"DVSs:          {', '.join(f'{p} -> {d}' for p, d in dvs.items())}"]
+              if len(dvs) > 1 else []),
             f"clouds.yaml:   {self.dir / 'clouds.yaml'}  (cloud '{CLOUD_NAME}')",
             "openstack CLI:",
             f"  export OS_CLIENT_CONFIG_FILE={self.dir / 'clouds.yaml'} OS_CLOUD={CLOUD_NAME}",

@@ -15,6 +15,7 @@ from networking_dvs_fabric.lab.agent_hosts import AgentHost
 from networking_dvs_fabric.lab.leaves import LeafSwitch
 from networking_dvs_fabric.lab.procs import Daemon, LabError
 from networking_dvs_fabric.lab.rabbitmq import RabbitMQ
+from networking_dvs_fabric.lab.second_dvs import apply as add_second_dvs
 from networking_dvs_fabric.lab.vcsim import VCenterSimulator
 
 
@@ -35,7 +36,8 @@ class LabControls:
     def restart_vcenter(self, **changes: Any) -> VCenterSimulator:
         """Restart the simulator on its port with changed password/cert (fault tests).
 
-        The new pid is recorded, so ``down`` still stops it.
+        The new pid is recorded, so ``down`` still stops it.  The simulator keeps its
+        inventory in memory only: a second-DVS lab's DVS1 is set up again.
         """
         state = self.state()
         if state is None or not state.get("services", {}).get("vcsim"):
@@ -43,6 +45,8 @@ class LabControls:
         sim = VCenterSimulator.from_json(state["services"]["vcsim"])
         sim.restart_with(**changes)
         self._record(state, "vcsim", sim)
+        if state.get("second_dvs"):
+            add_second_dvs(sim.url, sim.username, sim.password, str(sim.ca_file))
         return sim
 
     def stop_vcenter(self) -> None:

@@ -43,12 +43,16 @@ def write_ini(path: Path, sections: Mapping[str, Mapping[str, str]]) -> None:
 
 def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
                   mechanism_drivers: str, mode: str, leaf_endpoints: Mapping[str, str],
-                  extra: Mapping[str, Mapping[str, str]] | None = None) -> list[Path]:
-    """neutron.conf, ml2_conf.ini and the fabric topology; returns the config file paths."""
+                  extra: Mapping[str, Mapping[str, str]] | None = None,
+                  second_dvs: bool = False) -> list[Path]:
+    """neutron.conf, ml2_conf.ini and the fabric topology; returns the config file paths.
+
+    ``second_dvs``: DC0_C1 is on DVS1 (``lab/second_dvs.py``): its mapping, its
+    VLAN range and its hosts' attachments name it."""
     workdir.mkdir(parents=True, exist_ok=True)
     topology_file = workdir / "fabric-topology.yaml"
-    topology_file.write_text(yaml.safe_dump(topology.fabric_topology(dict(leaf_endpoints)),
-                                            sort_keys=False))
+    topology_file.write_text(yaml.safe_dump(
+        topology.fabric_topology(dict(leaf_endpoints), second_dvs), sort_keys=False))
     fabric = "fabric_hwvtep" in mechanism_drivers.split(",")
     wakeup = f"127.0.0.1:{free_port(udp=True)}"
     neutron_conf = workdir / "neutron.conf"
@@ -86,13 +90,15 @@ def write_configs(workdir: Path, db_url: str, vcenter: VCenterAccess,
                 "project_network_types": "vxlan" if fabric else "vlan",
                 "mechanism_drivers": mechanism_drivers,
                 "extension_drivers": "port_security"},
-        "ml2_type_vlan": {"network_vlan_ranges": topology.vlan_ranges()},
+        "ml2_type_vlan": {"network_vlan_ranges": topology.vlan_ranges(
+            second_dvs=second_dvs)},
         "ml2_type_vxlan": {"vni_ranges": "5000:24999"},
         "ml2_vsphere": {
             "vcenter_url": vcenter.url, "username": vcenter.username,
             "password": vcenter.password, "ca_file": vcenter.ca_file,
             "datacenter": topology.DATACENTER,
-            "dvs_mappings": f"{topology.PHYSICAL_NETWORK}:{topology.DVS_NAME}",
+            "dvs_mappings": ",".join(f"{physnet}:{dvs}" for physnet, dvs in
+                                     topology.dvs_mappings(second_dvs).items()),
             "host_mappings": ",".join(f"{host}:{info['cluster']}"
                                       for host, info in compute_hosts.items()),
             "cleanup_interval": "5"},

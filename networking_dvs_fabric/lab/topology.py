@@ -4,6 +4,11 @@ The simulator's VPX model names things predictably (DC0, DC0_C0, DC0_C0_H0, DVS0
 this module writes those names down once so the launchers, the configs and the
 tests agree.  Hosts of each cluster are spread over at least two leaves so a
 vMotion inside a cluster can change leaf.
+
+With the second DVS (``lab up --second-dvs``, ``lab/second_dvs.py``) cluster DC0_C1
+leaves DVS0 for DVS1, on a physical network of its own with the same VLAN numbers:
+beyond the ~4,000 networks one DVS can carry.  The functions below that depend on it
+take ``second_dvs``; its default, False, is the one-DVS lab.
 """
 from __future__ import annotations
 
@@ -15,6 +20,10 @@ PHYSICAL_NETWORK = "physnet-dvs"
 CLUSTERS = ("DC0_C0", "DC0_C1")
 HOSTS_PER_CLUSTER = 3
 VLAN_RANGE = (100, 3999)
+# The second DVS (opt-in): DC0_C1's ESXi hosts move to it; C0's stay on DVS0.
+SECOND_DVS_NAME = "DVS1"
+SECOND_PHYSICAL_NETWORK = "physnet-dvs2"
+SECOND_DVS_CLUSTERS = ("DC0_C1",)
 LEAF_NAMES = ("leaf1", "leaf2", "leaf3")
 # A KVM host outside vSphere (bottom level: Open vSwitch), on its own physical network,
 # cabled to two leaves (a leaf pair); its ports come after the ESXi hosts' ports.
@@ -39,6 +48,19 @@ def compute_host(cluster: str) -> str:
     return f"compute-{cluster.lower().replace('_', '-')}"
 
 
+def dvs_of_cluster(cluster: str, second_dvs: bool = False) -> str:
+    """The DVS ``cluster``'s ESXi hosts are members of."""
+    return SECOND_DVS_NAME if second_dvs and cluster in SECOND_DVS_CLUSTERS else DVS_NAME
+
+
+def dvs_mappings(second_dvs: bool = False) -> dict[str, str]:
+    """``[ml2_vsphere] dvs_mappings`` (and the status's ``vcenter.dvs``): physnet -> DVS."""
+    mappings = {PHYSICAL_NETWORK: DVS_NAME}
+    if second_dvs:
+        mappings[SECOND_PHYSICAL_NETWORK] = SECOND_DVS_NAME
+    return mappings
+
+
 @dataclasses.dataclass(frozen=True)
 class Leaf:
     name: str
@@ -50,14 +72,17 @@ class Attachment:
     esxi_host: str
     leaf: str
     port: str
+    dvs: str = DVS_NAME         # the DVS the host is a member of
 
 
 def leaves() -> list[Leaf]:
     return [Leaf(name, f"192.0.2.{i + 1}") for i, name in enumerate(LEAF_NAMES)]
 
 
-def attachments() -> list[Attachment]:
-    """Round-robin every ESXi host onto a leaf; ports are numbered per leaf."""
+def attachments(second_dvs: bool = False) -> list[Attachment]:
+    """Round-robin every ESXi host onto a leaf; ports are numbered per leaf.
+
+    The cabling is the same in both modes; ``second_dvs`` only changes ``dvs``."""
     result: list[Attachment] = []
     per_leaf: dict[str, int] = {}
     index = 0
@@ -65,7 +90,8 @@ def attachments() -> list[Attachment]:
         for host in esxi_hosts(cluster):
             leaf = LEAF_NAMES[index % len(LEAF_NAMES)]
             per_leaf[leaf] = per_leaf.get(leaf, 0) + 1
-            result.append(Attachment(host, leaf, f"swp{per_leaf[leaf]}"))
+            result.append(Attachment(host, leaf, f"swp{per_leaf[leaf]}",
+                                     dvs_of_cluster(cluster, second_dvs)))
             index += 1
     return result
 
@@ -81,14 +107,14 @@ def leaf_ports() -> dict[str, list[str]]:
     return ports
 
 
-def fabric_topology(leaf_endpoints: dict[str, str]) -> dict:
+def fabric_topology(leaf_endpoints: dict[str, str], second_dvs: bool = False) -> dict:
     """The ``[ml2_fabric] topology_file`` contents for the lab (leaf name -> OVSDB)."""
     return {
         "leaves": [{"name": leaf.name, "ovsdb": leaf_endpoints[leaf.name],
                     "tunnel_ip": leaf.tunnel_ip} for leaf in leaves()],
         "hosts": [{"name": a.esxi_host,
-                   "attachments": [{"leaf": a.leaf, "port": a.port, "dvs": DVS_NAME}]}
-                  for a in attachments()] + [
+                   "attachments": [{"leaf": a.leaf, "port": a.port, "dvs": a.dvs}]}
+                  for a in attachments(second_dvs)] + [
             {"name": host, "physical_network": KVM_PHYSICAL_NETWORK,
              "attachments": [{"leaf": leaf, "port": port} for leaf, port in links]}
             for host, links in AGENT_HOSTS.items()],
@@ -99,6 +125,8 @@ def compute_hosts() -> dict[str, dict]:
     return {compute_host(c): {"cluster": c, "esxi_hosts": esxi_hosts(c)} for c in CLUSTERS}
 
 
-def vlan_ranges(low: int = VLAN_RANGE[0], high: int = VLAN_RANGE[1]) -> str:
-    """``[ml2_type_vlan] network_vlan_ranges``: the same VLANs on both physical networks."""
-    return f"{PHYSICAL_NETWORK}:{low}:{high},{KVM_PHYSICAL_NETWORK}:{low}:{high}"
+def vlan_ranges(low: int = VLAN_RANGE[0], high: int = VLAN_RANGE[1],
+                second_dvs: bool = False) -> str:
+    """``[ml2_type_vlan] network_vlan_ranges``: the same VLANs on every physical network."""
+    physnets = [*dvs_mappings(second_dvs), KVM_PHYSICAL_NETWORK]
+    return ",".join(f"{physnet}:{low}:{high}" for physnet in physnets)
