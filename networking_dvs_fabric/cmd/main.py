@@ -21,12 +21,12 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     extra = {}
     if args.vlan_range:
         extra["ml2_type_vlan"] = {"network_vlan_ranges": lab_topology.vlan_ranges(
-            *args.vlan_range)}
+            *args.vlan_range, second_dvs=args.second_dvs)}
     if args.agents and args.dataplane is False:
         raise LabError("--agents needs the dataplane: drop --no-dataplane")
     lab.up(args.ml2_mechanism_drivers, args.mode, args.db, dataplane=args.dataplane,
            extra_config=extra, share=Path(args.share) if args.share else None,
-           bus=args.message_bus, agents=args.agents)
+           bus=args.message_bus, agents=args.agents, second_dvs=args.second_dvs)
     print(lab.how_to_reach())
     return 0
 
@@ -136,11 +136,37 @@ def cmd_bench_vmotion(args: argparse.Namespace) -> int:
 
 def cmd_bench_dhcp(args: argparse.Namespace) -> int:
     from networking_dvs_fabric.cmd import bench_dhcp
-    result = bench_dhcp.bench_dhcp(networks=args.networks,
+    result = bench_dhcp.bench_dhcp(networks=args.networks, keep=args.keep,
                                    lab_dir=Path(args.lab_dir) if args.lab_dir else None)
     print(json.dumps(result, indent=2) if args.json else bench_dhcp.format_text(result))
     met = all(result[kind].get("target_met") for kind in ("vsphere", "kvm"))
     return 0 if met else 3
+
+
+def _sizes(value: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(
+            f"--sizes wants positive whole numbers separated by commas, not {value!r}")
+    return sizes
+
+
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    from networking_dvs_fabric.cmd import bench_scale
+    if args.vms < max(args.sizes):
+        raise LabError(f"--vms {args.vms} is below the largest size {max(args.sizes)}: "
+                       "every network has a VM, so --vms must be at least that")
+    result = bench_scale.bench_scale(
+        sizes=args.sizes, vms=args.vms, samples=args.samples, moves=args.moves,
+        lab_dir=Path(args.lab_dir) if args.lab_dir else None, pin=not args.no_pin,
+        second_dvs=args.second_dvs)
+    print(json.dumps(result, indent=2) if args.json else bench_scale.format_text(result))
+    if args.json:
+        print(bench_scale.format_text(result), file=sys.stderr)
+    return 0 if result["targets_met"] else 3
 
 
 def cmd_bench_secgroups(args: argparse.Namespace) -> int:
@@ -209,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "agents) and a KVM compute kvm-1, each with its own Open vSwitch "
                          "and OVS agent, cabled to the leaves; implies --dataplane and "
                          "--message-bus rabbitmq, adds the openvswitch driver")
+    up.add_argument("--second-dvs", action="store_true",
+                    help="beyond one DVS: cluster DC0_C1 moves from DVS0 to a second DVS, "
+                         f"{lab_topology.SECOND_DVS_NAME}, on physical network "
+                         f"{lab_topology.SECOND_PHYSICAL_NETWORK} with the same VLANs")
     up.add_argument("--vlan-range", type=_vlan_range, metavar="LO:HI",
                     help="the VLANs this lab's Neutron hands out (default: "
                          f"{lab_topology.VLAN_RANGE[0]}:{lab_topology.VLAN_RANGE[1]})")
@@ -301,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     dhcp.add_argument("--json", action="store_true", help="print the result as JSON")
     dhcp.add_argument("--networks", type=_positive, default=20,
                       help="networks, each with one guest of each kind")
+    dhcp.add_argument("--keep", action="store_true",
+                      help="keep every network and guest to the end (default: each "
+                           "network is deleted after it is measured)")
     dhcp.set_defaults(func=cmd_bench_dhcp)
     secgroups = bench_sub.add_parser(
         "secgroups", help="security groups: rule and member changes until vCenter's filters "
@@ -318,6 +351,26 @@ def build_parser() -> argparse.ArgumentParser:
                            help="port creates of each kind (with / without groups)")
     secgroups.add_argument("--no-pin", action="store_true", help="do not give Neutron's API a CPU of its own (see docs/benchmarks)")
     secgroups.set_defaults(func=cmd_bench_secgroups)
+    scale = bench_sub.add_parser(
+        "scale", help="every cost as the cloud grows (networks with a bound port and a VM "
+                      "each, then more VMs); runs its own lab on MariaDB")
+    scale.add_argument("--json", action="store_true",
+                       help="print the result as JSON (the table goes to stderr)")
+    scale.add_argument("--sizes", type=_sizes, default=[250, 1000, 4000],
+                       help="network counts to measure at, comma-separated "
+                            "(default 250,1000,4000)")
+    scale.add_argument("--vms", type=_positive, default=5000,
+                       help="VMs at the end, for the watcher's figures (default 5000)")
+    scale.add_argument("--samples", type=_positive, default=20,
+                       help="networks made one by one at each size (default 20)")
+    scale.add_argument("--moves", type=_positive, default=20,
+                       help="vMotions timed at the end (default 20)")
+    scale.add_argument("--second-dvs", action="store_true",
+                       help="cluster DC0_C1 on a second DVS with its own VLAN pool (past "
+                            "4,094 networks; see lab up --second-dvs)")
+    scale.add_argument("--no-pin", action="store_true",
+                       help="do not give Neutron's API a CPU of its own (see docs/benchmarks)")
+    scale.set_defaults(func=cmd_bench_scale)
     return parser
 
 

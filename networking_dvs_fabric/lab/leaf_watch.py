@@ -61,6 +61,15 @@ class LeafWatch:
             return None
         return max(t for t in times if t is not None)
 
+    def all_present_since(self, wanted: list[tuple[str, str, str]]) -> float | None:
+        """Time the last of ``wanted`` bindings (last) appeared, if all are on their
+        leaves now; None while one is missing (unlike ``all_seen``, a binding that
+        came and went does not count)."""
+        with self._lock:
+            if not all(key in self._present[key[0]] for key in wanted):
+                return None
+            return max((self._appeared[key] for key in wanted), default=time.monotonic())
+
     def all_gone(self, wanted: list[tuple[str, str, str]]) -> bool:
         """True once none of ``wanted`` bindings is on its leaf any more."""
         with self._lock:

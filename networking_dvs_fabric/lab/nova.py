@@ -19,7 +19,9 @@ from typing import Any
 
 from pyVim.connect import Disconnect, SmartConnect
 from pyVim.task import WaitForTask
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
+
+from networking_dvs_fabric.vcenter.session import collect
 
 DATASTORE = "LocalDS_0"
 IFACE_ID = "nvp.iface-id."
@@ -61,24 +63,35 @@ class FakeNova:
         finally:
             view.Destroy()
 
+    def _named(self, kind: type, name: str, what: str) -> Any:
+        """The object of ``kind`` called ``name``: every name in one PropertyCollector
+        read (not one round trip per object: a lab may hold thousands of VMs)."""
+        pcq = vmodl.query.PropertyCollector
+        view = self.content.viewManager.CreateContainerView(self.content.rootFolder,
+                                                            [kind], True)
+        try:
+            spec = pcq.FilterSpec(
+                objectSet=[pcq.ObjectSpec(obj=view, skip=True, selectSet=[
+                    pcq.TraversalSpec(name="view", path="view", skip=False,
+                                      type=vim.view.ContainerView)])],
+                propSet=[pcq.PropertySpec(type=kind, pathSet=["name"])])
+            for obj, props in collect(self.content.propertyCollector, [spec]):
+                if props.get("name") == name:
+                    return obj
+        finally:
+            view.Destroy()
+        raise LookupError(f"no {what} {name!r}")
+
     def host(self, name: str) -> Any:
-        for host in self._all(vim.HostSystem):
-            if host.name == name:
-                return host
-        raise LookupError(f"no ESXi host {name!r}")
+        return self._named(vim.HostSystem, name, "ESXi host")
 
     def port_group(self, name: str) -> tuple[str, str]:
         """(DVS uuid, key) of the port group called ``name``."""
-        for pg in self._all(vim.dvs.DistributedVirtualPortgroup):
-            if pg.name == name:
-                return pg.config.distributedVirtualSwitch.uuid, pg.key
-        raise LookupError(f"no port group {name!r}")
+        pg = self._named(vim.dvs.DistributedVirtualPortgroup, name, "port group")
+        return pg.config.distributedVirtualSwitch.uuid, pg.key
 
     def vm(self, name: str) -> Any:
-        for vm in self._all(vim.VirtualMachine):
-            if vm.name == name:
-                return vm
-        raise LookupError(f"no VM {name!r}")
+        return self._named(vim.VirtualMachine, name, "VM")
 
     # -- what Nova does -------------------------------------------------------------
     def boot(self, name: str, esxi_host: str, ports: list[dict[str, Any]],
@@ -109,9 +122,10 @@ class FakeNova:
             name=name, guestId="otherGuest64", numCPUs=1, memoryMB=64,
             files=vim.vm.FileInfo(vmPathName=f"[{DATASTORE}]"),
             deviceChange=changes, extraConfig=extra)
-        WaitForTask(datacenter.vmFolder.CreateVM_Task(config=spec, pool=cluster.resourcePool,
-                                                      host=host))
-        vm = self.vm(name)
+        task = datacenter.vmFolder.CreateVM_Task(config=spec, pool=cluster.resourcePool,
+                                                 host=host)
+        WaitForTask(task)
+        vm = task.info.result           # the new VM: no search through every VM
         WaitForTask(vm.PowerOnVM_Task())
         return vm
 

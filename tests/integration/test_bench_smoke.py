@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from networking_dvs_fabric.lab import netns
+
 CLI = str(Path(sys.executable).parent / "dvs-fabric")
 
 
@@ -49,3 +53,45 @@ def test_bench_secgroups_reports_every_measure_and_batches_reconfigures():
         assert data["port_create"][kind]["n"] == 2
     assert {"rule_add_met", "member_join_met", "port_create_met"} <= set(data["targets"])
     assert data["targets_met"] == (result.returncode == 0)
+
+
+def test_bench_scale_prints_the_curve_at_each_size():
+    """Two tiny sizes: every figure of the curve at both, the vCenter call counts of a
+    port group's create and release the same at both (they must not grow with the
+    DVS), the watcher's figures at the end, and the exit code following the targets."""
+    result = subprocess.run([CLI, "bench", "scale", "--json", "--no-pin", "--sizes", "4,8",
+                             "--vms", "10", "--samples", "2", "--moves", "2"],
+                            capture_output=True, text=True, timeout=1500)
+    assert result.returncode in (0, 3), result.stderr[-3000:]     # 3: a target missed
+    data = json.loads(result.stdout)
+    assert data["sizes"] == [4, 8]
+    for size in ("4", "8"):
+        fig = data["curve"][size]
+        assert fig["port_create"]["n"] == 2 and fig["convergence"]["n"] == 2
+        assert fig["bulk_s"] >= 0 and fig["emptied_leaf_s"] > 0
+        assert fig["audit_clean"] is True, fig
+        assert fig["rss_mb"]["api_process"] > 0 and fig["rss_mb"]["periodic_workers"] > 0
+        assert fig["vcenter_calls"]["create"] > 0 and fig["vcenter_calls"]["release"] > 0
+    assert data["curve"]["4"]["vcenter_calls"] == data["curve"]["8"]["vcenter_calls"]
+    assert data["largest"]["vms"] >= 10
+    assert data["largest"]["vmotion"]["n"] == 2
+    assert data["targets_met"] == (result.returncode == 0) == (data["missed"] == [])
+    assert "bench scale: each figure at each size" in result.stderr
+
+
+def test_bench_dhcp_times_each_guest_kind_in_phases():
+    """One network after the warm-up: each guest kind leased, in phases; the vSphere
+    VM's and the KVM VM's leaf ports were seen carrying the network."""
+    why = netns.unavailable()
+    if why:
+        pytest.skip(f"bench dhcp needs network namespaces: {why}")
+    result = subprocess.run([CLI, "bench", "dhcp", "--json", "--networks", "1"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode in (0, 3), result.stderr[-3000:]
+    data = json.loads(result.stdout)
+    for kind in ("vsphere", "kvm", "baseline"):
+        assert data[kind]["total"]["n"] == 1, data[kind]
+    assert data["vsphere"]["leaf_binding_from_create"]["n"] == 1
+    assert data["kvm"]["leaf_binding_from_create"]["n"] == 1
+    assert set(data["warm_up_total_s"]) == {"vsphere", "kvm", "baseline"}
+    assert data["kept"] is False
