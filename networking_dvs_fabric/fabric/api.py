@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Mapping
+from typing import Collection, Mapping
 
 # How to reach a leaf is part of the topology; backends take it as it is.
 from networking_dvs_fabric.topology import LeafSpec, SslFiles  # noqa: F401
@@ -95,8 +95,12 @@ class FabricBackend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def read(self, leaf: str) -> dict[str, NetworkOnLeaf]:
-        """What the leaf holds for every network this deployment owns there."""
+    def read(self, leaf: str, network_ids: Collection[str] | None = None,
+             holding: Collection[tuple[str, int]] = ()) -> dict[str, NetworkOnLeaf]:
+        """What the leaf holds for the networks this deployment owns there: every one
+        (``network_ids`` None), or those named plus those holding one of the (port,
+        VLAN)s in ``holding``.  Reading some costs what they hold, not what the leaf
+        holds (the fabric worker reads a batch's networks once per batch)."""
 
     def others(self, leaf: str) -> dict[str, str | None]:
         """Networks on the leaf with the project's marker that are not this deployment's:

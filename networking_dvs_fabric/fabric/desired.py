@@ -112,7 +112,7 @@ def make_before_break(desired: DesiredByLeaf,
     """
     step: DesiredByLeaf = {}
     for leaf, networks in desired.items():
-        wanted = _wanted(networks)
+        wanted = wanted_bindings(networks)
         step[leaf] = {}
         for network_id, want in networks.items():
             have = current.get(leaf, {}).get(network_id)
@@ -131,7 +131,8 @@ def make_before_break(desired: DesiredByLeaf,
     return step
 
 
-def _wanted(networks: Mapping[str, NetworkOnLeaf | None]) -> set[tuple[str, int]]:
+def wanted_bindings(networks: Mapping[str, NetworkOnLeaf | None]) -> set[tuple[str, int]]:
+    """Every (port, VLAN) the networks want on one leaf."""
     return {b for want in networks.values() if want is not None for b in want.bindings}
 
 
@@ -141,7 +142,7 @@ def holders(desired: DesiredByLeaf, current: HeldByLeaf) -> set[str]:
     handed out again, whose removal has not reached that leaf yet."""
     found: set[str] = set()
     for leaf, networks in desired.items():
-        wanted = _wanted(networks)
+        wanted = wanted_bindings(networks)
         found.update(n for n, have in current.get(leaf, {}).items()
                      if n not in networks and have.bindings & wanted)
     return found
@@ -162,7 +163,7 @@ def releases(desired: DesiredByLeaf, theirs: DesiredByLeaf,
     """
     out: DesiredByLeaf = {}
     for leaf, networks in desired.items():
-        wanted = _wanted(networks)
+        wanted = wanted_bindings(networks)
         out[leaf] = {}
         for network_id, have in current.get(leaf, {}).items():
             contested = have.bindings & wanted

@@ -4,32 +4,38 @@ A network on a leaf is a ``Logical_Switch`` named ``dvsf-<network id>`` whose
 ``other_config`` carries the project's marker, VLAN bindings on the leaf's
 ``Physical_Port`` rows pointing at it, ``Ucast_Macs_Remote`` rows for MACs
 behind other leaves and one ``unknown-dst`` ``Mcast_Macs_Remote`` row (the
-flooding list).  :meth:`HwvtepBackend.converge` reads the IDL replica, plans the
-difference for the named networks (:func:`~networking_dvs_fabric.fabric.plan.plan`,
-in ``plan.py`` with the rest of the pure planner: ``LeafView``, ``read_view``,
-``Plan``), and sends it as one OVSDB transaction in which the plan is made again
-against the replica the transaction really runs on (a retry after a reconnect
-re-plans, it never replays a stale diff).  Rows without the marker are never changed.
-This module holds the writer: the plan into a transaction, and the backend.
+flooding list).  :meth:`HwvtepBackend.converge` reads the IDL replica for the named
+networks only (``leaf_view.read_view``, through the replica's index: the cost is
+the batch's, not the leaf's), plans the difference
+(:func:`~networking_dvs_fabric.fabric.plan.plan`) and sends it as one OVSDB
+transaction in which the plan is made again against the replica the transaction
+really runs on (a retry after a reconnect re-plans, it never replays a stale diff).
+A logical switch is deleted only after the leaf said that none of its own (learned)
+MACs still refers to it: those tables are not replicated (``ovsdb_conn.COLUMNS``).
+Rows without the marker are never changed.  This module holds the writer: the plan
+into a transaction, and the backend.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from typing import Any, Callable, Mapping, Sequence
+import uuid
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from ovs.db import idl as ovs_idl
 from ovsdbapp import exceptions as ovsdbapp_exc
 from ovsdbapp.backend.ovs_idl import command
 
 from networking_dvs_fabric.fabric.api import (DEPLOYMENT_KEY, MARKER_KEY, MARKER_VALUE,
-                                              NETWORK_ID_KEY, ConvergeResult, FabricBackend, FabricError, LeafBusy,
-                                              LeafRejected, LeafSpec, LeafUnreachable,
-                                              NetworkOnLeaf)
-from networking_dvs_fabric.fabric.ovsdb_conn import LeafConnection
-from networking_dvs_fabric.fabric.plan import (ENCAPSULATION, FLOOD_MAC, LS_PREFIX, REPLICATION,
-                                               LeafView, Plan, Row, find_switch, network_on_leaf,
-                                               plan, read_view)
+                                              NETWORK_ID_KEY, ConvergeResult, FabricBackend,
+                                              FabricError, LeafBusy, LeafRejected, LeafSpec,
+                                              LeafUnreachable, NetworkOnLeaf)
+from networking_dvs_fabric.fabric.leaf_view import (ENCAPSULATION, FLOOD_MAC, LS_PREFIX,
+                                                    REPLICATION, Binding, LeafView, Row,
+                                                    find_switch, network_on_leaf, read_view)
+from networking_dvs_fabric.fabric.ovsdb_conn import LeafConnection, local_mac_refs
+from networking_dvs_fabric.fabric.plan import Plan, plan
 
 LOG = logging.getLogger(__name__)
 
@@ -103,19 +109,43 @@ class _Writer:
             ls.delete()
 
 
+def _plan(api: Any, leaf: str, desired: Mapping[str, NetworkOnLeaf | None],
+          deployment: str | None, local: "_LocalMacs") -> tuple[LeafView, Plan]:
+    """The plan for ``desired`` on the replica as it is now (connection lock held)."""
+    view = read_view(api.tables, api.idl.index, leaf, deployment, desired)
+    view.pinned |= local.refer
+    todo = plan(view, desired)
+    unasked = [ls for ls in todo.ls_dels if ls.uuid not in local.asked]
+    if unasked:
+        # The leaf was not asked about these (the replica changed since): keep them
+        # for the next converge, which asks.
+        todo.ls_dels = [ls for ls in todo.ls_dels if ls.uuid in local.asked]
+        todo.pending |= {ls.other_config[NETWORK_ID_KEY] for ls in unasked}
+    return view, todo
+
+
+@dataclasses.dataclass(frozen=True)
+class _LocalMacs:
+    """Which logical switches the leaf was asked about (``asked``) and which of them
+    a local MAC of the switch still refers to (``refer``)."""
+
+    asked: frozenset[uuid.UUID] = frozenset()
+    refer: frozenset[uuid.UUID] = frozenset()
+
+
 class _ConvergeCommand(command.BaseCommand):
     """Plans and writes against the replica the transaction actually runs on."""
 
     def __init__(self, api: Any, leaf: str, desired: Mapping[str, NetworkOnLeaf | None],
-                 deployment: str | None) -> None:
+                 deployment: str | None, local: _LocalMacs) -> None:
         super().__init__(api)
         self.leaf = leaf
         self.desired = desired
         self.deployment = deployment
+        self.local = local
 
     def run_idl(self, txn: ovs_idl.Transaction) -> None:
-        view = read_view(self.api.tables, self.leaf, self.deployment)
-        todo = plan(view, self.desired)
+        view, todo = _plan(self.api, self.leaf, self.desired, self.deployment, self.local)
         _Writer(txn, self.api.tables, view).write(todo)
         self.result = todo
 
@@ -128,7 +158,8 @@ class _AdoptCommand(command.BaseCommand):
         self.leaf, self.network_ids, self.deployment = leaf, network_ids, deployment
 
     def run_idl(self, txn: ovs_idl.Transaction) -> None:
-        view = read_view(self.api.tables, self.leaf, self.deployment)
+        view = read_view(self.api.tables, self.api.idl.index, self.leaf, self.deployment,
+                         self.network_ids)
         adopted = sorted(n for n in self.network_ids if n in view.legacy)
         for network_id in adopted:
             view.legacy[network_id].setkey("other_config", DEPLOYMENT_KEY, self.deployment)
@@ -164,15 +195,24 @@ class HwvtepBackend(FabricBackend):
                  desired: Mapping[str, NetworkOnLeaf | None]) -> ConvergeResult:
         conn = self._connection(leaf)
         api = conn.api()
+        deployment = self._deployment()
+        local = _LocalMacs()
         with api.ovsdb_connection.lock:
-            todo = plan(read_view(api.tables, leaf, self._deployment()), desired)
+            todo = plan(read_view(api.tables, api.idl.index, leaf, deployment, desired),
+                        desired)
+        if todo.ls_dels:
+            asked = frozenset(ls.uuid for ls in todo.ls_dels)
+            local = _LocalMacs(asked, frozenset(local_mac_refs(conn.spec, asked,
+                                                               conn.connect_timeout)))
+            with api.ovsdb_connection.lock:
+                todo = _plan(api, leaf, desired, deployment, local)[1]
         result = ConvergeResult(leaf=leaf, switch_removal_pending=set(todo.pending))
         if not todo.changes:
             LOG.debug("leaf %(leaf)s: %(n)d networks already converged",
                       {"leaf": leaf, "n": len(desired)})
             return result
         started = time.monotonic()
-        sent = self._commit(conn, api, desired)
+        sent = self._commit(conn, api, desired, deployment, local)
         result.transactions = 1
         if sent is not None:
             result.changes = sent.changes
@@ -184,10 +224,11 @@ class HwvtepBackend(FabricBackend):
         return result
 
     def _commit(self, conn: LeafConnection, api: Any,
-                desired: Mapping[str, NetworkOnLeaf | None]) -> Plan | None:
+                desired: Mapping[str, NetworkOnLeaf | None], deployment: str | None,
+                local: _LocalMacs) -> Plan | None:
         """Send the one transaction; map ovsdbapp's errors onto the fabric's."""
         leaf, endpoint = conn.spec.name, conn.spec.ovsdb
-        cmd = _ConvergeCommand(api, leaf, desired, self._deployment())
+        cmd = _ConvergeCommand(api, leaf, desired, deployment, local)
         try:
             with api.transaction(check_error=True, log_errors=False) as txn:
                 txn.add(cmd)
@@ -208,16 +249,18 @@ class HwvtepBackend(FabricBackend):
             raise LeafRejected(f"leaf {leaf} at {endpoint}: {exc}") from exc
         return cmd.result
 
-    def read(self, leaf: str) -> dict[str, NetworkOnLeaf]:
+    def read(self, leaf: str, network_ids: Collection[str] | None = None,
+             holding: Collection[Binding] = ()) -> dict[str, NetworkOnLeaf]:
         api = self._connection(leaf).api()
         with api.ovsdb_connection.lock:
-            view = read_view(api.tables, leaf, self._deployment())
+            view = read_view(api.tables, api.idl.index, leaf, self._deployment(),
+                             network_ids, holding)
             return {nid: network_on_leaf(view, nid, ls) for nid, ls in view.owned.items()}
 
     def others(self, leaf: str) -> dict[str, str | None]:
         api = self._connection(leaf).api()
         with api.ovsdb_connection.lock:
-            view = read_view(api.tables, leaf, self._deployment())
+            view = read_view(api.tables, api.idl.index, leaf, self._deployment())
             found: dict[str, str | None] = {n: None for n in view.legacy}
             found.update({n: ls.other_config.get(DEPLOYMENT_KEY)
                           for n, ls in view.foreign.items()})

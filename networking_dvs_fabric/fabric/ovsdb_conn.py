@@ -18,7 +18,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+import uuid
+from typing import Any, Iterable
 
 from ovs import jsonrpc
 from ovs import poller
@@ -29,14 +30,28 @@ from ovsdbapp.schema.hardware_vtep import impl_idl
 
 from networking_dvs_fabric.fabric.api import (FabricError, LeafSpec, LeafUnreachable,
                                               SslFiles)
+from networking_dvs_fabric.fabric.leaf_index import LeafIndex
 
 LOG = logging.getLogger(__name__)
 
 SCHEMA = "hardware_vtep"
-# The tables the backend reads or writes; the rest of the schema is not replicated.
-TABLES = ("Physical_Switch", "Physical_Port", "Logical_Switch", "Physical_Locator",
-          "Physical_Locator_Set", "Ucast_Macs_Remote", "Mcast_Macs_Remote",
-          "Ucast_Macs_Local", "Mcast_Macs_Local")
+# The columns the backend reads or writes; the rest of the schema is not replicated.
+# Not the switch's own MAC tables (Ucast_Macs_Local, Mcast_Macs_Local): they grow with
+# what the switch learns, and the backend only needs to know, before it deletes a
+# logical switch, whether a local MAC still refers to it - asked of the leaf then
+# (``local_mac_refs``).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "Physical_Switch": ("name", "ports"),
+    "Physical_Port": ("name", "vlan_bindings"),
+    "Logical_Switch": ("name", "tunnel_key", "replication_mode", "other_config"),
+    "Physical_Locator": ("dst_ip", "encapsulation_type", "tunnel_key"),
+    "Physical_Locator_Set": ("locators",),
+    "Ucast_Macs_Remote": ("MAC", "logical_switch", "locator"),
+    "Mcast_Macs_Remote": ("MAC", "logical_switch", "locator_set"),
+}
+TABLES = tuple(COLUMNS)
+# Rows of the switch's own that refer to a logical switch and keep it from going.
+LOCAL_MAC_TABLES = ("Ucast_Macs_Local", "Mcast_Macs_Local")
 _SCHEMES = ("tcp", "ssl", "unix")
 # python-ovs keeps the SSL files in class attributes of ovs.stream.Stream: one
 # set per process.  Remember which leaf set them to refuse a conflicting one.
@@ -77,6 +92,36 @@ def fetch_schema(spec: LeafSpec, timeout: float) -> dict:
     ovsdbapp's ``get_schema_helper`` blocks without a deadline; a leaf that
     drops packets must not hang the caller.
     """
+    return _request(spec, "get_schema", [SCHEMA], timeout, f"has no {SCHEMA} database")
+
+
+def local_mac_refs(spec: LeafSpec, ls_uuids: Iterable[uuid.UUID],
+                   timeout: float) -> set[uuid.UUID]:
+    """Those of the logical switches a local MAC of the switch still refers to.
+
+    One ``select`` per logical switch and table, in one read-only transaction on a
+    connection of its own (the IDL does not replicate these tables).
+    """
+    wanted = sorted(set(ls_uuids))
+    if not wanted:
+        return set()
+    ops: list[Any] = [SCHEMA]
+    for table in LOCAL_MAC_TABLES:
+        ops += [{"op": "select", "table": table, "columns": ["_uuid"],
+                 "where": [["logical_switch", "==", ["uuid", str(ls)]]]} for ls in wanted]
+    result = _request(spec, "transact", ops, timeout, "refused to list its local MACs")
+    found = set()
+    for index, reply in enumerate(result):
+        if isinstance(reply, dict) and reply.get("error"):
+            raise FabricError(f"leaf {spec.name}: listing its local MACs: {reply}")
+        if isinstance(reply, dict) and reply.get("rows"):
+            found.add(wanted[index % len(wanted)])
+    return found
+
+
+def _request(spec: LeafSpec, method: str, params: list, timeout: float,
+             refused: str) -> Any:
+    """One JSON-RPC request on a connection of its own, answered within ``timeout``."""
     deadline = time.monotonic() + timeout
     err, strm = stream.Stream.open_block(stream.Stream.open(spec.ovsdb),
                                          int(timeout * 1000))
@@ -84,7 +129,7 @@ def fetch_schema(spec: LeafSpec, timeout: float) -> dict:
         raise _unreachable(spec, os.strerror(err), err)
     rpc = jsonrpc.Connection(strm)
     try:
-        request = jsonrpc.Message.create_request("get_schema", [SCHEMA])
+        request = jsonrpc.Message.create_request(method, params)
         err = rpc.send(request)
         while not err:
             rpc.run()
@@ -94,8 +139,8 @@ def fetch_schema(spec: LeafSpec, timeout: float) -> dict:
                 continue
             if not err and msg.id == request.id:
                 if msg.error:
-                    raise FabricError(f"leaf {spec.name}: {spec.ovsdb} has no "
-                                      f"{SCHEMA} database: {msg.error}")
+                    raise FabricError(f"leaf {spec.name}: {spec.ovsdb} {refused}: "
+                                      f"{msg.error}")
                 return msg.result
         raise _unreachable(spec, os.strerror(err) if err > 0 else "connection closed",
                            err if err > 0 else 0)
@@ -132,17 +177,44 @@ def _unreachable(spec: LeafSpec, why: str, err: int = 0) -> LeafUnreachable:
 
 
 class _LeafIdl(ovsdbapp_conn.OvsdbIdl):
-    """An IDL that wakes waiters after every ``run()`` (connect, sync, update)."""
+    """An IDL that wakes waiters after every ``run()`` (connect, sync, update) and
+    keeps its :class:`LeafIndex` current."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.changed = threading.Condition()
+        self.index = LeafIndex()
+        self._index_seqno = -1
+        self._green = _green_threads()
+
+    def cooperative_yield(self) -> None:
+        """ovsdbapp sleeps 0 s per row it parses, for eventlet's green threads.  With
+        OS threads that hands the interpreter away on every row: in a busy process
+        (the completer, other leaves, the watcher) a 600-row update then took
+        seconds instead of a fraction.  The interpreter switches threads by itself."""
+        if self._green:
+            super().cooperative_yield()
 
     def run(self) -> bool:
         changed = super().run()
+        seqno = self._session.get_seqno()
+        if seqno != self._index_seqno:
+            # Connected again: python-ovs may clear the replica and load it whole
+            # without a notification per row it drops.
+            self._index_seqno = seqno
+            self.index.stale = True
         with self.changed:
             self.changed.notify_all()
         return bool(changed)
+
+    def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        try:
+            self.index.notify(event, row)
+        except Exception:  # noqa: BLE001 - never break the IDL's update processing
+            LOG.exception("leaf index: %s of a %s row not followed; rebuilt at next use",
+                          event, getattr(getattr(row, "_table", None), "name", "?"))
+            self.index.stale = True
+        super().notify(event, row, updates)
 
     def ready(self) -> bool:
         """Connected and monitoring, i.e. the replica is the server's current state."""
@@ -153,6 +225,15 @@ class _LeafIdl(ovsdbapp_conn.OvsdbIdl):
         """Reconnect at least every ``seconds`` (python-ovs' default is 8 s)."""
         max_ms = max(1000, int(seconds * 1000))
         self._session.reconnect.set_backoff(min(1000, max_ms), max_ms)
+
+
+def _green_threads() -> bool:
+    """Has eventlet replaced the threads of this process?"""
+    try:
+        from eventlet import patcher
+    except ImportError:
+        return False
+    return bool(patcher.is_monkey_patched("thread"))
 
 
 class _LeafApi(impl_idl.HwVtepApiIdlImpl):
@@ -194,8 +275,8 @@ class LeafConnection:
             _use_ssl_files(spec.name, spec.ssl)
         LOG.info("leaf %(leaf)s: connecting to %(ep)s", {"leaf": spec.name, "ep": spec.ovsdb})
         helper = idlutils.create_schema_helper(fetch_schema(spec, self.connect_timeout))
-        for table in TABLES:
-            helper.register_table(table)
+        for table, columns in COLUMNS.items():
+            helper.register_columns(table, list(columns))
         leaf_idl = _LeafIdl(spec.ovsdb, helper)
         leaf_idl.set_max_backoff(self.connect_timeout / 4)
         conn = ovsdbapp_conn.Connection(leaf_idl, timeout=self.connect_timeout)

@@ -1,129 +1,27 @@
 """The pure planner of the ``hardware_vtep`` backend: what one leaf must change.
 
-:func:`read_view` indexes an OVSDB ``hardware_vtep`` replica for one leaf into a
-:class:`LeafView`; :func:`plan` diffs that view against the desired networks and returns
-a :class:`Plan` of rows to create, change and remove (no I/O, no transaction: the writer
-in ``hwvtep.py`` turns a plan into one OVSDB transaction).  Also here: the names and
-values of the rows the project owns (``dvsf-<network id>`` logical switches, the
-``unknown-dst`` flooding row, VXLAN locators) and reading a network back
-(:func:`network_on_leaf`).
+:func:`plan` diffs a :class:`~networking_dvs_fabric.fabric.leaf_view.LeafView` (the
+rows of one leaf for the networks asked about, read by ``leaf_view.read_view``)
+against the desired networks and returns a :class:`Plan` of rows to create, change
+and remove (no I/O, no transaction: the writer in ``hwvtep.py`` turns a plan into one
+OVSDB transaction).
 """
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from typing import Any, Mapping
 
-from ovs.db import idl as ovs_idl
-
 from networking_dvs_fabric import ownership
-from networking_dvs_fabric.fabric.api import (DEPLOYMENT_KEY, MARKER_KEY, MARKER_VALUE, NETWORK_ID_KEY,
-                                              FabricError, LeafRejected, LeafUnreachable,
+from networking_dvs_fabric.fabric.api import (DEPLOYMENT_KEY, MARKER_KEY, MARKER_VALUE,
+                                              NETWORK_ID_KEY, FabricError, LeafRejected,
                                               NetworkOnLeaf)
+# The reading half, offered here too.
+from networking_dvs_fabric.fabric.leaf_view import (ENCAPSULATION, FLOOD_MAC,  # noqa: F401
+                                                    LS_PREFIX, REPLICATION, Binding,
+                                                    LeafView, Row, find_switch, flood_ips,
+                                                    network_on_leaf, read_view)
 
-LS_PREFIX = "dvsf-"
-FLOOD_MAC = "unknown-dst"
-# Our flooding list names every other leaf of the network: the leaf itself copies BUM
-# frames to each (head-end replication).  Unset, the schema's default is
-# "service_node" - one copy to the first entry only - which loses frames with 3+ leaves.
-REPLICATION = "source_node"
-ENCAPSULATION = "vxlan_over_ipv4"
 MAX_VLAN = 4095
-Row = ovs_idl.Row
-Binding = tuple[str, int]
-
-
-@dataclasses.dataclass
-class LeafView:
-    """The rows of one leaf that planning and reading need, indexed once.
-
-    Reading a column of an IDL row converts it each time, so each port's
-    ``vlan_bindings`` is read once here.
-    """
-
-    leaf: str
-    ports: dict[str, Row]
-    port_bindings: dict[str, dict[int, Row]]     # port -> VLAN -> Logical_Switch
-    owned: dict[str, Row]                         # network id -> our marked Logical_Switch
-    ls_names: set[str]
-    locators: dict[str, Row]                      # dst_ip -> reusable VXLAN locator
-    bindings: dict[uuid.UUID, set[Binding]]       # LS uuid -> its bindings on this switch
-    ucast: dict[uuid.UUID, list[Row]]             # LS uuid -> Ucast_Macs_Remote rows
-    flood: dict[uuid.UUID, list[Row]]             # LS uuid -> unknown-dst Mcast_Macs_Remote
-    pinned: set[uuid.UUID]                        # LS uuids we must not delete yet
-    deployment: str | None = None                 # ours (None: every marked LS is ours)
-    legacy: dict[str, Row] = dataclasses.field(default_factory=dict)   # marker, no id
-    foreign: dict[str, Row] = dataclasses.field(default_factory=dict)  # other deployments'
-
-
-def find_switch(tables: Mapping[str, Any], leaf: str) -> Row:
-    """The leaf's Physical_Switch: the one named after it, or the only one."""
-    switches = list(tables["Physical_Switch"].rows.values())
-    named = [s for s in switches if s.name == leaf]
-    if named:
-        return named[0]
-    if len(switches) == 1:
-        return switches[0]
-    if not switches:
-        # A switch that has just booted may not have published itself yet.
-        raise LeafUnreachable(f"leaf {leaf}: its database has no Physical_Switch yet")
-    raise LeafRejected(f"leaf {leaf}: no Physical_Switch named {leaf} among "
-                       f"{sorted(s.name for s in switches)}")
-
-
-def read_view(tables: Mapping[str, Any], leaf: str,
-              deployment: str | None = None) -> LeafView:
-    """Index the replica for ``leaf`` (call with the connection lock held).
-
-    ``deployment``: ours; marked switches of other deployments and legacy ones (no
-    id) are kept apart (``ownership.py``).
-    """
-    switch = find_switch(tables, leaf)
-    ports = {p.name: p for p in switch.ports}
-    view = LeafView(leaf, ports, {name: dict(p.vlan_bindings) for name, p in ports.items()},
-                    {}, set(), {}, {}, {}, {}, set(), deployment)
-    kinds = {ownership.OURS: view.owned, ownership.LEGACY: view.legacy,
-             ownership.FOREIGN: view.foreign}
-    for ls in tables["Logical_Switch"].rows.values():
-        view.ls_names.add(ls.name)
-        config = ls.other_config
-        if config.get(MARKER_KEY) == MARKER_VALUE and config.get(NETWORK_ID_KEY):
-            owner = ownership.owner_of(config.get(DEPLOYMENT_KEY), deployment)
-            kinds[owner][config[NETWORK_ID_KEY]] = ls
-    for name, by_vlan in view.port_bindings.items():
-        for vlan, ls in by_vlan.items():
-            view.bindings.setdefault(ls.uuid, set()).add((name, vlan))
-    for loc in tables["Physical_Locator"].rows.values():
-        if loc.encapsulation_type == ENCAPSULATION and not loc.tunnel_key:
-            view.locators.setdefault(loc.dst_ip, loc)
-    for row in tables["Ucast_Macs_Remote"].rows.values():
-        view.ucast.setdefault(row.logical_switch.uuid, []).append(row)
-    for row in tables["Mcast_Macs_Remote"].rows.values():
-        if row.MAC == FLOOD_MAC:
-            view.flood.setdefault(row.logical_switch.uuid, []).append(row)
-    for table in ("Ucast_Macs_Local", "Mcast_Macs_Local"):
-        view.pinned.update(r.logical_switch.uuid for r in tables[table].rows.values())
-    mine = {p.uuid for p in ports.values()}
-    for port in tables["Physical_Port"].rows.values():
-        if port.uuid not in mine:
-            view.pinned.update(ls.uuid for ls in port.vlan_bindings.values())
-    return view
-
-
-def flood_ips(row: Row) -> set[str]:
-    """Tunnel IPs in a flooding row's locator set."""
-    return {loc.dst_ip for loc in row.locator_set.locators}
-
-
-def network_on_leaf(view: LeafView, network_id: str, ls: Row) -> NetworkOnLeaf:
-    """What the leaf holds for one owned logical switch."""
-    return NetworkOnLeaf(
-        network_id=network_id,
-        vni=ls.tunnel_key[0] if ls.tunnel_key else 0,
-        bindings=frozenset(view.bindings.get(ls.uuid, ())),
-        remote_macs=frozenset((r.MAC, r.locator.dst_ip) for r in view.ucast.get(ls.uuid, ())),
-        flood_tunnel_ips=frozenset(ip for r in view.flood.get(ls.uuid, ())
-                                   for ip in flood_ips(r)))
 
 
 def _empty() -> Any:
@@ -213,7 +111,7 @@ def _plan_bindings(view: LeafView, ls: Row | None, want: NetworkOnLeaf,
     """Set missing bindings (refusing to take foreign ones), drop unwanted ones."""
     current = view.bindings.get(ls.uuid, set()) if ls is not None else set()
     for port, vlan in sorted(want.bindings - current):
-        holder = view.port_bindings[port].get(vlan)
+        holder = view.holder(port, vlan)
         if holder is not None:
             _check_may_take(view, port, vlan, holder, desired)
         out.bind_sets.append((view.ports[port], vlan, want.network_id))

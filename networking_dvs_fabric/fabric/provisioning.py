@@ -5,8 +5,10 @@
 one is lifted, ML2's ``_port_provisioned`` makes it ACTIVE.  Other holders
 compose with ours: ML2's DHCP block, an L2 agent's block below us.
 
-The fabric worker lifts ours (:func:`complete_carried`) for each port whose
-network now sits, as wanted, on every leaf port the port needs:
+The fabric worker lifts ours for each port whose network now sits, as wanted, on
+every leaf port the port needs (:func:`carried_ports` finds them, :func:`complete`
+lifts the blocks: inline, :func:`complete_carried`, or on the completer's thread,
+``completer.py``):
 
 * a port bound to an ESXi or KVM host: the host's leaf ports;
 * a port bound to a cluster, ``pre_provision``: every leaf port of the cluster;
@@ -22,8 +24,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
+import sqlalchemy as sa
 from neutron.db import models_v2, provisioning_blocks
 from neutron.db.models import provisioning_block
 from neutron.plugins.ml2 import models as ml2_models
@@ -33,6 +36,7 @@ from neutron_lib.callbacks import resources
 from neutron_lib.db import api as db_api
 
 from networking_dvs_fabric import names
+from networking_dvs_fabric.db import models
 from networking_dvs_fabric.fabric.api import NetworkOnLeaf
 from networking_dvs_fabric.fabric.intent import BoundPort, NetworkIntent
 from networking_dvs_fabric.journal.worker import TemporaryFailure
@@ -130,6 +134,24 @@ def _blocked(context, ports: Mapping[str, BoundPort]) -> list[str]:
     return sorted(row.id for row in rows if row.host == ports[row.id].host)
 
 
+def carried_ports(intents: Mapping[str, NetworkIntent | None],
+                  desired: Mapping[str, Mapping[str, NetworkOnLeaf | None]],
+                  landed: Landed, runtime: "Runtime"
+                  ) -> tuple[dict[str, BoundPort], dict[str, str], dict[str, Exception]]:
+    """The ports the leaves now carry, the network of each, and a
+    :class:`TemporaryFailure` per network when vCenter was needed to place them and
+    did not answer."""
+    try:
+        ports = carried(intents, desired, landed, runtime.require_topology(),
+                        runtime.directory, runtime.fabric_settings.mode)
+    except errors.VCenterError as exc:
+        return {}, {}, {n: TemporaryFailure(f"vCenter needed to place ports: {exc}")
+                        for n in intents}
+    network_of = {p.port_id: n for n, intent in intents.items() if intent
+                  for p in intent.ports if p.port_id in ports}
+    return ports, network_of, {}
+
+
 def complete_carried(context, intents: Mapping[str, NetworkIntent | None],
                      desired: Mapping[str, Mapping[str, NetworkOnLeaf | None]],
                      landed: Landed, runtime: "Runtime") -> dict[str, Exception]:
@@ -140,19 +162,21 @@ def complete_carried(context, intents: Mapping[str, NetworkIntent | None],
     (vCenter or the database away): its journal entry is retried, which converges
     with no changes and tries again.
     """
-    try:
-        ports = carried(intents, desired, landed, runtime.require_topology(),
-                        runtime.directory, runtime.fabric_settings.mode)
-    except errors.VCenterError as exc:
-        return {n: TemporaryFailure(f"vCenter needed to place ports: {exc}")
-                for n in intents}
+    ports, network_of, failures = carried_ports(intents, desired, landed, runtime)
+    return failures or complete(context, ports, network_of)
+
+
+def complete(context, ports: Mapping[str, BoundPort], network_of: Mapping[str, str],
+             between: Callable[[], None] = lambda: None) -> dict[str, Exception]:
+    """Lift our block from ``ports`` (carried, as ``carried`` found them) that still
+    hold it and are still bound where the intent saw them; a failure per network.
+    ``between`` runs before each port (the completer's thread gives way there)."""
     waiting = _blocked(context, ports)
     if not waiting:
         return {}
-    network_of = {p.port_id: n for n, intent in intents.items() if intent
-                  for p in intent.ports}
     failures: dict[str, Exception] = {}
     for port_id in waiting:
+        between()
         try:
             provisioning_blocks.provisioning_complete(context, port_id, resources.PORT,
                                                       ENTITY)
@@ -171,6 +195,20 @@ def complete_carried(context, intents: Mapping[str, NetworkIntent | None],
              {"n": len(waiting), "ids": ": " + ", ".join(waiting) if len(waiting) <= 10
               else ""})
     return failures
+
+
+def networks_waiting(context) -> list[str]:
+    """Networks with a port holding our block and no journal row pending or being
+    handled: after a worker process died, carried ports it had not told yet."""
+    block = provisioning_block.ProvisioningBlock
+    journal = models.JournalEntry
+    busy = sa.exists().where(journal.resource_type == names.RESOURCE_NETWORK,
+                             journal.resource_id == models_v2.Port.network_id,
+                             journal.state.in_([models.PENDING, models.PROCESSING]))
+    with db_api.CONTEXT_READER.using(context):
+        return sorted({row[0] for row in context.session.query(models_v2.Port.network_id)
+                       .join(block, block.standard_attr_id == models_v2.Port.standard_attr_id)
+                       .filter(block.entity == ENTITY, ~busy).distinct().all()})
 
 
 def _fell_through(context, port_ids: list[str], ports: Mapping[str, BoundPort]) -> list[str]:

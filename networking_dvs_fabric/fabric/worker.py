@@ -7,7 +7,11 @@ leaf that does not answer makes the batch's networks retry later (the leaves tha
 answer converge meanwhile); one that refuses is retried network by network, so only
 the network at fault is marked failed.  A (port, VLAN) the batch wants that one of
 our networks outside it still holds (its VLAN given back and handed out again) is
-rebound when Neutron no longer gives it to that holder.
+rebound when Neutron no longer gives it to that holder.  Each leaf is read once per
+batch, for the batch's networks and those holders only.  Ports the batch made
+carried are handed to the :class:`~networking_dvs_fabric.fabric.completer.Completer`
+when the worker runs as a thread (Neutron's status updates then stay off the
+leaves' path); run by hand (tests, ``dvs-fabric sync``) they are told inline.
 """
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 from networking_dvs_fabric import names
 from networking_dvs_fabric.fabric import provisioning
 from networking_dvs_fabric.fabric.api import FabricBackend, FabricError, NetworkOnLeaf
+from networking_dvs_fabric.fabric.completer import Completer
 from networking_dvs_fabric.fabric.desired import (DesiredByLeaf, desired_state, holders,
-                                                  make_before_break, releases)
+                                                  make_before_break, releases, wanted_bindings)
 from networking_dvs_fabric.fabric.intent import NetworkIntent, read_intents
 from networking_dvs_fabric.journal import store
 from networking_dvs_fabric.journal.worker import JournalWorker, PermanentFailure, TemporaryFailure
@@ -38,12 +43,19 @@ class FabricSync:
         self._runtime = runtime
         self.transactions = 0
         self.landed = provisioning.Landed()       # this batch's converges that succeeded
+        self.completer: Completer | None = None   # None: ports are told inline
+
+    def __call__(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
+        if self.completer is None:
+            return self._handle(context, entries)
+        with self.completer.busy():
+            return self._handle(context, entries)
 
     @property
     def backend(self) -> FabricBackend:
         return self._runtime.fabric
 
-    def __call__(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
+    def _handle(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
         network_ids = [e.resource_id for e in entries]
         verdicts: dict[str, Exception | None] = {n: None for n in network_ids}
         self.landed = provisioning.Landed()
@@ -65,9 +77,12 @@ class FabricSync:
         # only then does any leaf lose what is no longer needed.
         current: dict[str, dict[str, NetworkOnLeaf]] = {}
         failed_first: dict[str, set[str]] = {}      # leaf -> networks its first step failed
-        for leaf in desired:
+        for leaf, networks in desired.items():
             try:
-                current[leaf] = self.backend.read(leaf)
+                # The batch's networks and those holding a (port, VLAN) the batch
+                # wants: what this batch needs of the leaf, not all it holds.
+                current[leaf] = self.backend.read(leaf, list(networks),
+                                                  sorted(wanted_bindings(networks)))
             except FabricError as exc:
                 note({n: TemporaryFailure(str(exc)) for n in desired[leaf]})
                 failed_first[leaf] = set(desired[leaf])
@@ -96,7 +111,14 @@ class FabricSync:
             target = {n: (first[leaf][n] if n in held else want)
                       for n, want in networks.items()}
             note(self._converge(leaf, target, riders[leaf]))
-        note(provisioning.complete_carried(context, intents, desired, self.landed, runtime))
+        if self.completer is None:
+            note(provisioning.complete_carried(context, intents, desired, self.landed,
+                                               runtime))
+        else:
+            ports, network_of, failures = provisioning.carried_ports(
+                intents, desired, self.landed, runtime)
+            note(failures)
+            self.completer.submit(ports, network_of)
         return [verdicts[e.resource_id] for e in entries]
 
     def _converge(self, leaf: str, networks: dict[str, NetworkOnLeaf | None],
@@ -172,6 +194,26 @@ class FabricWorker(JournalWorker):
         super().__init__("fabric_hwvtep journal worker", self.sync, runtime.worker_settings,
                          resource_types=(names.RESOURCE_NETWORK,))
 
+    def _before_start(self) -> None:
+        super()._before_start()
+        self.sync.completer = Completer()
+        self.sync.completer.start()
+
+    def on_housekeeping(self, context) -> None:
+        # The full sync hangs here: its leaf repairs come before telling Neutron too.
+        if self.sync.completer is None:
+            super().on_housekeeping(context)
+            return
+        with self.sync.completer.busy():
+            super().on_housekeeping(context)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.sync.completer is not None:
+            self.sync.completer.stop()
+
     def wait(self) -> None:
         super().wait()
+        if self.sync.completer is not None:
+            self.sync.completer.join()
         self._runtime.close_fabric()

@@ -128,6 +128,28 @@ def claim(context, worker_id: str, limit: int, *,
 
 
 @db_api.retry_if_session_inactive()
+def renew(context, entries: Collection[Entry]) -> list[Entry]:
+    """Claim the entries afresh (``claimed_at`` = now) while their worker still holds
+    them, so a batch that runs long is not released as stale mid-way; returns the
+    entries whose rows are all still held (a claim released meanwhile is another
+    worker's now: leave it alone)."""
+    ids = [row_id for entry in entries for row_id in entry.row_ids]
+    if not ids:
+        return []
+    now = utcnow()
+    with db_api.CONTEXT_WRITER.using(context):
+        held: set[int] = set()
+        for worker_id in sorted({entry.worker_id for entry in entries}):
+            mine = [Journal.id.in_(ids), Journal.state == PROCESSING,
+                    Journal.claimed_by == worker_id]
+            context.session.query(Journal).filter(*mine).update(
+                {Journal.claimed_at: now, Journal.updated_at: now},
+                synchronize_session=False)
+            held |= {row[0] for row in context.session.query(Journal.id).filter(*mine)}
+    return [entry for entry in entries if set(entry.row_ids) <= held]
+
+
+@db_api.retry_if_session_inactive()
 def complete(context, entry: Entry) -> bool:
     """Mark the entry's rows completed (kept until :func:`prune`).
 

@@ -15,6 +15,12 @@ Verdicts are settled as the worker settles them: done; retry later (a leaf or vC
 away: the worker takes it from there, with back-off); failed (a leaf refused the
 network, shown by ``dvs-fabric journal``).  A leaf that refuses a batch is asked
 again network by network, so one refused network does not hold up the others.
+
+A batch's rows are recorded and claimed in one transaction, and its verdicts settled
+in one: a worker that starts after an outage repairs a thousand networks, and a
+transaction per network was most of that time.  When another worker is claiming
+one of them at that moment (the lock is not granted at once) the batch's
+transaction is undone and the batch is claimed network by network as before.
 """
 from __future__ import annotations
 
@@ -77,13 +83,8 @@ def networks(context, parts, network_ids: Sequence[str], batch: int,
     out = Converged()
     ordered = sorted(set(network_ids))
     for start in range(0, len(ordered), batch):
-        entries = []
-        for network_id in ordered[start:start + batch]:
-            entry = _record_and_claim(context, worker_id, network_id)
-            if entry is None:
-                out.left_to_workers.append(network_id)
-            else:
-                entries.append(entry)
+        entries = _record_and_claim_all(context, worker_id, ordered[start:start + batch],
+                                        out)
         if entries:
             _settle(context, entries, _handle(handler, context, entries), out)
         progress(f"leaves: {min(start + batch, len(ordered))}/{len(ordered)} drifted "
@@ -92,6 +93,23 @@ def networks(context, parts, network_ids: Sequence[str], batch: int,
         progress(f"leaves: {len(out.left_to_workers)} network(s) being converged by a "
                  "fabric worker right now, left to it")
     return out
+
+
+def _record_and_claim_all(context, worker_id: str, network_ids: Sequence[str],
+                          out: Converged) -> list[store.Entry]:
+    """A journal row per network, claimed by ``worker_id``, in one transaction;
+    network by network when another worker is claiming one of them now."""
+    try:
+        with db_api.CONTEXT_WRITER.using(context):
+            claimed = {}
+            for network_id in network_ids:
+                store.record(context, names.RESOURCE_NETWORK, network_id, OPERATION)
+                claimed[network_id] = claim_one(context, worker_id, names.RESOURCE_NETWORK,
+                                                network_id, store.utcnow())
+    except (db_exc.DBDeadlock, Lost):
+        claimed = {n: _record_and_claim(context, worker_id, n) for n in network_ids}
+    out.left_to_workers.extend(n for n, entry in claimed.items() if entry is None)
+    return [entry for entry in claimed.values() if entry is not None]
 
 
 def _record_and_claim(context, worker_id: str, network_id: str) -> store.Entry | None:
@@ -117,15 +135,18 @@ def _handle(handler: Handler, context, entries: list[store.Entry]) -> list:
 
 
 def _settle(context, entries: list[store.Entry], verdicts: list, out: Converged) -> None:
-    for entry, verdict in zip(entries, verdicts):
-        network_id = entry.resource_id
-        if verdict is None:
-            store.complete(context, entry)
-            out.done.append(network_id)
-        elif isinstance(verdict, PermanentFailure):
-            store.fail(context, entry, str(verdict))
-            out.failures.append(f"network {network_id}: {verdict} (journal entry failed)")
-        else:
-            store.retry_later(context, entry, str(verdict), RETRY_DELAY)
-            out.failures.append(f"network {network_id}: {verdict} (the fabric worker "
-                                "retries it)")
+    """Every verdict of the batch, in one transaction."""
+    with db_api.CONTEXT_WRITER.using(context):
+        for entry, verdict in zip(entries, verdicts):
+            network_id = entry.resource_id
+            if verdict is None:
+                store.complete(context, entry)
+                out.done.append(network_id)
+            elif isinstance(verdict, PermanentFailure):
+                store.fail(context, entry, str(verdict))
+                out.failures.append(f"network {network_id}: {verdict} (journal entry "
+                                    "failed)")
+            else:
+                store.retry_later(context, entry, str(verdict), RETRY_DELAY)
+                out.failures.append(f"network {network_id}: {verdict} (the fabric worker "
+                                    "retries it)")

@@ -5,6 +5,12 @@ set of its ports with a binding on a host of that DVS, and the set a port's NIC
 still sits on until the policy worker moves it - the same sets a release keeps
 (``usage.wanted_sets``), so what the audit calls an orphan is what a release
 deletes.  Each port group holds its set's policy (``security/desired.py``).
+
+The audit asks about every port group at once, at every worker start and every
+``full_sync_interval``: :func:`port_groups` and :func:`policies` read Neutron in a
+fixed number of queries however many networks and sets there are (the same inputs
+``membership.set_inputs`` reads for one set, read for all sets together), so the
+full sync's cost grows with the cloud, not with its square.
 """
 from __future__ import annotations
 
@@ -18,9 +24,9 @@ from neutron_lib import constants as n_const
 from neutron_lib.db import api as db_api
 
 from networking_dvs_fabric import names
-from networking_dvs_fabric.security import desired, translate
+from networking_dvs_fabric.security import desired, membership, model, translate
 from networking_dvs_fabric.security.model import PortGroupPolicy
-from networking_dvs_fabric.vcenter import naming, usage
+from networking_dvs_fabric.vcenter import naming, sweeper_needs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,14 +73,18 @@ def port_groups(context, dvs_mappings: Mapping[str, str],
         if network_ids is not None:
             query = query.filter(models_v2.Network.id.in_(list(network_ids)))
         rows = query.distinct().all()
+    on_dvs: dict[str, list] = {}
+    for row in rows:
+        dvs = dvs_mappings.get(row[2] or "")
+        if dvs is not None and dvs in hosts:
+            on_dvs.setdefault(dvs, []).append(row)
     out: dict[Key, ExpectedPortGroup] = {}
-    for network_id, name, physnet, vlan in rows:
-        dvs = dvs_mappings.get(physnet or "")
-        if dvs is None or dvs not in hosts:
-            continue
-        for set_key in usage.wanted_sets(context, network_id, hosts[dvs]):
-            out[(dvs, network_id, set_key)] = ExpectedPortGroup(
-                dvs, network_id, name or "", physnet, int(vlan), set_key)
+    for dvs, dvs_rows in sorted(on_dvs.items()):
+        needed = sweeper_needs.needed_sets(context, {r[0] for r in dvs_rows}, hosts[dvs])
+        for network_id, name, physnet, vlan in dvs_rows:
+            for set_key in needed[network_id]:
+                out[(dvs, network_id, set_key)] = ExpectedPortGroup(
+                    dvs, network_id, name or "", physnet, int(vlan), set_key)
     return out
 
 
@@ -86,10 +96,60 @@ def policy(context, network_id: str, set_key: str) -> WantedPolicy:
         return WantedPolicy(None, str(exc))
 
 
+_FIXED = {model.OPEN: model.OPEN_POLICY, model.BLOCKED: model.BLOCKED_POLICY}
+
+
 def policies(context, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], WantedPolicy]:
-    """(network, set) -> its policy: one computation per network and set, however
-    many DVSs carry it."""
-    return {key: policy(context, *key) for key in sorted(set(keys))}
+    """(network, set) -> its policy, what :func:`policy` says of each, read for all
+    of them in a fixed number of queries."""
+    keys = sorted(set(keys))
+    out = {key: WantedPolicy(_FIXED[key[1]]) for key in keys if key[1] in _FIXED}
+    wanted = [key for key in keys if key not in out]
+    members: dict[tuple[str, str], list[membership.PortSet]] = {}
+    for port_set in membership.port_sets(
+            context, port_ids=_ports_of(context, {n for n, _ in wanted})).values():
+        members.setdefault((port_set.network_id, port_set.key), []).append(port_set)
+    ports = sorted(p.port_id for key in wanted for p in members.get(key, ()))
+    with db_api.CONTEXT_READER.using(context):
+        # membership.set_inputs' own reads, for every set's ports at once.
+        addresses, _ = membership._addresses(context.session, ports)
+        foreign = membership._foreign_mac_ports(context.session, ports)
+    rules = membership.rules_of(context, {g for key in wanted for g in
+                                          _groups(members.get(key))})
+    remote = membership.members_addresses(
+        context, {r["remote_group_id"] for r in rules if r.get("remote_group_id")})
+    named = membership.address_groups(context, {r["remote_address_group_id"] for r in rules
+                                                if r.get("remote_address_group_id")})
+    for key in wanted:
+        if not members.get(key):
+            out[key] = WantedPolicy(None)       # no port of the set on the network
+            continue
+        groups = set(_groups(members[key]))
+        own_rules = [r for r in rules if r["security_group_id"] in groups]
+        try:
+            out[key] = WantedPolicy(translate.policy_for_set(
+                own_rules, sorted({a for p in members[key] for a in addresses.get(p.port_id, ())}),
+                {r["remote_group_id"]: remote[r["remote_group_id"]] for r in own_rules
+                 if r.get("remote_group_id")},
+                {r["remote_address_group_id"]: named[r["remote_address_group_id"]]
+                 for r in own_rules if r.get("remote_address_group_id")},
+                foreign_mac=any(p.port_id in foreign for p in members[key])))
+        except translate.PolicyTooLarge as exc:
+            out[key] = WantedPolicy(None, str(exc))
+    return out
+
+
+def _groups(members: list[membership.PortSet] | None) -> tuple[str, ...]:
+    """The security groups of a set (its ports all have the same)."""
+    return members[0].security_group_ids if members else ()
+
+
+def _ports_of(context, network_ids: Collection[str]) -> list[str]:
+    if not network_ids:
+        return []
+    with db_api.CONTEXT_READER.using(context):
+        return sorted(row[0] for row in context.session.query(models_v2.Port.id).filter(
+            models_v2.Port.network_id.in_(sorted(network_ids))).all())
 
 
 def fabric_networks(context) -> set[str]:

@@ -24,12 +24,15 @@ A sync never writes older state than the workers have written since its audit: t
 repair converges the drifted networks from Neutron's state read again, under the
 journal's claim, with the fabric worker's own handler (``converge.py``).
 
-It checks port groups and leaves alike, so it lives with the audit and the repair
-it runs; ``fabric_hwvtep.get_workers`` hangs it on the fabric worker's
-housekeeping (``FullSync.run_if_due``).
+It checks leaves and port groups alike (the leaves first: a worker that starts after
+an outage puts the networks made meanwhile on the leaves before it reads all of
+vCenter), so it lives with the audit and the repair it runs;
+``fabric_hwvtep.get_workers`` hangs it on the fabric worker's housekeeping
+(``FullSync.run_if_due``).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -141,14 +144,22 @@ class FullSync:
         self._started = True
         self._waiting = []
         parts = self._parts()
-        report = audit(context, parts)
         self.runs += 1
-        if not report.drifts:
-            LOG.info("full sync (%s): nothing to repair%s", why,
-                     f"; unreadable: {report.unreachable}" if report.unreachable else "")
-            return
-        LOG.warning("full sync (%s): %d drifts, repairing", why, len(report.drifts))
-        done = repair(context, parts, report, lambda text: LOG.info("full sync: %s", text),
-                      self._handler)
-        for failure in done.failures:
-            LOG.warning("full sync: %s", failure)
+        # The leaves first, then the port groups: what a worker start finds drifted
+        # on the leaves (networks made while no worker ran) is put right before all
+        # of vCenter's port groups and their filters are read.
+        for what, part in (("leaves", dataclasses.replace(parts, vsphere=None)),
+                           ("port groups", dataclasses.replace(parts, topology=None,
+                                                               fabric=None))):
+            report = audit(context, part)
+            if not report.drifts:
+                LOG.info("full sync (%s): %s: nothing to repair%s", why, what,
+                         f"; unreadable: {report.unreachable}" if report.unreachable
+                         else "")
+                continue
+            LOG.warning("full sync (%s): %s: %d drifts, repairing", why, what,
+                        len(report.drifts))
+            done = repair(context, part, report,
+                          lambda text: LOG.info("full sync: %s", text), self._handler)
+            for failure in done.failures:
+                LOG.warning("full sync: %s", failure)

@@ -12,6 +12,13 @@ vCenter busy, a concurrent change...) make the entry retry later with backoff - 
 port group is kept meanwhile and the reason logged.  A permanent one (NoPermission, InvalidArgument, any fault not known
 to be temporary) marks the entry failed with the message, for ``dvs-fabric
 journal``; the periodic sweep still removes the port group once vCenter lets it.
+
+A batch (up to ``worker_batch_size`` entries, one after another, settled together
+at its end) can outlast ``claim_timeout`` on a slow vCenter; the journal would then
+hand its entries to another worker while this one still works on them.  So the
+batch's claims are renewed every third of ``claim_timeout`` (``store.renew``), and
+an entry whose claim was released all the same (this process stalled longer than
+that) is left to the worker that has it now.
 """
 from __future__ import annotations
 
@@ -33,11 +40,26 @@ LOG = logging.getLogger(__name__)
 
 
 class PortGroupRelease:
-    def __init__(self, backend: VSphereBackend) -> None:
+    def __init__(self, backend: VSphereBackend, claim_timeout: float = 300.0) -> None:
         self._backend = backend
+        self._renew_every = claim_timeout / 3
 
     def __call__(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
-        return [self._one(context, entry) for entry in entries]
+        verdicts: list[Exception | None] = []
+        held = {entry.row_ids for entry in entries}
+        renewed = store.utcnow()
+        for index, entry in enumerate(entries):
+            if (store.utcnow() - renewed).total_seconds() >= self._renew_every:
+                held = {e.row_ids for e in store.renew(context, entries)}
+                renewed = store.utcnow()
+            if entry.row_ids not in held:
+                LOG.warning("vsphere_dvs: port group release %s: claim released while "
+                            "this batch ran; left to the worker that has it now",
+                            entry.resource_id)
+                verdicts.append(TemporaryFailure("claim lost while the batch ran"))
+                continue
+            verdicts.append(self._one(context, entry))
+        return verdicts
 
     def _one(self, context, entry: store.Entry) -> Exception | None:
         network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
@@ -82,6 +104,7 @@ def failure_of(exc: errors.VCenterError | db_exc.DBError) -> Exception:
 class PortGroupWorker(JournalWorker):
     def __init__(self, runtime: "Runtime") -> None:
         super().__init__("vsphere_dvs journal worker",
-                         PortGroupRelease(runtime.require_vcenter()),
+                         PortGroupRelease(runtime.require_vcenter(),
+                                          runtime.worker_settings.claim_timeout),
                          runtime.worker_settings,
                          resource_types=(names.RESOURCE_PORT_GROUP,))

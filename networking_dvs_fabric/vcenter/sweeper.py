@@ -6,7 +6,9 @@ whether any port of that network sits on a host of that DVS, and deletes the
 unused ones - which also retries those kept earlier because a VM Neutron does
 not know still used them.  A port group must look unused on two sweeps in a row
 before it goes; the delete itself is guarded against binds in other processes
-(``usage.release_if_unused``).
+(``usage.release_if_unused``).  What the port groups of a DVS need is read for all of
+them at once (``sweeper_needs``): a sweep costs a fixed number of queries per DVS
+however many port groups there are, plus the releases it makes.
 
 One port group or DVS that fails (a vCenter fault such as NoPermission on its
 delete, or anything else) is logged, naming it and the error, and the sweep goes
@@ -22,7 +24,7 @@ from neutron_lib import context as n_context
 
 from networking_dvs_fabric import ownership
 from networking_dvs_fabric.thread_worker import ThreadWorker
-from networking_dvs_fabric.vcenter import errors, usage
+from networking_dvs_fabric.vcenter import errors, sweeper_needs, usage
 from networking_dvs_fabric.vcenter.portgroups import PortGroup
 
 if TYPE_CHECKING:
@@ -55,13 +57,16 @@ class PortGroupSweeper(ThreadWorker):
         context = n_context.get_admin_context()
         deleted: list[str] = []
         suspects: set[tuple[str, str, str]] = set()
-        # (DVS, network) -> the sets its ports need, read once per sweep however many
-        # port groups (sets) the network has.
+        # (DVS, network) -> the sets its ports need, read for all the DVS's port groups
+        # at once.
         needed: dict[tuple[str, str], set[str]] = {}
         for dvs_name in sorted(set(backend.settings.dvs_mappings.values())):
             try:
                 hosts = backend.binding_hosts(dvs_name)
                 owned = self._ours(context, dvs_name)
+                for network_id, sets in sweeper_needs.needed_sets(
+                        context, {pg.network_id or "" for pg in owned}, hosts).items():
+                    needed[(dvs_name, network_id)] = sets
             except errors.VCenterError as exc:
                 LOG.warning("vsphere_dvs sweep: DVS %s not readable now: %s", dvs_name, exc)
                 continue
@@ -71,7 +76,8 @@ class PortGroupSweeper(ThreadWorker):
             for pg in owned:
                 key = (dvs_name, pg.network_id or "", pg.set_key)
                 try:
-                    gone = self._sweep_one(context, key, hosts, suspects, needed)
+                    gone = self._sweep_one(context, key, hosts, suspects,
+                                           needed.get(key[:2], set()))
                 except errors.VCenterError as exc:
                     LOG.warning("vsphere_dvs sweep: port group %(pg)s on DVS %(dvs)s not "
                                 "removed (%(kind)s error, tried again next sweep): %(err)s",
@@ -99,8 +105,10 @@ class PortGroupSweeper(ThreadWorker):
         backend = self._backend
         marked = backend.marked_port_groups(dvs_name)
         owned = list(marked[ownership.OURS])
+        ours = sweeper_needs.existing(context, {pg.network_id or ""
+                                                for pg in marked[ownership.LEGACY]})
         for pg in marked[ownership.LEGACY]:
-            if not usage.network_exists(context, pg.network_id or ""):
+            if (pg.network_id or "") not in ours:
                 continue
             try:
                 owned.append(backend.adopt_port_group(dvs_name, pg))
@@ -110,20 +118,16 @@ class PortGroupSweeper(ThreadWorker):
         return owned
 
     def _sweep_one(self, context, key: tuple[str, str, str], hosts: set[str],
-                   suspects: set[tuple[str, str, str]],
-                   needed: dict[tuple[str, str], set[str]]) -> bool | None:
+                   suspects: set[tuple[str, str, str]], needed: set[str]) -> bool | None:
         """True: deleted; False: tried and kept (a suspect again); None: not tried
         (still used, or suspected for the first time - then added to ``suspects``).
 
         ``key`` is (DVS, network, set): a network has a port group per set of its
         ports, and one whose set no port is in any more goes while the others stay.
+        ``needed``: the sets the network's ports need now (``sweeper_needs``).
         """
         dvs_name, network_id, set_key = key
-        if (dvs_name, network_id) not in needed:
-            needed[(dvs_name, network_id)] = \
-                usage.wanted_sets(context, network_id, hosts) \
-                if usage.network_exists(context, network_id) else set()
-        if set_key in needed[(dvs_name, network_id)]:
+        if set_key in needed:
             return None
         if key not in self._suspects:
             suspects.add(key)
