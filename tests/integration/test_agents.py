@@ -189,8 +189,12 @@ def test_an_ovs_agent_down_refuses_the_bind_and_the_port_binds_when_it_is_back(
         cloud.start_agent(topology.KVM_HOST, "ovs")
     # Back: the agent finds the plugged tap, asks for its details, ML2 binds it.
     guests.wait_lease(cloud, kvm, timeout=90)
-    port = neutron.get_port(kvm.port["id"])
-    assert port["binding:vif_type"] == "ovs" and port["status"] == "ACTIVE"
+    # The agent wires the port, then reports it up: the guest may lease in between,
+    # and the port turns ACTIVE when the agent's report and the fabric's are both in.
+    port: dict = {}
+    wait_until(lambda: port.update(neutron.get_port(kvm.port["id"])) or
+               port["status"] == "ACTIVE", 60, "the port back on kvm-1 to be ACTIVE")
+    assert port["binding:vif_type"] == "ovs"
 
 
 def test_rabbitmq_restarted_the_agents_reconnect_and_nothing_is_lost(
