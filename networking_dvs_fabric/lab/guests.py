@@ -45,11 +45,12 @@ def neutron_of(lab: Lab) -> NeutronClient:
 
 def boot_vsphere_vm(lab: Lab, nova: FakeNova, neutron: NeutronClient, network_id: str,
                     name: str, esxi_host: str = "DC0_C0_H0",
-                    timeout: float = 60) -> Guest:
-    """A VM on ``esxi_host`` with one NIC on the network, booted as Nova does."""
+                    timeout: float = 60, **port_extra: Any) -> Guest:
+    """A VM on ``esxi_host`` with one NIC on the network, booted as Nova does.
+    ``port_extra``: more attributes of its port (``security_groups``)."""
     cluster = esxi_host.rsplit("_", 1)[0]
     port = neutron.create_port(network_id, topology.compute_host(cluster), name=name,
-                               device_id=str(uuid.uuid4()))
+                               device_id=str(uuid.uuid4()), **port_extra)
     attached_at = time.time()
     vm = nova.boot(name, esxi_host, [port])
     plane = lab.dataplane()

@@ -99,6 +99,51 @@ def test_a_vsphere_vm_leases_its_address_from_the_network_node_and_pings_a_kvm_v
     assert received == sent == 5
 
 
+def test_one_security_group_holds_on_both_sides(cloud: Lab, nova: FakeNova) -> None:
+    """Group G allows ICMP only among its members, in and out (its default egress
+    rules removed: the DVS's stateless filters would otherwise let any ICMP in, see
+    docs/security.md); H keeps only the defaults.  vm-g (vSphere, G, filtered by the
+    DVS) and kvm-g (kvm-1, G, filtered by the OVS agent's firewall) answer each other;
+    vm-h (vSphere, H) reaches neither and neither reaches it.  Then a rule admitting
+    vm-h's address opens both sides alike: one group, members on both sides, enforced
+    on both sides."""
+    neutron = guests.neutron_of(cloud)
+    net, _ = _network(neutron, "10.14.8.0/24")
+    _dhcp_port(neutron, net["id"])
+    tag = uuid.uuid4().hex[:4]
+    g = neutron.create_security_group(f"agents-g-{tag}")
+    for rule in g["security_group_rules"]:
+        neutron.delete_security_group_rule(rule["id"])
+    for direction in ("ingress", "egress"):
+        neutron.create_security_group_rule(g["id"], direction, protocol="icmp",
+                                           remote_group_id=g["id"])
+    h = neutron.create_security_group(f"agents-h-{tag}")     # the default egress only
+    vm_g = guests.boot_vsphere_vm(cloud, nova, neutron, net["id"], f"agents-vm-g-{tag}",
+                                  security_groups=[g["id"]])
+    vm_h = guests.boot_vsphere_vm(cloud, nova, neutron, net["id"], f"agents-vm-h-{tag}",
+                                  esxi_host="DC0_C0_H2", security_groups=[h["id"]])
+    kvm_g = guests.boot_kvm_vm(cloud, neutron, net["id"], f"agents-kvm-g-{tag}",
+                               security_groups=[g["id"]])
+    for guest in (vm_g, vm_h, kvm_g):
+        guests.wait_lease(cloud, guest)
+
+    def answered(src: guests.Guest, dst: guests.Guest) -> bool:
+        return netns.ping(src.ns, dst.address, count=2, interval=0.2)[1] > 0
+    # Members admitted across the fabric, both ways (the filters follow the members).
+    wait_until(lambda: answered(vm_g, kvm_g), 60, "kvm-g (OVS firewall) to answer vm-g")
+    wait_until(lambda: answered(kvm_g, vm_g), 60, "vm-g (DVS filter) to answer kvm-g")
+    # A non-member is refused by both sides' filters.
+    assert netns.ping(vm_h.ns, kvm_g.address, count=5)[1] == 0
+    assert netns.ping(vm_h.ns, vm_g.address, count=5)[1] == 0
+    assert netns.ping(kvm_g.ns, vm_h.address, count=5)[1] == 0
+    assert netns.ping(vm_g.ns, vm_h.address, count=5)[1] == 0
+    # The path itself is open: vm-h is answered on both sides once G admits it.
+    neutron.create_security_group_rule(g["id"], protocol="icmp",
+                                       remote_ip_prefix=vm_h.address + "/32")
+    wait_until(lambda: answered(vm_h, kvm_g), 60, "kvm-g to admit vm-h by its address")
+    wait_until(lambda: answered(vm_h, vm_g), 60, "vm-g to admit vm-h by its address")
+
+
 def test_a_vmotion_during_a_ping_to_a_kvm_vm_loses_at_most_two(
         cloud: Lab, nova: FakeNova) -> None:
     """The vSphere VM moves from DC0_C0_H0 (leaf1) to DC0_C0_H2 (leaf3), announced as
