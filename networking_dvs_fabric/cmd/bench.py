@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from networking_dvs_fabric.cmd import cpu_pinning
 from networking_dvs_fabric.lab import topology
@@ -49,10 +49,41 @@ def percentile(ordered: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p * len(ordered)) - 1))]
 
 
-def _summary(samples: list[float]) -> dict[str, float | int]:
+def summarize(samples: list[float], *points: str, unit: str = "ms",
+              digits: int = 1) -> dict[str, Any]:
+    """``n`` and the named ``points`` of samples given in seconds, each as
+    ``<point>_<unit>`` (``unit`` "ms" or "s"): ``median``/``p50`` (the median),
+    ``p95``/``p99`` (nearest rank) and ``max``.  No samples: only ``n``."""
     ordered = sorted(samples)
-    return {"n": len(ordered), "median_ms": round(statistics.median(ordered) * 1000, 2),
-            "p95_ms": round(percentile(ordered, 0.95) * 1000, 2)}
+    if not ordered:
+        return {"n": 0}
+    scale = 1000 if unit == "ms" else 1
+    summary: dict[str, Any] = {"n": len(ordered)}
+    for point in points:
+        if point in ("median", "p50"):
+            value = statistics.median(ordered)
+        elif point == "max":
+            value = ordered[-1]
+        else:
+            value = percentile(ordered, int(point[1:]) / 100)
+        summary[f"{point}_{unit}"] = round(value * scale, digits)
+    return summary
+
+
+def poll(check: Callable[[], Any], timeout: float, interval: float = 0.005) -> Any:
+    """Call ``check`` until it returns something true and return that; None after
+    ``timeout`` seconds (benchmarks time the answer, so the interval is short)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+def _summary(samples: list[float]) -> dict[str, Any]:
+    return summarize(samples, "median", "p95", digits=2)
 
 
 def progress(text: str) -> None:

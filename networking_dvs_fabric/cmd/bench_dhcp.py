@@ -39,7 +39,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from networking_dvs_fabric.cmd.bench import percentile
+from networking_dvs_fabric.cmd.bench import summarize
 from networking_dvs_fabric.cmd.bench import progress as _progress
 from networking_dvs_fabric.lab import guests, netns, topology
 from networking_dvs_fabric.lab.client import NeutronClient
@@ -56,11 +56,7 @@ VTEP_WINDOW_S = 12.0
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
-    ordered = sorted(values)
-    if not ordered:
-        return {"n": 0}
-    return {"n": len(ordered), "p50_s": round(statistics.median(ordered), 2),
-            "p95_s": round(percentile(ordered, 0.95), 2), "max_s": round(ordered[-1], 2)}
+    return summarize(values, "p50", "p95", "max", unit="s", digits=2)
 
 
 class _Run:

@@ -24,14 +24,13 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from networking_dvs_fabric.cmd import cpu_pinning
-from networking_dvs_fabric.cmd.bench import percentile
+from networking_dvs_fabric.cmd.bench import summarize
 from networking_dvs_fabric.cmd.bench import progress as _progress
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.client import NeutronClient
@@ -53,12 +52,7 @@ _TXN_LINE = re.compile(r"leaf (\S+): \d+ changes for \d+ networks in one transac
 
 
 def _ms(values: list[float]) -> dict[str, float | int]:
-    ordered = sorted(values)
-    if not ordered:
-        return {"n": 0}
-    return {"n": len(ordered), "median_ms": round(statistics.median(ordered) * 1000, 2),
-            "p95_ms": round(percentile(ordered, 0.95) * 1000, 2),
-            "p99_ms": round(percentile(ordered, 0.99) * 1000, 2)}
+    return summarize(values, "median", "p95", "p99", digits=2)
 
 
 def _timed(func, *args, **kwargs) -> tuple[Any, float, float]:

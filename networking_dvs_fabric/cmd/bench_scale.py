@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from networking_dvs_fabric.cmd import cpu_pinning
-from networking_dvs_fabric.cmd.bench import percentile
+from networking_dvs_fabric.cmd.bench import poll, summarize
 from networking_dvs_fabric.cmd.bench import progress as _progress
 from networking_dvs_fabric.cmd import scale_probes
 from networking_dvs_fabric.lab import topology
@@ -66,12 +65,7 @@ MAX_VLANS = 4094          # on each DVS's physical network
 
 
 def _ms(values: list[float]) -> dict[str, Any]:
-    ordered = sorted(values)
-    if not ordered:
-        return {"n": 0}
-    return {"n": len(ordered), "p50_ms": round(statistics.median(ordered) * 1000, 1),
-            "p99_ms": round(percentile(ordered, 0.99) * 1000, 1),
-            "max_ms": round(ordered[-1] * 1000, 1)}
+    return summarize(values, "p50", "p99", "max")
 
 
 def _cluster_of(index: int) -> str:
@@ -91,13 +85,10 @@ def wanted(network_id: str, cluster: str) -> list[tuple[str, str, str]]:
 
 def _until(check: Callable[[], Any], timeout: float, what: str,
            interval: float = 0.005) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise LabError(f"bench scale: {what} not within {timeout:.0f} s")
+    value = poll(check, timeout, interval)
+    if not value:
+        raise LabError(f"bench scale: {what} not within {timeout:.0f} s")
+    return value
 
 
 class _Cloud:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ import netaddr
 from pyVmomi import vim, vmodl
 
 from networking_dvs_fabric.cmd import cpu_pinning
-from networking_dvs_fabric.cmd.bench import lab_dvs, percentile
+from networking_dvs_fabric.cmd.bench import lab_dvs, summarize
 from networking_dvs_fabric.cmd.bench import progress as _progress
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.client import NeutronClient
@@ -172,14 +171,9 @@ def _accepts(port: int, address: str | None = None
 
 def _ms(values: list[float | None]) -> dict[str, Any]:
     """Summary of samples; None is a change never seen enforced (``missed``)."""
-    ordered = sorted(v for v in values if v is not None)
-    missed = len(values) - len(ordered)
-    if not ordered:
-        return {"n": 0, "missed": missed}
-    return {"n": len(ordered), "missed": missed,
-            "median_ms": round(statistics.median(ordered) * 1000, 1),
-            "p99_ms": round(percentile(ordered, 0.99) * 1000, 1),
-            "max_ms": round(ordered[-1] * 1000, 1)}
+    seen = [v for v in values if v is not None]
+    summary = summarize(seen, "median", "p99", "max")
+    return {"n": summary.pop("n"), "missed": len(values) - len(seen), **summary}
 
 
 def _assign(ports: int, groups: int, networks: int) -> list[tuple[int, tuple[int, ...]]]:

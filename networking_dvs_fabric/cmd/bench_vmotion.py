@@ -18,12 +18,11 @@ least 99 % of the moves.
 from __future__ import annotations
 
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from networking_dvs_fabric.cmd.bench import percentile
+from networking_dvs_fabric.cmd.bench import poll, summarize
 from networking_dvs_fabric.cmd.bench import progress as _progress
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.client import NeutronClient
@@ -45,22 +44,11 @@ def _att(host: str) -> topology.Attachment:
 
 
 def _ms(values: list[float]) -> dict:
-    ordered = sorted(values)
-    if not ordered:
-        return {"n": 0}
-    return {"n": len(ordered), "median_ms": round(statistics.median(ordered) * 1000, 1),
-            "p99_ms": round(percentile(ordered, 0.99) * 1000, 1),
-            "max_ms": round(ordered[-1] * 1000, 1)}
+    return summarize(values, "median", "p99", "max")
 
 
 def _until(check, timeout: float = TIMEOUT) -> float | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.002)
-    return None
+    return poll(check, timeout, interval=0.002)
 
 
 def _boot(client: NeutronClient, nova: FakeNova, network_id: str, host: str,

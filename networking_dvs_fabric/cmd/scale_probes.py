@@ -8,7 +8,6 @@ benchmark's own process (``count_soap_calls``), which counts and changes nothing
 from __future__ import annotations
 
 import contextlib
-import statistics
 import threading
 import time
 import uuid
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import psutil
 from pyVmomi import SoapStubAdapter
 
-from networking_dvs_fabric.cmd.bench import percentile
+from networking_dvs_fabric.cmd.bench import summarize
 from networking_dvs_fabric.cmd.bench import progress as _progress
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.lab import Lab
@@ -167,9 +166,7 @@ def _vmotions(cloud: "_Cloud", watch: "LeafWatch", moves: int) -> dict[str, Any]
                                f"{dest} ({dest_ip})")
             host = dest
             time.sleep(0.5)
-    ordered = sorted(took)
-    return {"n": len(ordered), "p50_ms": round(statistics.median(ordered) * 1000, 1),
-            "p99_ms": round(percentile(ordered, 0.99) * 1000, 1)}
+    return summarize(took, "p50", "p99")
 
 
 VMOTION_HOSTS = ("DC0_C0_H0", "DC0_C0_H1")      # behind leaf1 and leaf2

@@ -7,11 +7,11 @@ physical network has exactly one VLAN (100), so two VXLAN networks, one per
 cluster, both get VLAN 100, and every leaf must map swp1/100 and swp2/100 to
 different logical switches (VNIs).
 
-Everything is real: the module reshapes its own vCenter simulator with pyVmomi
-(``CreateDVS_Task``, ``ReconfigureDvs_Task`` add/remove of host members - as an
-administrator would, C1's VMs' NICs are first moved to a port group of DVS1, since
-vCenter refuses to take a host off a DVS while VMs on it use its port groups), the
-leaves are ovsdb-servers with the hardware_vtep schema, read back with ``vtep-ctl``.
+Everything is real: the module reshapes its own vCenter simulator with pyVmomi as
+the lab's ``--second-dvs`` does (``lab/second_dvs.py``: ``CreateDVS_Task``,
+``ReconfigureDvs_Task`` add/remove of host members, C1's VMs' NICs first moved to a
+port group of DVS1), the leaves are ovsdb-servers with the hardware_vtep schema, read
+back with ``vtep-ctl``.
 
 Two tests guard fixed bugs: one network on both DVSs (port group names are unique
 per datacenter, so the second DVS's port group gets a DVS-qualified name) and the
@@ -27,19 +27,17 @@ from fabric_base import bindings, logical_switches
 from neutron.db import segments_db
 from neutron.plugins.ml2 import db as ml2_db
 from neutron_lib.api.definitions import portbindings
-from pyVim.task import WaitForTask
-from pyVmomi import vim
 
+from networking_dvs_fabric.lab import second_dvs
 from networking_dvs_fabric.lab import topology as lab_topology
 from networking_dvs_fabric.lab.leaves import LeafSwitch
 from networking_dvs_fabric.security import model
 
 PHYSNET0, DVS0 = base.PHYSNET, base.DVS            # physnet-dvs -> DVS0 (cluster C0)
-PHYSNET1, DVS1 = "physnet-dvs1", "DVS1"            # physnet-dvs1 -> DVS1 (cluster C1)
+PHYSNET1, DVS1 = "physnet-dvs1", lab_topology.SECOND_DVS_NAME  # physnet-dvs1 -> DVS1 (cluster C1)
 VLAN = 100
 C0, C1 = "DC0_C0", "DC0_C1"
 C0_PORT, C1_PORT = "swp1", "swp2"                  # see lab_topology.attachments()
-C1_VM_PORT_GROUP = "DC0_DVS1_VM_NETWORK"           # where C1's VMs' NICs are moved to
 
 _FABRIC = fabric_base.ModuleFabric("fabric-2dvs-")
 _SIM = _FABRIC.sim
@@ -52,51 +50,9 @@ def _members(dvs: Any) -> set[str]:
 
 
 def _second_dvs(vc: base.VCenter) -> None:
-    """Create DVS1 with C1's hosts and take those hosts off DVS0, then check it took."""
-    datacenter = next(dc for dc in vc._objects(vim.Datacenter) if dc.name == "DC0")
-    cluster = next(c for c in vc._objects(vim.ClusterComputeResource) if c.name == C1)
-    hosts = list(cluster.host)
-    assert sorted(h.name for h in hosts) == lab_topology.esxi_hosts(C1), hosts
-    vds = vim.dvs.VmwareDistributedVirtualSwitch
-    member = vim.dvs.HostMember.ConfigSpec
-
-    task = datacenter.networkFolder.CreateDVS_Task(vim.DistributedVirtualSwitch.CreateSpec(
-        configSpec=vds.ConfigSpec(name=DVS1)))
-    WaitForTask(task)
-    dvs1 = task.info.result
-    # The simulator's CreateDVS_Task ignores configSpec.host: members are added after.
-    WaitForTask(dvs1.ReconfigureDvs_Task(vds.ConfigSpec(
-        configVersion=dvs1.config.configVersion,
-        host=[member(operation="add", host=h) for h in hosts])))
-
-    # vCenter (and the simulator) refuses to remove a host from a DVS while VMs on it
-    # use the DVS's port groups (ResourceInUse): move C1's VM NICs to DVS1 first, as
-    # an administrator migrating VM networking would.
-    pg = vc.create_port_group(C1_VM_PORT_GROUP, 0, dvs_name=DVS1)
-    card = vim.vm.device.VirtualEthernetCard
-    for host in hosts:
-        for vm in host.vm:
-            nics = [dev for dev in vm.config.hardware.device if isinstance(dev, card)]
-            for nic in nics:
-                nic.backing = card.DistributedVirtualPortBackingInfo(
-                    port=vim.dvs.PortConnection(switchUuid=dvs1.uuid, portgroupKey=pg.key))
-            if nics:
-                WaitForTask(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
-                    vim.vm.device.VirtualDeviceSpec(operation="edit", device=nic)
-                    for nic in nics])))
-
-    dvs0 = vc.dvs(DVS0)
-    WaitForTask(dvs0.ReconfigureDvs_Task(vds.ConfigSpec(
-        configVersion=dvs0.config.configVersion,
-        host=[member(operation="remove", host=h) for h in hosts])))
-
-    # Read back: did vCenter really do it?
-    want0, want1 = set(lab_topology.esxi_hosts(C0)), set(lab_topology.esxi_hosts(C1))
-    got0, got1 = _members(vc.dvs(DVS0)), _members(vc.dvs(DVS1))
-    if (got0, got1) != (want0, want1):
-        raise AssertionError(f"vCenter did not take the change: {DVS0} members {sorted(got0)}"
-                             f" (want {sorted(want0)}), {DVS1} members {sorted(got1)} "
-                             f"(want {sorted(want1)})")
+    """DVS1 with C1's hosts, C1 off DVS0: what ``lab up --second-dvs`` does to its
+    simulator (``lab/second_dvs.py``, which reads the members back)."""
+    second_dvs.reshape(vc.si)
 
 
 def setUpModule() -> None:
