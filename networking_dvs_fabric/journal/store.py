@@ -16,32 +16,48 @@ Guarantees, with any number of workers on any number of hosts:
   (one handling covers them all).  So a new row cuts short the back-off of
   older ones: new intent is tried at once, not after a leaf's retry delay.
 
-How: each resource is claimed in its own short transaction that first locks
-all the resource's live rows (``SELECT ... FOR UPDATE NOWAIT`` on MariaDB; a
-resource another worker is claiming at this moment is skipped, not waited
-for), checks that none is ``processing``, and then flips the ready pending
-ones with a compare-and-set ``UPDATE ... WHERE state='pending' AND NOT EXISTS
-(processing row of the resource)``.  On SQLite the lock clause is a no-op and
-the compare-and-set, run by SQLite's single writer, is what protects; there
-the UPDATE comes first in its transaction (a read first would hold a shared lock
-that SQLite cannot upgrade while an API process writes: "database is locked").
-Per-row ``SKIP LOCKED`` is not used for the resource: it would show a claimer
-the unlocked newer rows of a resource whose older rows another worker is
-claiming, and it would claim them out of order.
+How a batch is claimed (``claiming``): one unlocked read of candidate resources,
+then one short transaction for the whole batch.  On MariaDB (>= 10.6) it locks the
+candidates' live rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` (a row another
+worker holds locked at this moment is passed over, not waited for), then reads the
+same resources' live rows without locking - as of after the locks - and claims
+only a resource *all* of whose live rows it locked, none ``processing``, one due:
+a resource whose rows are partly locked by someone else (a worker claiming or
+settling it right now) is skipped whole, never claimed in part nor with its
+newer rows ahead of older ones.  One UPDATE then flips the claimed rows.  On
+SQLite the claim is one compare-and-set ``UPDATE ... WHERE state='pending' AND NOT
+EXISTS (processing row of the resource) AND EXISTS (due row of the resource)``
+over the batch, run by SQLite's single writer, then one read of what it flipped;
+there the UPDATE comes first in its transaction (a read first would hold a shared
+lock that SQLite cannot upgrade while an API process writes: "database is
+locked").  So a claim costs the same few statements for 10 entries or 200.  A row
+whose recording transaction has not committed yet is not seen by a claim (SKIP
+LOCKED passes over it): it comes with the next claim of its resource, like a row
+recorded a moment later.
 
-Deadlocks: ``claim`` skips a resource that hits one (the next claim looks
+How a batch is settled (``settling``): every verdict of the batch in one UPDATE
+(``CASE`` per row: completed; failed with its error; pending again with its error
+and its own delay), first in its transaction, guarded by ``state='processing' AND
+claimed_by=<the entry's worker>``: a claim released as stale and taken by another
+worker is left to that worker; ``complete``/``retry_later``/``fail`` say whether
+the old holder still held it.
+
+Deadlocks: ``claim`` gives up the batch that hits one (the next claim looks
 again); the other writers are retried by Neutron's
 ``retry_if_session_inactive`` when called outside a transaction (inside one,
 e.g. ``record`` in precommit, the caller's own retry covers it).
 
 Times are naive UTC (``oslo_utils.timeutils.utcnow()``), as stored.  Every
 function takes a neutron_lib context; ``record`` joins the caller's open
-transaction (ML2 precommit), ``claim`` must run outside any transaction.
+transaction (ML2 precommit), ``claim`` must run outside any transaction;
+``record_and_claim`` (a repair that converges networks itself) records and claims
+a batch in one transaction of its own, and ``settle`` joins the caller's.
 
-Where: this module is the public API.  The per-database claim of one resource
-(the "How" above) is in ``claiming``; ``release_stale_claims`` and ``prune`` are
-in ``maintenance``; the table, states, ``Entry``, ``utcnow`` and
-``parse_worker_id`` are in ``common``.  All are offered here as before.
+Where: this module is the public API.  The per-database claim of a batch is in
+``claiming``, the settling of one in ``settling`` (``Settlement``);
+``release_stale_claims`` and ``prune`` are in ``maintenance``; the table, states,
+``Entry``, ``utcnow`` and ``parse_worker_id`` are in ``common``.  All are offered
+here as before.
 """
 from __future__ import annotations
 
@@ -49,25 +65,28 @@ import datetime
 import os
 import secrets
 import socket
-from typing import Any, Collection
+from typing import Any, Collection, Sequence
 
 import sqlalchemy as sa
 from neutron_lib.db import api as db_api
 from oslo_db import exception as db_exc
 from oslo_log import log as logging
 
-from networking_dvs_fabric.journal.claiming import Lost, candidates, claim_one, processing_exists
+from networking_dvs_fabric.journal import settling
+from networking_dvs_fabric.journal.claiming import (Lost, candidates, claim_resources,
+                                                    processing_exists)
 
 # Defined in modules below this one (no import circle), offered here as the public API.
 from networking_dvs_fabric.journal.common import (COMPLETED, FAILED, PENDING,  # noqa: F401
                                                   PROCESSING, Entry, Journal, parse_worker_id,
                                                   utcnow)
 from networking_dvs_fabric.journal.maintenance import prune, release_stale_claims  # noqa: F401
+from networking_dvs_fabric.journal.settling import MAX_ERROR_CHARS, Settlement  # noqa: F401
 
 LOG = logging.getLogger(__name__)
 
-MAX_ERROR_CHARS = 8000
-# Candidates read per claimed resource wanted: some are lost to other workers.
+# Candidates read per claimed resource wanted: some are lost to other workers; as
+# many claim rounds at most, each for what the rounds before did not get.
 _CANDIDATE_FACTOR = 3
 
 
@@ -96,35 +115,70 @@ def record(context, resource_type: str, resource_id: str,
             updated_at=now))
 
 
+@db_api.retry_if_session_inactive()
+def record_many(context, resource_type: str, resource_ids: Sequence[str],
+                operation: str = "sync", delay: float = 0.0) -> None:
+    """:func:`record` for many resources of one type, in one INSERT (joins the
+    caller's transaction)."""
+    _check_length("resource_type", resource_type, 36)
+    _check_length("operation", operation, 36)
+    for resource_id in resource_ids:
+        _check_length("resource_id", resource_id, 255)
+    if not resource_ids:
+        return
+    now = utcnow()
+    due = now + datetime.timedelta(seconds=delay)
+    with db_api.CONTEXT_WRITER.using(context):
+        context.session.execute(Journal.__table__.insert(), [
+            {"resource_type": resource_type, "resource_id": resource_id,
+             "operation": operation, "state": PENDING, "attempts": 0,
+             "next_attempt_at": due, "created_at": now, "updated_at": now}
+            for resource_id in resource_ids])
+
+
 def claim(context, worker_id: str, limit: int, *,
           resource_types: Collection[str] | None = None) -> list[Entry]:
     """Claim up to ``limit`` resources with ready pending rows, oldest first.
 
     ``resource_types`` limits the claim to those types (a worker serving
-    only some).  Must be called outside any open transaction: every resource
-    is claimed in its own transaction, so locks are held for milliseconds and
-    one contended resource never holds up the others.
+    only some).  Must be called outside any open transaction: the batch is
+    claimed in one short transaction of its own (a few statements, whatever its
+    size); when other workers took some of it, a second round (and a third) tries
+    the next candidates for what is missing.
     """
     if limit <= 0:
         return []
-    now = utcnow()
+    found = candidates(context, utcnow(), limit * _CANDIDATE_FACTOR, resource_types)
     entries: list[Entry] = []
-    for resource_type, resource_id in candidates(context, now,
-                                                 limit * _CANDIDATE_FACTOR,
-                                                 resource_types):
+    for _ in range(_CANDIDATE_FACTOR):
+        wanted = limit - len(entries)
+        if wanted <= 0 or not found:
+            break
+        batch, found = found[:wanted], found[wanted:]
         try:
-            entry = claim_one(context, worker_id, resource_type, resource_id, now)
+            entries += claim_resources(context, worker_id, batch, utcnow())
         except (db_exc.DBDeadlock, Lost):
-            # NOWAIT hit a lock (another worker claims it now), a deadlock, or
-            # the compare-and-set lost: the next claim looks again.
-            LOG.debug("journal: %(type)s %(id)s busy, skipped",
-                      {"type": resource_type, "id": resource_id})
-            continue
-        if entry is not None:
-            entries.append(entry)
-            if len(entries) >= limit:
-                break
+            # A deadlock, or the flip lost a race: the next claim looks again.
+            LOG.debug("journal: a claim of %d resources was undone (busy)", len(batch))
+            break
     return entries
+
+
+@db_api.retry_if_session_inactive()
+def record_and_claim(context, worker_id: str, resource_type: str,
+                     resource_ids: Sequence[str],
+                     operation: str = "sync") -> dict[str, Entry | None]:
+    """Record a row for each resource and claim them for ``worker_id``, in one
+    transaction.  Per resource its entry, or None when a worker holds it (or is
+    claiming it) now: the new row then waits for that claim, pending.
+    """
+    with db_api.CONTEXT_WRITER.using(context):
+        record_many(context, resource_type, resource_ids, operation)
+        claimed = claim_resources(context, worker_id,
+                                  [(resource_type, rid) for rid in resource_ids],
+                                  utcnow())
+    by_id = {entry.resource_id: entry for entry in claimed}
+    return {rid: by_id.get(rid) for rid in resource_ids}
 
 
 @db_api.retry_if_session_inactive()
@@ -150,28 +204,30 @@ def renew(context, entries: Collection[Entry]) -> list[Entry]:
 
 
 @db_api.retry_if_session_inactive()
+def settle(context, settlements: Sequence[Settlement]) -> list[bool]:
+    """Settle a batch of claims in one transaction (joins the caller's); per
+    settlement, whether its worker still held the entry (see :func:`complete`)."""
+    with db_api.CONTEXT_WRITER.using(context):
+        return settling.settle(context.session, settlements)
+
+
 def complete(context, entry: Entry) -> bool:
     """Mark the entry's rows completed (kept until :func:`prune`).
 
     False when the claim had been taken away (released as stale) meanwhile:
     the rows are then left as they are.
     """
-    return _settle(context, entry, state=COMPLETED)
+    return settle(context, [Settlement.completed(entry)])[0]
 
 
-@db_api.retry_if_session_inactive()
 def retry_later(context, entry: Entry, error: str, delay: float) -> bool:
     """Put the entry's rows back to pending, due in ``delay`` seconds."""
-    due = utcnow() + datetime.timedelta(seconds=max(0.0, delay))
-    return _settle(context, entry, state=PENDING, attempts=Journal.attempts + 1,
-                   next_attempt_at=due, last_error=_clip(error),
-                   claimed_by=None, claimed_at=None)
+    return settle(context, [Settlement.retry(entry, error, delay)])[0]
 
 
-@db_api.retry_if_session_inactive()
 def fail(context, entry: Entry, error: str) -> bool:
     """Mark the entry's rows failed: permanent, kept and visible."""
-    return _settle(context, entry, state=FAILED, last_error=_clip(error))
+    return settle(context, [Settlement.failed(entry, error)])[0]
 
 
 def next_due(context) -> datetime.datetime | None:
@@ -204,26 +260,6 @@ def rows(context, states: Collection[str] | None = None,
 
 # -- internals ------------------------------------------------------------------
 
-def _settle(context, entry: Entry, **values: Any) -> bool:
-    """Update the entry's rows while ``entry.worker_id`` still holds them."""
-    values["updated_at"] = utcnow()
-    with db_api.CONTEXT_WRITER.using(context):
-        query = context.session.query(Journal).filter(
-            Journal.id.in_(list(entry.row_ids)), Journal.state == PROCESSING)
-        if entry.worker_id:
-            query = query.filter(Journal.claimed_by == entry.worker_id)
-        count = query.update({getattr(Journal, key): value
-                              for key, value in values.items()},
-                             synchronize_session=False)
-    if count != len(entry.row_ids):
-        LOG.warning("journal: %(type)s %(id)s: %(n)d of %(total)d rows were no "
-                    "longer held by %(worker)s", {
-                        "type": entry.resource_type, "id": entry.resource_id,
-                        "n": len(entry.row_ids) - count,
-                        "total": len(entry.row_ids), "worker": entry.worker_id})
-    return count == len(entry.row_ids)
-
-
 def _as_dict(row: Journal) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for column in Journal.__table__.columns:
@@ -232,11 +268,6 @@ def _as_dict(row: Journal) -> dict[str, Any]:
             value = value.replace(tzinfo=datetime.timezone.utc).isoformat()
         out[column.name] = value
     return out
-
-
-def _clip(error: str) -> str:
-    text = str(error)
-    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
 
 
 def _check_length(what: str, value: str, limit: int) -> None:

@@ -89,6 +89,10 @@ class WakeupListener:
             self._event.clear()
         return woken
 
+    def wake(self) -> None:
+        """Wake the waiter as a datagram would (from any thread of this process)."""
+        self._event.set()
+
     def clear(self) -> None:
         """Forget the wake-ups received so far (the caller is about to look)."""
         self._event.clear()

@@ -95,6 +95,7 @@ class JournalWorker(ThreadWorker):
         self._last_housekeeping = 0.0
         self._round_started = float("-inf")     # time.monotonic() of the last pass
         self._housekeeping_hooks: list[Callable[[object], None]] = []
+        self._pass_hooks: list[Callable[[object], None]] = []
 
     # -- ThreadWorker -----------------------------------------------------------
     def _before_start(self) -> None:
@@ -166,16 +167,19 @@ class JournalWorker(ThreadWorker):
         return True
 
     def _settle(self, context) -> None:
-        """Write each verdict; kept for the next pass if the database is away."""
-        while self._unsettled:
-            entry, verdict = self._unsettled[0]
+        """Write the batch's verdicts in one transaction; kept for the next pass if
+        the database is away (the transaction then changed nothing)."""
+        if not self._unsettled:
+            return
+        settlements = []
+        for entry, verdict in self._unsettled:
             if verdict is None:
-                store.complete(context, entry)
+                settlements.append(store.Settlement.completed(entry))
             elif isinstance(verdict, PermanentFailure):
                 LOG.error("%(name)s: %(type)s %(id)s failed for good: %(err)s",
                           {"name": self.name, "type": entry.resource_type,
                            "id": entry.resource_id, "err": verdict})
-                store.fail(context, entry, str(verdict))
+                settlements.append(store.Settlement.failed(entry, str(verdict)))
             else:
                 delay = min(self.settings.retry_max_delay,
                             self.settings.retry_initial_delay * 2 ** min(entry.attempts, 20))
@@ -183,10 +187,12 @@ class JournalWorker(ThreadWorker):
                             "%(delay).1f s", {"name": self.name, "type": entry.resource_type,
                                               "id": entry.resource_id, "err": verdict,
                                               "delay": delay})
-                store.retry_later(context, entry, str(verdict), delay)
-            self._unsettled.pop(0)
+                settlements.append(store.Settlement.retry(entry, str(verdict), delay))
+        store.settle(context, settlements)
+        self._unsettled = []
 
     def _housekeeping(self, context) -> None:
+        self.on_pass(context)
         now = time.monotonic()
         if now - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
             return
@@ -208,3 +214,20 @@ class JournalWorker(ThreadWorker):
     def add_housekeeping(self, hook: Callable[[object], None]) -> None:
         """Run ``hook(context)`` with every housekeeping pass of this worker."""
         self._housekeeping_hooks.append(hook)
+
+    def on_pass(self, context) -> None:
+        """Cheap extra work run at the start of every pass, before the housekeeping
+        and the claim: each hook added with :meth:`add_pass_hook`."""
+        for hook in self._pass_hooks:
+            hook(context)
+
+    def add_pass_hook(self, hook: Callable[[object], None]) -> None:
+        """Run ``hook(context)`` at the start of every pass of this worker (it must be
+        cheap when it has nothing to do: it runs before every batch)."""
+        self._pass_hooks.append(hook)
+
+    def wake(self) -> None:
+        """Make the next pass come now, as a wake-up datagram does (any thread may
+        call it: a leaf's connection thread when the leaf changed)."""
+        if self._listener is not None:
+            self._listener.wake()

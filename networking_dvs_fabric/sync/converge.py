@@ -17,10 +17,12 @@ network, shown by ``dvs-fabric journal``).  A leaf that refuses a batch is asked
 again network by network, so one refused network does not hold up the others.
 
 A batch's rows are recorded and claimed in one transaction, and its verdicts settled
-in one: a worker that starts after an outage repairs a thousand networks, and a
-transaction per network was most of that time.  When another worker is claiming
-one of them at that moment (the lock is not granted at once) the batch's
-transaction is undone and the batch is claimed network by network as before.
+in one, each a constant number of statements (``store.record_and_claim``,
+``store.settle``): a worker that starts after an outage repairs a thousand networks,
+and a transaction per network was most of that time.  A network another worker is
+claiming at that moment is left to it like one it holds.  Should the batch's
+transaction fail all the same (a deadlock past Neutron's retries), its networks are
+recorded and claimed one by one.
 """
 from __future__ import annotations
 
@@ -28,13 +30,12 @@ import dataclasses
 import logging
 from typing import Callable, Sequence
 
-from neutron_lib.db import api as db_api
 from oslo_db import exception as db_exc
 
 from networking_dvs_fabric import names
 from networking_dvs_fabric.fabric.worker import FabricSync
 from networking_dvs_fabric.journal import store
-from networking_dvs_fabric.journal.claiming import Lost, claim_one
+from networking_dvs_fabric.journal.claiming import Lost
 from networking_dvs_fabric.journal.worker import PermanentFailure, TemporaryFailure
 from networking_dvs_fabric.topology import Topology
 
@@ -98,14 +99,10 @@ def networks(context, parts, network_ids: Sequence[str], batch: int,
 def _record_and_claim_all(context, worker_id: str, network_ids: Sequence[str],
                           out: Converged) -> list[store.Entry]:
     """A journal row per network, claimed by ``worker_id``, in one transaction;
-    network by network when another worker is claiming one of them now."""
+    network by network should that transaction fail."""
     try:
-        with db_api.CONTEXT_WRITER.using(context):
-            claimed = {}
-            for network_id in network_ids:
-                store.record(context, names.RESOURCE_NETWORK, network_id, OPERATION)
-                claimed[network_id] = claim_one(context, worker_id, names.RESOURCE_NETWORK,
-                                                network_id, store.utcnow())
+        claimed = store.record_and_claim(context, worker_id, names.RESOURCE_NETWORK,
+                                         network_ids, OPERATION)
     except (db_exc.DBDeadlock, Lost):
         claimed = {n: _record_and_claim(context, worker_id, n) for n in network_ids}
     out.left_to_workers.extend(n for n, entry in claimed.items() if entry is None)
@@ -116,10 +113,8 @@ def _record_and_claim(context, worker_id: str, network_id: str) -> store.Entry |
     """A journal row for the network, claimed by ``worker_id``; None when a worker
     holds the network now (the row then waits for it, pending)."""
     try:
-        with db_api.CONTEXT_WRITER.using(context):
-            store.record(context, names.RESOURCE_NETWORK, network_id, OPERATION)
-            return claim_one(context, worker_id, names.RESOURCE_NETWORK, network_id,
-                             store.utcnow())
+        return store.record_and_claim(context, worker_id, names.RESOURCE_NETWORK,
+                                      [network_id], OPERATION)[network_id]
     except (db_exc.DBDeadlock, Lost):
         # A worker is claiming it this very moment: it converges the network.
         store.record(context, names.RESOURCE_NETWORK, network_id, OPERATION)
@@ -136,17 +131,18 @@ def _handle(handler: Handler, context, entries: list[store.Entry]) -> list:
 
 def _settle(context, entries: list[store.Entry], verdicts: list, out: Converged) -> None:
     """Every verdict of the batch, in one transaction."""
-    with db_api.CONTEXT_WRITER.using(context):
-        for entry, verdict in zip(entries, verdicts):
-            network_id = entry.resource_id
-            if verdict is None:
-                store.complete(context, entry)
-                out.done.append(network_id)
-            elif isinstance(verdict, PermanentFailure):
-                store.fail(context, entry, str(verdict))
-                out.failures.append(f"network {network_id}: {verdict} (journal entry "
-                                    "failed)")
-            else:
-                store.retry_later(context, entry, str(verdict), RETRY_DELAY)
-                out.failures.append(f"network {network_id}: {verdict} (the fabric worker "
-                                    "retries it)")
+    settlements = []
+    for entry, verdict in zip(entries, verdicts):
+        network_id = entry.resource_id
+        if verdict is None:
+            settlements.append(store.Settlement.completed(entry))
+            out.done.append(network_id)
+        elif isinstance(verdict, PermanentFailure):
+            settlements.append(store.Settlement.failed(entry, str(verdict)))
+            out.failures.append(f"network {network_id}: {verdict} (journal entry "
+                                "failed)")
+        else:
+            settlements.append(store.Settlement.retry(entry, str(verdict), RETRY_DELAY))
+            out.failures.append(f"network {network_id}: {verdict} (the fabric worker "
+                                "retries it)")
+    store.settle(context, settlements)

@@ -1,5 +1,8 @@
-"""The journal on MariaDB: the alembic branch via neutron-db-manage, and claims
-from two real OS processes at once.
+"""The journal on MariaDB: the alembic branch via neutron-db-manage, claims from two
+real OS processes at once, and what a batch's claim and settle cost (issue 15: the
+same statements for 10 entries and 100, counted with SQLAlchemy's
+``before_cursor_execute``), a resource partly locked by another claimer skipped
+whole, and the settle guard.
 
 The server comes from the lab's launcher (the system MariaDB when root reaches
 it over its socket, else a private mariadbd stopped by pid at the end); the
@@ -158,7 +161,7 @@ CHILD = textwrap.dedent("""
                 store.record(ctx, "network", "r%03d" % rng.randrange(%(resources)d),
                              "late")
                 to_record -= 1
-            entries = store.claim(ctx, me, rng.randint(1, 5))
+            entries = store.claim(ctx, me, rng.randint(1, 12))
             if not entries:
                 with db_api.CONTEXT_READER.using(ctx):
                     left = ctx.session.query(J).filter(J.state != "completed").count()
@@ -166,6 +169,7 @@ CHILD = textwrap.dedent("""
                     break
                 time.sleep(0.002)
                 continue
+            spans = []
             for entry in entries:
                 start = time.monotonic_ns()
                 with db_api.CONTEXT_READER.using(ctx):
@@ -174,8 +178,14 @@ CHILD = textwrap.dedent("""
                         J.resource_id == entry.resource_id,
                         J.state == "processing", J.claimed_by != me).count()
                 time.sleep(rng.random() * 0.02)
-                end = time.monotonic_ns()
-                ok = store.complete(ctx, entry)
+                spans.append((start, others))
+            end = time.monotonic_ns()
+            # The whole batch settled at once (one UPDATE), one by one now and then.
+            if rng.random() < 0.7:
+                held = store.settle(ctx, [store.Settlement.completed(e) for e in entries])
+            else:
+                held = [store.complete(ctx, entry) for entry in entries]
+            for entry, (start, others), ok in zip(entries, spans, held):
                 out.write(json.dumps({"worker": me, "resource": entry.resource_id,
                                       "rows": list(entry.row_ids), "start": start,
                                       "end": end, "others": others,
@@ -265,3 +275,131 @@ def test_two_processes_claim_concurrently(database, migrated, tmp_path):
             assert item["rows"] == sorted(item["rows"])
     # The two workers did share resources (else the test proves little).
     assert max(holders_per_resource) == 2
+
+
+# The child: on a fresh table, (1) claims and settles batches of 10 and of 100
+# resources (two rows each) counting the statements of each call; (2) claims while
+# another connection holds a lock on the oldest row of one resource, as a worker in
+# the middle of its claim does; (3) settles a claim that was released as stale and
+# taken by another worker meanwhile.  Prints one JSON object.
+COSTS = textwrap.dedent("""
+    import json, sys
+    from oslo_config import cfg
+    from oslo_db import options
+    url = sys.argv[1]
+    options.set_defaults(cfg.CONF, connection=url)
+    cfg.CONF([], project="dvsf-journal-test", default_config_files=[])
+    from neutron_lib import context as n_context
+    from neutron_lib.db import api as db_api
+    import sqlalchemy as sa
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    from networking_dvs_fabric.db import models
+    from networking_dvs_fabric.journal import store
+
+    ctx = n_context.get_admin_context()
+    me = store.make_worker_id()
+    J = models.JournalEntry
+    sent = []
+    event.listen(Engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_a: sent.append(statement))
+
+    def counted(call, *args, **kwargs):
+        del sent[:]
+        result = call(*args, **kwargs)
+        return result, len(sent), [s for s in sent if "SKIP LOCKED" in s]
+
+    def states():
+        with db_api.CONTEXT_READER.using(ctx):
+            return {row.id: [row.resource_id, row.state, row.claimed_by]
+                    for row in ctx.session.query(J)}
+
+    out = {"costs": {}}
+    for count in (10, 100):
+        names = ["c%d-%03d" % (count, i) for i in range(count)]
+        store.record_many(ctx, "network", names, "create")
+        store.record_many(ctx, "network", names, "update")
+        entries, claim_n, skip_locked = counted(store.claim, ctx, me, 500)
+        settlements = [store.Settlement.completed(e) if i % 2 else
+                       store.Settlement.retry(e, "away %d" % i, 60)
+                       for i, e in enumerate(entries)]
+        held, settle_n, _ = counted(store.settle, ctx, settlements)
+        out["costs"][count] = {
+            "claimed": [e.resource_id for e in entries],
+            "rows": [list(e.row_ids) for e in entries],
+            "claim_statements": claim_n, "settle_statements": settle_n,
+            "skip_locked": len(skip_locked), "held": held}
+        _, record_n, _ = counted(store.record_and_claim, ctx, me, "network",
+                                 ["rc%d-%03d" % (count, i) for i in range(count)])
+        out["costs"][count]["record_and_claim_statements"] = record_n
+    with db_api.CONTEXT_WRITER.using(ctx):
+        ctx.session.query(J).delete()
+
+    # (2) P's oldest row locked by "another claimer"; its newer row is not locked.
+    store.record(ctx, "network", "P")
+    store.record(ctx, "network", "Q")
+    store.record(ctx, "network", "P", "update")
+    rows = sorted(states())
+    other = sa.create_engine(url)
+    conn = other.connect()
+    trans = conn.begin()
+    conn.execute(sa.text("SELECT id FROM dvs_fabric_journal WHERE id = :id FOR UPDATE"),
+                 {"id": rows[0]})
+    while_locked = [(e.resource_id, list(e.row_ids)) for e in store.claim(ctx, me, 10)]
+    trans.rollback()
+    conn.close()
+    other.dispose()
+    after = [(e.resource_id, list(e.row_ids)) for e in store.claim(ctx, me, 10)]
+    out["partly_locked"] = {"rows": rows, "while_locked": while_locked, "after": after}
+    with db_api.CONTEXT_WRITER.using(ctx):
+        ctx.session.query(J).delete()
+
+    # (3) A released as stale and taken by another worker; B still held.
+    store.record(ctx, "network", "A")
+    (a,) = store.claim(ctx, me, 1)
+    store.release_stale_claims(ctx, host="elsewhere", alive=lambda pid: True, timeout=-1)
+    (taken,) = store.claim(ctx, "other:1:x", 1)
+    store.record(ctx, "network", "B")
+    (b,) = store.claim(ctx, me, 1)
+    held = store.settle(ctx, [store.Settlement.completed(a), store.Settlement.completed(b)])
+    out["guard"] = {"held": held, "states": sorted(states().values())}
+    print(json.dumps(out))
+""")
+
+
+def test_batch_costs_partly_locked_resources_and_the_settle_guard(database, migrated):
+    engine = sa.create_engine(database.url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DELETE FROM {TABLE}"))
+            version = conn.execute(sa.text("SELECT VERSION()")).scalar()
+    finally:
+        engine.dispose()
+    result = subprocess.run([sys.executable, "-c", COSTS, database.url],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+
+    # (1) The same statements for 10 entries and for 100; SKIP LOCKED (MariaDB >= 10.6).
+    few, many = out["costs"]["10"], out["costs"]["100"]
+    assert len(few["claimed"]) == 10 and len(many["claimed"]) == 100, version
+    assert all(len(rows) == 2 and rows == sorted(rows) for rows in many["rows"])
+    assert few["held"] == [True] * 10 and many["held"] == [True] * 100
+    for key in ("claim_statements", "settle_statements", "record_and_claim_statements"):
+        assert few[key] == many[key], (key, few, many)
+    assert many["claim_statements"] <= 6 and many["settle_statements"] <= 3, many
+    assert many["skip_locked"] == 1, (version, many)
+
+    # (2) P partly locked by another claimer: skipped whole (its unlocked newer row
+    # is not taken ahead of the locked older one); all of it once the lock goes.
+    partly = out["partly_locked"]
+    p1, q1, p2 = partly["rows"]
+    assert partly["while_locked"] == [["Q", [q1]]]
+    assert partly["after"] == [["P", [p1, p2]]]
+
+    # (3) The old holder's settle leaves the other worker's claim alone.
+    guard = out["guard"]
+    assert guard["held"] == [False, True]
+    assert [state[:2] for state in guard["states"]] == [["A", "processing"],
+                                                        ["B", "completed"]]
+    assert guard["states"][0][2] == "other:1:x"
