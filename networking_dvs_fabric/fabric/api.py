@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Collection, Mapping
+from typing import Callable, Collection, Mapping
 
 # How to reach a leaf is part of the topology; backends take it as it is.
 from networking_dvs_fabric.topology import LeafSpec, SslFiles  # noqa: F401
@@ -119,6 +119,14 @@ class FabricBackend(abc.ABC):
         """Something that changes when the leaf comes back as a different switch (e.g.
         restarted with an empty database); None when the backend cannot tell."""
         return None
+
+    def known_identity(self, leaf: str) -> str | None:
+        """:meth:`identity` as known now without asking the leaf (None: not known)."""
+        return None
+
+    def on_identity_change(self, callback: Callable[[str], None] | None) -> None:
+        """Call ``callback(leaf)`` when a leaf shows a new identity (a backend that
+        cannot tell never calls it)."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -296,6 +296,18 @@ class HwvtepBackend(FabricBackend):
         with api.ovsdb_connection.lock:
             return str(find_switch(api.tables, leaf).uuid)
 
+    def known_identity(self, leaf: str) -> str | None:
+        """:meth:`identity` as the leaf's open, synced connection knows it now, from
+        memory: None when it is not open or not synced (never waits, never connects)."""
+        return self._connection(leaf).known_identity()
+
+    def on_identity_change(self, callback: Callable[[str], None] | None) -> None:
+        """Call ``callback(leaf)`` whenever a leaf's connection sees a new identity
+        (its first one too), from that connection's thread: keep it quick."""
+        for name, conn in self._leaves.items():
+            conn.on_identity(None if callback is None else
+                             (lambda leaf=name: callback(leaf)))
+
     def close(self) -> None:
         for conn in self._leaves.values():
             conn.close()

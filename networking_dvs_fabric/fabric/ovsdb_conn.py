@@ -10,6 +10,12 @@ The IDL reconnects and resyncs by itself after the server goes away; before
 each use we wait (bounded by ``connect_timeout``) until it is connected and its
 monitor is installed again, and raise :class:`LeafUnreachable` otherwise, so a
 caller never mistakes a disconnected, empty or stale replica for the leaf.
+
+Each IDL also follows the leaf's identity - the uuid of its Physical_Switch row, new
+when the switch's database was remade (a replaced or reset switch) - after every
+update it applies, and calls the connection's ``on_identity`` when it changes, from
+the IDL's own thread: the fabric worker wakes up then instead of finding out at its
+next housekeeping.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ovs import jsonrpc
 from ovs import poller
@@ -31,6 +37,7 @@ from ovsdbapp.schema.hardware_vtep import impl_idl
 from networking_dvs_fabric.fabric.api import (FabricError, LeafSpec, LeafUnreachable,
                                               SslFiles)
 from networking_dvs_fabric.fabric.leaf_index import LeafIndex
+from networking_dvs_fabric.fabric.leaf_view import find_switch
 
 LOG = logging.getLogger(__name__)
 
@@ -53,6 +60,7 @@ TABLES = tuple(COLUMNS)
 # Rows of the switch's own that refer to a logical switch and keep it from going.
 LOCAL_MAC_TABLES = ("Ucast_Macs_Local", "Mcast_Macs_Local")
 _SCHEMES = ("tcp", "ssl", "unix")
+MIN_BACKOFF_MS = 250
 # python-ovs keeps the SSL files in class attributes of ovs.stream.Stream: one
 # set per process.  Remember which leaf set them to refuse a conflicting one.
 _ssl_lock = threading.Lock()
@@ -180,12 +188,18 @@ class _LeafIdl(ovsdbapp_conn.OvsdbIdl):
     """An IDL that wakes waiters after every ``run()`` (connect, sync, update) and
     keeps its :class:`LeafIndex` current."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, leaf: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.leaf = leaf
         self.changed = threading.Condition()
         self.index = LeafIndex()
         self._index_seqno = -1
         self._green = _green_threads()
+        # The Physical_Switch row's uuid as of the last update applied while synced
+        # (None: none yet); ``on_identity`` is called when it becomes another one.
+        self.identity: str | None = None
+        self._switch_rows: frozenset = frozenset()
+        self.on_identity: Callable[[], None] | None = None
 
     def cooperative_yield(self) -> None:
         """ovsdbapp sleeps 0 s per row it parses, for eventlet's green threads.  With
@@ -205,7 +219,30 @@ class _LeafIdl(ovsdbapp_conn.OvsdbIdl):
             self.index.stale = True
         with self.changed:
             self.changed.notify_all()
+        if self.ready():
+            self._follow_identity()
         return bool(changed)
+
+    def _follow_identity(self) -> None:
+        """Note the switch row's uuid; its rows are looked at only when the table's
+        set of rows changed (the keys alone: nothing else is read per update)."""
+        rows = frozenset(self.tables["Physical_Switch"].rows)
+        if rows == self._switch_rows:
+            return
+        self._switch_rows = rows
+        try:
+            identity: str | None = str(find_switch(self.tables, self.leaf).uuid)
+        except FabricError:
+            identity = None             # no switch row yet, or not one of ours
+        if identity == self.identity:
+            return
+        self.identity = identity
+        callback = self.on_identity
+        if identity is not None and callback is not None:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - never break the IDL's update processing
+                LOG.exception("leaf %s: identity change not passed on", self.leaf)
 
     def notify(self, event: str, row: Any, updates: Any = None) -> None:
         try:
@@ -222,9 +259,13 @@ class _LeafIdl(ovsdbapp_conn.OvsdbIdl):
         return bool(self._session.is_connected()) and self.state == self.IDL_S_MONITORING
 
     def set_max_backoff(self, seconds: float) -> None:
-        """Reconnect at least every ``seconds`` (python-ovs' default is 8 s)."""
+        """Reconnect at least every ``seconds`` (python-ovs' default is 8 s).
+
+        The first try after a connection drops comes after ``MIN_BACKOFF_MS`` (python-ovs:
+        1 s), then twice as long each time: a leaf restarted or replaced at once is
+        back (and reprogrammed, if it came back empty) that much sooner."""
         max_ms = max(1000, int(seconds * 1000))
-        self._session.reconnect.set_backoff(min(1000, max_ms), max_ms)
+        self._session.reconnect.set_backoff(MIN_BACKOFF_MS, max_ms)
 
 
 def _green_threads() -> bool:
@@ -258,6 +299,23 @@ class LeafConnection:
         self.txn_timeout = txn_timeout
         self._lock = threading.Lock()
         self._api: _LeafApi | None = None
+        self._on_identity: Callable[[], None] | None = None
+
+    def on_identity(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback()`` (from the connection's thread) whenever the leaf shows
+        a new Physical_Switch row; it must be quick and must not use the leaf."""
+        with self._lock:
+            self._on_identity = callback
+            if self._api is not None:
+                self._api.idl.on_identity = callback
+
+    def known_identity(self) -> str | None:
+        """The leaf's identity as the open, synced replica has it; None when the
+        connection is not open or not synced now.  Never waits, never connects."""
+        api = self._api
+        if api is None or not api.idl.ready():
+            return None
+        return api.idl.identity
 
     def api(self) -> _LeafApi:
         """The leaf's API, connected and synced; :class:`LeafUnreachable` if not in time."""
@@ -277,7 +335,8 @@ class LeafConnection:
         helper = idlutils.create_schema_helper(fetch_schema(spec, self.connect_timeout))
         for table, columns in COLUMNS.items():
             helper.register_columns(table, list(columns))
-        leaf_idl = _LeafIdl(spec.ovsdb, helper)
+        leaf_idl = _LeafIdl(spec.name, spec.ovsdb, helper)
+        leaf_idl.on_identity = self._on_identity
         leaf_idl.set_max_backoff(self.connect_timeout / 4)
         conn = ovsdbapp_conn.Connection(leaf_idl, timeout=self.connect_timeout)
         try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 from networking_dvs_fabric import names
 from networking_dvs_fabric.fabric import provisioning
@@ -187,17 +187,35 @@ class FabricSync:
                              runtime.fabric_settings.mode)
 
 
+class Companion(Protocol):
+    """Something that runs threads of its own beside the worker, in its process."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def join(self) -> None: ...
+
+
 class FabricWorker(JournalWorker):
     def __init__(self, runtime: "Runtime") -> None:
         self.sync = FabricSync(runtime)
         self._runtime = runtime
+        self._companions: list[Companion] = []
         super().__init__("fabric_hwvtep journal worker", self.sync, runtime.worker_settings,
                          resource_types=(names.RESOURCE_NETWORK,))
+
+    def add_companion(self, companion: Companion) -> None:
+        """Start ``companion`` with this worker's thread (in the worker's process),
+        stop and join it with the worker (the full sync's port-group thread)."""
+        self._companions.append(companion)
 
     def _before_start(self) -> None:
         super()._before_start()
         self.sync.completer = Completer()
         self.sync.completer.start()
+        for companion in self._companions:
+            companion.start()
 
     def on_housekeeping(self, context) -> None:
         # The full sync hangs here: its leaf repairs come before telling Neutron too.
@@ -207,13 +225,25 @@ class FabricWorker(JournalWorker):
         with self.sync.completer.busy():
             super().on_housekeeping(context)
 
+    def on_pass(self, context) -> None:
+        # A replaced leaf's repair runs here (``FullSync.run_if_leaf_changed``).
+        if self.sync.completer is None:
+            super().on_pass(context)
+            return
+        with self.sync.completer.busy():
+            super().on_pass(context)
+
     def stop(self) -> None:
         super().stop()
         if self.sync.completer is not None:
             self.sync.completer.stop()
+        for companion in self._companions:
+            companion.stop()
 
     def wait(self) -> None:
         super().wait()
         if self.sync.completer is not None:
             self.sync.completer.join()
+        for companion in self._companions:
+            companion.join()
         self._runtime.close_fabric()

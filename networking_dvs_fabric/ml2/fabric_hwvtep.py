@@ -78,9 +78,13 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         from networking_dvs_fabric.fabric.worker import FabricWorker
         from networking_dvs_fabric.sync.full_sync import FullSync
         fabric_worker = FabricWorker(self.runtime)
-        # Its repair converges the leaves with the worker's own handler.
-        full_sync = FullSync(self.runtime, fabric_worker.sync)
+        # Its repair converges the leaves with the worker's own handler; a leaf's new
+        # identity wakes the worker, which checks the leaves' on every pass; its port
+        # groups' part runs on a thread of its own, started with the worker.
+        full_sync = FullSync(self.runtime, fabric_worker.sync, wake=fabric_worker.wake)
         fabric_worker.add_housekeeping(full_sync.run_if_due)
+        fabric_worker.add_pass_hook(full_sync.run_if_leaf_changed)
+        fabric_worker.add_companion(full_sync)
         workers = [fabric_worker]
         if self.directory is not None:
             from networking_dvs_fabric.watcher.worker import VCenterWatcher

@@ -7,40 +7,57 @@ journal, so a worker that starts reconciles everything once.  Later, a vCenter t
 came back with a new instance UUID (restored, rebuilt), or that made our session
 log in again (restarted - the lab's simulator then comes back with an empty
 inventory), may have lost our port groups; a leaf that came back with a new switch
-row (its database was remade) has lost its bindings.  Neither tells Neutron.  So
-the worker looks at the identities on every housekeeping pass and runs the same
-audit + repair as ``dvs-fabric sync`` when one changed, when a backend that did not
-answer before answers for the first time, and every ``full_sync_interval``.
+row (its database was remade: a replaced switch) has lost its bindings.  Neither
+tells Neutron.  So the worker runs the same audit + repair as ``dvs-fabric sync``
+when an identity changed, when a backend that did not answer before answers for the
+first time, and every ``full_sync_interval``.
+
+When it looks: a leaf's identity is known in memory (its connection follows its
+Physical_Switch row and wakes the fabric worker when it changes,
+``fabric/ovsdb_conn.py``), so it is checked on every pass of the worker
+(:meth:`FullSync.run_if_leaf_changed`): a replaced leaf is reprogrammed at once.
+vCenter's costs a round trip, so it is asked, and leaves not connected yet are
+opened, on the worker's housekeeping (:meth:`FullSync.run_if_due`, every 10 s).
+
+Two parts, the leaves first: a worker that starts after an outage puts the networks
+made meanwhile on the leaves before it reads all of vCenter.  A leaf's new identity
+needs only the leaves' part, vCenter's only the port groups'; the start and the
+interval need both.  The leaves' part runs on the fabric worker's thread: it
+converges with the worker's own handler.  The port groups' part runs on a thread of
+its own once the worker runs (``port_group_thread.py``; inline when the sync is run
+by hand), so the worker's batches do not wait for all of vCenter to be read.
 
 One process at a time: every periodic-worker process has a fabric worker, and a
 full sync reads every leaf and all of vCenter.  The sync runs holding the lease
-``full-sync`` (``journal/lease.py``), renewed while it runs and released after.  A
-process that finds it held does not run one: for the start and the interval,
-someone is reconciling everything right now (its own interval starts again); a
-changed identity waits for the lease instead (the running sync may have read that
-backend before it changed) and is synced on a later pass.
+``full-sync`` (``journal/lease.py``), renewed while either part runs and released
+after the last (``lease_hold.py``).  A process that finds it held does not run one:
+for the start and the interval, someone is reconciling everything right now (its
+own interval starts again); a changed identity waits for the lease instead (the
+running sync may have read that backend before it changed) and is synced on a later
+housekeeping pass.  Within the process, a port groups' part asked for while one
+runs runs again after it.
 
 A sync never writes older state than the workers have written since its audit: the
 repair converges the drifted networks from Neutron's state read again, under the
-journal's claim, with the fabric worker's own handler (``converge.py``).
-
-It checks leaves and port groups alike (the leaves first: a worker that starts after
-an outage puts the networks made meanwhile on the leaves before it reads all of
-vCenter), so it lives with the audit and the repair it runs;
-``fabric_hwvtep.get_workers`` hangs it on the fabric worker's housekeeping
-(``FullSync.run_if_due``).
+journal's claim, with the fabric worker's own handler (``converge.py``), and reads
+again what a network's port groups need just before writing them (``repair.py``).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
+from typing import Callable
+
+from neutron_lib import context as n_context
 
 from networking_dvs_fabric.fabric.api import FabricError
-from networking_dvs_fabric.journal import lease, store
+from networking_dvs_fabric.journal import lease
 from networking_dvs_fabric.runtime import Runtime
 from networking_dvs_fabric.sync.audit import Parts, audit
 from networking_dvs_fabric.sync.converge import Handler
+from networking_dvs_fabric.sync.lease_hold import LeaseHold
+from networking_dvs_fabric.sync.port_group_thread import PortGroupThread
 from networking_dvs_fabric.sync.repair import repair
 from networking_dvs_fabric.vcenter import errors
 
@@ -49,63 +66,160 @@ LOG = logging.getLogger(__name__)
 LEASE = "full-sync"
 LEASE_TTL = 60.0          # a holder that died mid-sync is replaced after this
 RENEW_INTERVAL = 20.0
+LEAVES, PORT_GROUPS = "leaves", "port groups"
+BOTH = frozenset({LEAVES, PORT_GROUPS})
+
+
+def _parts_for(keys: list[str]) -> frozenset[str]:
+    """The parts an identity change of these backends needs synced."""
+    return frozenset(([LEAVES] if any(k.startswith("leaf ") for k in keys) else []) +
+                     ([PORT_GROUPS] if "vcenter" in keys else []))
 
 
 class FullSync:
-    def __init__(self, runtime: Runtime, handler: Handler | None = None) -> None:
+    def __init__(self, runtime: Runtime, handler: Handler | None = None,
+                 wake: Callable[[], None] | None = None) -> None:
         """``handler``: the fabric worker's (``FabricSync``), which the repair then
-        converges the leaves with (default: one of its own)."""
+        converges the leaves with (default: one of its own).  ``wake``: makes the
+        fabric worker's next pass come now (``JournalWorker.wake``)."""
         self._runtime = runtime
         self._handler = handler
+        self._wake = wake
         self.interval = runtime.fabric_settings.full_sync_interval
         self._last = time.monotonic()
         self._identities: dict[str, str] = {}
         self._started = False              # the first due() is the worker's start
-        self._waiting: list[str] = []      # identity changes not synced yet
-        self._holder = ""                  # made in the worker's process, at first use
+        self._waiting: dict[str, frozenset[str]] = {}   # changes not synced: parts
+        self._hold = LeaseHold(LEASE, LEASE_TTL, RENEW_INTERVAL)
+        self._port_groups: PortGroupThread | None = None   # None: run inline
         self.runs = 0
         self.skipped = 0
 
-    def _current_identities(self, parts: Parts) -> dict[str, str]:
-        found: dict[str, str] = {}
-        if parts.vsphere is not None:
-            session = parts.vsphere.session
-            try:
-                # One round trip: a vCenter that restarted makes the session log in again.
-                uuid = session.invoke(
-                    lambda si: (si.CurrentTime(), si.content.about.instanceUuid)[1],
-                    "read vCenter's instance UUID")
-                found["vcenter"] = f"{uuid} login {session.logins}"
-            except errors.VCenterError:
-                pass           # unreachable: nothing to compare until it answers
-        if parts.topology is not None and parts.fabric is not None:
-            for leaf in parts.topology.leaves:
+    @property
+    def _holder(self) -> str:
+        return self._hold.holder
+
+    # -- beside the fabric worker, in its process (``FabricWorker.add_companion``) --
+    def start(self) -> None:
+        """From now on the port groups' part runs on a thread of its own, and a leaf
+        showing a new identity wakes the fabric worker."""
+        self._port_groups = PortGroupThread(self._port_groups_part, self._dropped)
+        self._port_groups.start()
+        fabric = self._fabric()
+        if fabric is not None and self._wake is not None:
+            fabric.on_identity_change(self._leaf_changed)
+
+    def stop(self) -> None:
+        if self._port_groups is not None:
+            self._port_groups.stop()
+
+    def join(self) -> None:
+        if self._port_groups is not None:
+            self._port_groups.join()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait for a port groups' part handed to the thread (tests, a clean stop)."""
+        return self._port_groups is None or self._port_groups.wait_idle(timeout)
+
+    def _leaf_changed(self, leaf: str) -> None:
+        LOG.info("full sync: leaf %s shows a new identity; waking the fabric worker", leaf)
+        assert self._wake is not None
+        self._wake()
+
+    # -- the fabric worker's hooks -------------------------------------------------
+    def run_if_leaf_changed(self, context) -> None:
+        """Every pass: a leaf's new identity (from memory) syncs the leaves now."""
+        if not self._started:
+            return                         # the start sync comes first
+        if self._note(self._leaf_identities(wait=False)):
+            LOG.info("full sync: %s, seen on a pass", "; ".join(self._waiting))
+            self._run_waiting(context)
+
+    def run_if_due(self, context) -> None:
+        """Housekeeping: run a full sync if one is due and no other process runs one."""
+        why = self.due()
+        if why:
+            self._run_waiting(context, why)
+
+    def due(self) -> str | None:
+        """Why a full sync should run now (None: it should not); reads every identity."""
+        parts = self._parts()
+        self._note({**self._vcenter_identity(parts), **self._leaf_identities(wait=True)})
+        if self._waiting:
+            return "; ".join(self._waiting)
+        if not self._started:
+            return "worker start"
+        if self.interval and time.monotonic() - self._last >= self.interval:
+            return f"{self.interval:.0f} s since the last full sync"
+        return None
+
+    # -- identities ------------------------------------------------------------------
+    def _note(self, now: dict[str, str]) -> bool:
+        """Compare with the identities known; True when a change is newly waiting."""
+        changed = sorted(k for k, v in now.items() if self._identities.get(k, v) != v)
+        # A backend answering for the first time after the start sync: it was not
+        # read then (a leaf down at start), so what it holds was never checked.
+        first = sorted(k for k in now if k not in self._identities) if self._started else []
+        self._identities.update(now)
+        news = {}
+        if changed:
+            news[f"new identity of {', '.join(changed)}"] = _parts_for(changed)
+        if first:
+            news[f"first answer from {', '.join(first)}"] = _parts_for(first)
+        self._waiting.update(news)
+        return bool(news)
+
+    def _vcenter_identity(self, parts: Parts) -> dict[str, str]:
+        if parts.vsphere is None:
+            return {}
+        session = parts.vsphere.session
+        try:
+            # One round trip: a vCenter that restarted makes the session log in again.
+            uuid = session.invoke(
+                lambda si: (si.CurrentTime(), si.content.about.instanceUuid)[1],
+                "read vCenter's instance UUID")
+        except errors.VCenterError:
+            return {}          # unreachable: nothing to compare until it answers
+        return {"vcenter": f"{uuid} login {session.logins}"}
+
+    def _fabric(self):
+        return self._runtime.fabric if self._runtime.topology is not None else None
+
+    def _leaf_identities(self, wait: bool) -> dict[str, str]:
+        """Each leaf's identity: from memory where its connection is open and synced;
+        ``wait``: else asked (opening the connection, bounded by its timeout)."""
+        fabric, found = self._fabric(), {}
+        if fabric is None:
+            return found
+        for leaf in self._runtime.require_topology().leaves:
+            identity = fabric.known_identity(leaf)
+            if identity is None and wait:
                 try:
-                    identity = parts.fabric.identity(leaf)
+                    identity = fabric.identity(leaf)
                 except FabricError:
                     continue
-                if identity:
-                    found[f"leaf {leaf}"] = identity
+            if identity:
+                found[f"leaf {leaf}"] = identity
         return found
 
     def _parts(self) -> Parts:
         return Parts.of(self._runtime)
 
-    def run_if_due(self, context) -> None:
-        """Run a full sync if one is due and no other process runs one now."""
-        why = self.due()
-        if not why:
+    # -- running -----------------------------------------------------------------------
+    def _run_waiting(self, context, why: str | None = None) -> None:
+        """Run what waits (or ``why``: the start, the interval) under the lease."""
+        parts_due = frozenset().union(*self._waiting.values()) if self._waiting else BOTH
+        why = why or "; ".join(self._waiting)
+        if not parts_due:
+            self._waiting = {}
             return
-        if not self._holder:
-            self._holder = store.make_worker_id()
-        if not lease.acquire(context, LEASE, self._holder, LEASE_TTL):
+        if not self._hold.take(context):
             self._skip(context, why)
             return
         try:
-            with lease.Renewer(LEASE, self._holder, LEASE_TTL, RENEW_INTERVAL):
-                self.run(context, why)
+            self.run(context, why, parts_due)
         finally:
-            lease.release(context, LEASE, self._holder)
+            self._hold.give(context)
 
     def _skip(self, context, why: str) -> None:
         held = lease.holder_of(context, LEASE)
@@ -119,47 +233,54 @@ class FullSync:
         LOG.info("full sync (%s) not run here: %s runs one now", why,
                  held[0] if held else "another process")
 
-    def due(self) -> str | None:
-        """Why a full sync should run now (None: it should not)."""
-        parts = self._parts()
-        now = self._current_identities(parts)
-        changed = sorted(k for k, v in now.items() if self._identities.get(k, v) != v)
-        # A backend answering for the first time after the start sync: it was not
-        # read then (a leaf down at start), so what it holds was never checked.
-        first = sorted(k for k in now if k not in self._identities) if self._started else []
-        self._identities.update(now)
-        news = ([f"new identity of {', '.join(changed)}"] if changed else []) + (
-            [f"first answer from {', '.join(first)}"] if first else [])
-        self._waiting += [n for n in news if n not in self._waiting]
-        if self._waiting:
-            return "; ".join(self._waiting)
-        if not self._started:
-            return "worker start"
-        if self.interval and time.monotonic() - self._last >= self.interval:
-            return f"{self.interval:.0f} s since the last full sync"
-        return None
-
-    def run(self, context, why: str) -> None:
-        self._last = time.monotonic()
+    def run(self, context, why: str, parts_due: frozenset[str] = BOTH) -> None:
+        """The parts due, the leaves first; the caller holds the lease (one count)."""
+        if parts_due >= BOTH:
+            self._last = time.monotonic()
         self._started = True
-        self._waiting = []
-        parts = self._parts()
+        self._waiting = {}
         self.runs += 1
-        # The leaves first, then the port groups: what a worker start finds drifted
-        # on the leaves (networks made while no worker ran) is put right before all
-        # of vCenter's port groups and their filters are read.
-        for what, part in (("leaves", dataclasses.replace(parts, vsphere=None)),
-                           ("port groups", dataclasses.replace(parts, topology=None,
-                                                               fabric=None))):
-            report = audit(context, part)
-            if not report.drifts:
-                LOG.info("full sync (%s): %s: nothing to repair%s", why, what,
-                         f"; unreadable: {report.unreachable}" if report.unreachable
-                         else "")
-                continue
-            LOG.warning("full sync (%s): %s: %d drifts, repairing", why, what,
-                        len(report.drifts))
-            done = repair(context, part, report,
-                          lambda text: LOG.info("full sync: %s", text), self._handler)
-            for failure in done.failures:
-                LOG.warning("full sync: %s", failure)
+        if LEAVES in parts_due:
+            self._sync(context, why, LEAVES)
+        if PORT_GROUPS not in parts_due:
+            return
+        if self._port_groups is None:
+            self._sync(context, why, PORT_GROUPS)
+            return
+        # Its own count on the lease, given back when the thread has run it.
+        self._hold.take(context)
+        self._port_groups.submit(why)
+
+    def _port_groups_part(self, reasons: list[str]) -> None:
+        context = n_context.get_admin_context()
+        try:
+            self._sync(context, "; ".join(reasons), PORT_GROUPS)
+        finally:
+            for _ in reasons:
+                self._hold.give(context)
+
+    def _dropped(self, reasons: list[str]) -> None:
+        context = n_context.get_admin_context()
+        LOG.info("full sync: port groups' part (%s) not run: stopping", "; ".join(reasons))
+        for _ in reasons:
+            self._hold.give(context)
+
+    def _sync(self, context, why: str, what: str) -> None:
+        parts = self._parts()
+        part = (dataclasses.replace(parts, vsphere=None) if what == LEAVES else
+                dataclasses.replace(parts, topology=None, fabric=None))
+        started = time.monotonic()
+        report = audit(context, part)
+        if not report.drifts:
+            LOG.info("full sync (%s): %s: nothing to repair (audit %.1f s)%s", why, what,
+                     time.monotonic() - started,
+                     f"; unreadable: {report.unreachable}" if report.unreachable else "")
+            return
+        LOG.warning("full sync (%s): %s: %d drifts (audit %.1f s), repairing", why, what,
+                    len(report.drifts), time.monotonic() - started)
+        done = repair(context, part, report,
+                      lambda text: LOG.info("full sync: %s", text), self._handler)
+        for failure in done.failures:
+            LOG.warning("full sync: %s", failure)
+        LOG.info("full sync (%s): %s repaired in %.1f s", why, what,
+                 time.monotonic() - started)

@@ -142,6 +142,14 @@ def _network(context, vsphere: VSphereBackend, dvs: str, network_id: str,
             continue
         try:
             if kinds & {"port_group_missing", "port_group_vlan"}:
+                if "port_group_missing" in kinds:
+                    # The audit read vCenter whole: a cached one is a deletion the
+                    # watch has not reported yet (a concurrent creator's is found
+                    # again by its DuplicateName).
+                    for pg in vsphere.cached_port_groups(dvs, network_id) or []:
+                        if pg.set_key == set_key:
+                            vsphere.forget_port_group(want.physical_network, network_id,
+                                                      pg.key)
                 # Made, or its VLAN set, with the policy: vCenter takes both in one spec.
                 vsphere.ensure_port_group(want.physical_network, network_id,
                                           want.network_name, want.vlan, set_key,

@@ -9,6 +9,8 @@ process" is a holder of the ``full-sync`` lease taken in the test.
 """
 from __future__ import annotations
 
+import dataclasses
+import threading
 from unittest import mock
 
 import dvs_ml2_base as base
@@ -20,6 +22,7 @@ from networking_dvs_fabric import names
 from networking_dvs_fabric.db import locations
 from networking_dvs_fabric.fabric.worker import FabricWorker
 from networking_dvs_fabric.journal import lease, store
+from networking_dvs_fabric.journal import worker as journal_worker
 from networking_dvs_fabric.lab import topology as lab_topology
 from networking_dvs_fabric.lab.leaves import LeafSwitch
 from networking_dvs_fabric.sync import audit as audit_mod
@@ -238,3 +241,74 @@ class TestNeverOlderState(FullSyncTestCase):
         self.assertNotIn(f"network {net_b['id']}", text)
         failed = {r["resource_id"] for r in store.rows(self.ctx, states=[store.FAILED])}
         self.assertEqual({net_a["id"]}, failed)
+
+
+class TestPrompt(FullSyncTestCase):
+    """The full sync's two parts do not wait for, or hold up, the fabric worker."""
+
+    def test_a_replaced_leaf_is_reprogrammed_without_waiting_for_the_housekeeping(self):
+        net, vlan = self.bound_network()
+        workers = self.fabric.get_workers()
+        fabric_worker = next(w for w in workers if isinstance(w, FabricWorker))
+        fabric_worker.run_once()                         # its start sync, by hand
+        # From now on neither the housekeeping nor the poll comes within the test:
+        # whatever the worker does next, something woke it.
+        fabric_worker.settings = dataclasses.replace(fabric_worker.settings,
+                                                     poll_interval=3600.0)
+        long_housekeeping = mock.patch.object(journal_worker, "HOUSEKEEPING_INTERVAL",
+                                              3600.0)
+        long_housekeeping.start()
+        self.addCleanup(long_housekeeping.stop)
+        fabric_worker.start()
+        self.addCleanup(fabric_worker.wait)
+        self.addCleanup(fabric_worker.stop)
+        # leaf2 is replaced: a switch with an empty database at the same address.
+        replaced = leaf("leaf2")
+        replaced.stop()
+        replaced.start(fresh=True)
+        self.assertNotIn(ls(net), logical_switches(replaced))
+        self.assertTrue(base.wait_for(lambda: bindings(replaced, "swp1") == {vlan: ls(net)},
+                                      timeout=60, interval=0.2),
+                        "leaf2 was not reprogrammed before the housekeeping")
+        self.assertIn(ls(net), logical_switches(replaced))
+
+    def test_the_port_groups_part_does_not_hold_up_the_fabric_workers_batches(self):
+        first = self.vxlan_network("first")
+        self.make_port(first["id"], host=base.HOST_C0)
+        self.converge()
+        # Drift: someone deleted the first network's port group in vCenter.
+        for pg in self.vc.port_groups_of(first["id"]):
+            self.vc.destroy_port_group(pg)
+        # A vCenter slow to list its port groups, which the simulator cannot be made
+        # to be: the port groups' audit waits for the test (an injected delay).
+        entered, go_on = threading.Event(), threading.Event()
+        real_audit = audit_mod.audit
+
+        def slow_port_groups(context, parts):
+            if parts.vsphere is not None:
+                entered.set()
+                go_on.wait(60)
+            return real_audit(context, parts)
+        full = self.full_sync()
+        full.start()
+        self.addCleanup(full.join)
+        self.addCleanup(full.stop)
+        self.addCleanup(go_on.set)
+        with mock.patch.object(full_sync_mod, "audit", side_effect=slow_port_groups):
+            full.run_if_due(self.ctx)                    # the start sync
+            self.assertTrue(entered.wait(30), "the port groups' part never started")
+            # Meanwhile a network is bound: the fabric worker programs it at once.
+            second = self.vxlan_network("second")
+            self.make_port(second["id"], host=base.HOST_C0)
+            self.converge()
+            self.assertIn(ls(second), logical_switches(leaf("leaf1")))
+            self.assertEqual(2, len(bindings(leaf("leaf1"), "swp1")),
+                             "both networks bound on leaf1 swp1")
+            self.assertEqual([], self.vc.port_groups_of(first["id"]))
+            self.assertEqual(full._holder, lease.holder_of(self.ctx, full_sync_mod.LEASE)[0],
+                             "the lease is held while the port groups' part runs")
+            go_on.set()
+            self.assertTrue(full.wait_idle(60), "the port groups' part never ended")
+        self.assertEqual(1, len(self.vc.port_groups_of(first["id"])))
+        self.assertIsNone(lease.holder_of(self.ctx, full_sync_mod.LEASE),
+                          "the lease is released after the port groups' part")
