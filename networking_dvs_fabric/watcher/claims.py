@@ -20,17 +20,19 @@ from networking_dvs_fabric.vcenter.backend import VSphereBackend
 from networking_dvs_fabric.vcenter.vm_state import PortFacts, VmState, place
 
 LOG = logging.getLogger(__name__)
+CHUNK = 500                   # port ids per IN list
 
 
 def port_facts(context, port_ids: Iterable[str]) -> dict[str, PortFacts]:
     """MAC, network and device of each port Neutron knows among ``port_ids``."""
     ids = sorted(set(port_ids))
-    if not ids:
-        return {}
+    rows = []
     with db_api.CONTEXT_READER.using(context):
-        rows = context.session.query(
-            models_v2.Port.id, models_v2.Port.mac_address, models_v2.Port.network_id,
-            models_v2.Port.device_id).filter(models_v2.Port.id.in_(ids)).all()
+        for start in range(0, len(ids), CHUNK):
+            rows += context.session.query(
+                models_v2.Port.id, models_v2.Port.mac_address, models_v2.Port.network_id,
+                models_v2.Port.device_id).filter(
+                    models_v2.Port.id.in_(ids[start:start + CHUNK])).all()
     return {row.id: PortFacts(row.mac_address.lower(), row.network_id, row.device_id or "")
             for row in rows}
 
@@ -69,7 +71,17 @@ class ClaimChecker:
         the caller then leaves what it knew of the VM as it was."""
         if not state.claims:
             return state
-        placed, refused = place(state, port_facts(context, state.claims), self._network_of)
+        return self._place_with(state, port_facts(context, state.claims))
+
+    def place_all(self, context, states: Iterable[VmState]) -> list[VmState]:
+        """``place`` for many VMs (a full read) with one read of Neutron's ports."""
+        states = list(states)
+        facts = port_facts(context, {port for state in states for port in state.claims})
+        return [self._place_with(state, facts) if state.claims else state
+                for state in states]
+
+    def _place_with(self, state: VmState, facts: dict[str, PortFacts]) -> VmState:
+        placed, refused = place(state, facts, self._network_of)
         for port_id, why in sorted(refused.items()):
             key = (state.moid, port_id, why)
             if key not in self._logged:

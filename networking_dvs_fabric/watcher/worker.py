@@ -11,7 +11,8 @@ are checked (``claims.py``: which vNIC carries which port), what it sees goes to
 picture changed is recorded in the journal for the fabric worker, woken at once.
 
 On start and after any reconnect the whole picture is read again, so moves that
-happened while no watcher ran are caught.
+happened while no watcher ran are caught; its claims are checked with one read of
+Neutron's ports and it is written in one transaction (``full_read.py``).
 
 The lease: the holder renews it from a thread of its own (``lease.Renewer``), so a
 full read of a big vCenter, or a call queued behind a long vCenter task on the
@@ -24,6 +25,7 @@ it gets the lease back.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from neutron_lib import context as n_context
@@ -34,6 +36,7 @@ from networking_dvs_fabric.db import locations
 from networking_dvs_fabric.journal import lease, store
 from networking_dvs_fabric.thread_worker import ThreadWorker
 from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.watcher import full_read
 from networking_dvs_fabric.watcher.claims import ClaimChecker
 
 if TYPE_CHECKING:
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 LEASE_TTL = 10.0              # a dead holder is replaced within TTL + STANDBY_INTERVAL
 RENEW_INTERVAL = 3.0          # by the renewer thread, while the holder watches or reads
-STANDBY_INTERVAL = 3.0
+STANDBY_INTERVAL = 1.0        # a standby's try: one UPDATE of the lease row a second
 WAIT_SECONDS = 2              # the watch's long poll: a lost lease is noticed this soon
 
 
@@ -117,13 +120,17 @@ class VCenterWatcher(ThreadWorker):
                                 wait_seconds=WAIT_SECONDS)
                 self._watch = watch
                 try:
+                    started = time.monotonic()
                     states = watch.resync()
-                    changed = self.apply(context, states)
-                    changed |= self._fenced(context, locations.keep_only_vms,
-                                            [s.moid for s in states if self._ours(s)])
+                    read = time.monotonic()
+                    seen = self._seen_all(context, states)
+                    changed = self._fenced(context, full_read.set_all, seen)
                     self._wake(changed)
-                    LOG.info("vCenter watcher: full read, %d VMs, %d networks to check",
-                             len(states), len(changed))
+                    LOG.info("vCenter watcher: full read, %(vms)d VMs, %(ports)d ports "
+                             "placed, %(nets)d networks to check (vCenter %(read).1f s, "
+                             "database %(db).1f s)",
+                             {"vms": len(states), "ports": len(seen), "nets": len(changed),
+                              "read": read - started, "db": time.monotonic() - read})
                     while not self._stop.is_set() and not renewer.lost.is_set():
                         self._wake(self.apply(context, watch.wait()))
                 finally:
@@ -149,9 +156,14 @@ class VCenterWatcher(ThreadWorker):
         return changed
 
     # -- what was seen -> locations -> journal --------------------------------
-    @staticmethod
-    def _ours(state) -> bool:
-        return bool(getattr(state, "claims", ()))
+    def _seen_all(self, context, states: list) -> list[locations.Seen]:
+        """Every checked port of the running VMs of a full read (placed in one go).
+        Raises VCenterError when claims cannot be checked now: the loop reads again."""
+        running = [state for state in states if state.powered_on and state.host]
+        return [locations.Seen(nic.iface_id, state.moid, state.name, state.host, nic.mac,
+                               nic.port_group_key)
+                for state in self._claims.place_all(context, running)
+                for nic in state.nics if nic.iface_id]
 
     def apply(self, context, changes: Iterable) -> set[str]:
         """Write what was seen (fenced by the lease, journaled in the same transaction);

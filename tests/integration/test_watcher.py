@@ -204,19 +204,33 @@ def test_the_holder_killed_another_takes_over_within_15_s(lab, neutron, nova):
     wait_for(lambda: port.id in located(lab), timeout=40, what="watched")
     import os
     import signal
-    holder = _lease_holder_pid(lab)
-    group = os.getpgid(holder)          # the worker may be a child of the daemon
+    holder = _query(lab, WATCHER_LEASE)[0][0]
+    group = os.getpgid(int(holder.split(":")[1]))   # the worker may be a child of the daemon
     victim = next(d for d in lab.periodic_workers() if d.pid == group)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.stop()
     killed_at = time.monotonic()
     nova.vmotion(vm, "DC0_C1_H1")
-    wait_for(lambda: located(lab).get(port.id, {}).get("esxi_host") == "DC0_C1_H1",
-             timeout=30, what="the other watcher saw the move")
-    assert time.monotonic() - killed_at <= 15.0 + 2.0     # +2 s: this test's polling
+    phases = {"vmotion_done": time.monotonic() - killed_at}
+    # Polled in the database directly (a `dvs-fabric ports` process per poll takes
+    # seconds on a loaded machine): the phases are the watchers', not the test's.
+    wait_for(lambda: _query(lab, WATCHER_LEASE)[0][0] != holder, timeout=30,
+             what="another watcher holding the lease")
+    phases["lease_taken"] = time.monotonic() - killed_at
+    where = "SELECT esxi_host FROM dvs_fabric_port_locations WHERE port_id = %s"
+    wait_for(lambda: _query(lab, where, port.id) == [("DC0_C1_H1",)], timeout=30,
+             what="the other watcher saw the move")
+    phases["move_seen"] = time.monotonic() - killed_at
+    # A dead holder's lease runs out within LEASE_TTL (10 s) of its last renewal; a
+    # standby tries every STANDBY_INTERVAL (1 s); then its full read.
+    print(f"takeover phases (s after the kill): {phases}")
+    assert phases["move_seen"] <= 15.0, phases
 
 
-def _lease_holder_pid(lab: Lab) -> int:
+WATCHER_LEASE = "SELECT holder FROM dvs_fabric_leases WHERE name LIKE 'vcenter-watcher:%%'"
+
+
+def _query(lab: Lab, sql: str, *args: str) -> list[tuple]:
     import pymysql
     import sqlalchemy.engine
     url = sqlalchemy.engine.make_url(lab.state()["services"]["mariadb"]["url"])
@@ -224,13 +238,10 @@ def _lease_holder_pid(lab: Lab) -> int:
                            password=url.password, database=url.database)
     try:
         with conn.cursor() as cur:
-            # The watcher's lease (the full sync has one too, while it runs).
-            cur.execute("SELECT holder FROM dvs_fabric_leases "
-                        "WHERE name LIKE 'vcenter-watcher:%'")
-            (holder,) = cur.fetchone()
+            cur.execute(sql, args)
+            return [tuple(row) for row in cur.fetchall()]
     finally:
         conn.close()
-    return int(holder.split(":")[1])
 
 
 def _api(lab: Lab, method: str, path: str, body: dict | None = None) -> dict | None:
