@@ -58,14 +58,20 @@ def key_of_port(port: dict) -> str:
 
 
 def port_sets(context, network_id: str | None = None, hosts: Collection[str] | None = None,
-              port_ids: Collection[str] | None = None) -> dict[str, PortSet]:
-    """The set of each port of the network (on ``hosts``: with a binding there)."""
+              port_ids: Collection[str] | None = None,
+              network_ids: Collection[str] | None = None) -> dict[str, PortSet]:
+    """The set of each port of the network (``network_ids``: of those networks; on
+    ``hosts``: with a binding there), in three queries however many ports."""
+    if network_ids is not None and not network_ids:
+        return {}
     with db_api.CONTEXT_READER.using(context):
         session = context.session
         query = session.query(models_v2.Port.id, models_v2.Port.network_id,
                               models_v2.Port.mac_address, models_v2.Port.admin_state_up)
         if network_id is not None:
             query = query.filter(models_v2.Port.network_id == network_id)
+        if network_ids is not None:
+            query = query.filter(models_v2.Port.network_id.in_(sorted(network_ids)))
         if port_ids is not None:
             query = query.filter(models_v2.Port.id.in_(list(port_ids)))
         if hosts is not None:
@@ -96,27 +102,42 @@ def port_sets(context, network_id: str | None = None, hosts: Collection[str] | N
     return found
 
 
-def _addresses(session, port_ids: Iterable[str]) -> tuple[dict[str, list[str]], bool]:
-    """Fixed IPs and allowed-address-pair IPs per port; and: does a pair carry another MAC?"""
-    ids = list(port_ids)
+@dataclasses.dataclass(frozen=True)
+class Addresses:
+    """Ports' anti-spoofing sources: fixed IPs and allowed-address-pair IPs per port,
+    and the ports with an allowed address pair whose MAC is not the port's."""
+    by_port: dict[str, list[str]]
+    foreign_mac: frozenset[str]
+
+    def of(self, port_ids: Iterable[str]) -> list[str]:
+        """Every address of these ports, sorted, once each."""
+        return sorted({a for p in port_ids for a in self.by_port.get(p, ())})
+
+
+def addresses(context, port_ids: Iterable[str]) -> Addresses:
+    """The addresses of many ports at once, in two queries however many ports (the
+    sets' own addresses, remote groups' members, the audit's every set)."""
+    ids = sorted(set(port_ids))
     found: dict[str, list[str]] = {}
     if not ids:
-        return found, False
-    for port_id, address in session.query(models_v2.IPAllocation.port_id,
-                                          models_v2.IPAllocation.ip_address).filter(
-            models_v2.IPAllocation.port_id.in_(ids)).all():
+        return Addresses(found, frozenset())
+    pair = aap_models.AllowedAddressPair
+    with db_api.CONTEXT_READER.using(context):
+        session = context.session
+        for port_id, address in session.query(models_v2.IPAllocation.port_id,
+                                              models_v2.IPAllocation.ip_address).filter(
+                models_v2.IPAllocation.port_id.in_(ids)).all():
+            found.setdefault(port_id, []).append(str(address))
+        pairs = session.query(pair.port_id, pair.ip_address, pair.mac_address,
+                              models_v2.Port.mac_address).join(
+            models_v2.Port, models_v2.Port.id == pair.port_id).filter(
+            pair.port_id.in_(ids)).all()
+    foreign = set()
+    for port_id, address, pair_mac, mac in pairs:
         found.setdefault(port_id, []).append(str(address))
-    foreign = False
-    macs = dict(session.query(models_v2.Port.id, models_v2.Port.mac_address)
-                .filter(models_v2.Port.id.in_(ids)).all())
-    for port_id, mac, address in session.query(
-            aap_models.AllowedAddressPair.port_id, aap_models.AllowedAddressPair.mac_address,
-            aap_models.AllowedAddressPair.ip_address).filter(
-            aap_models.AllowedAddressPair.port_id.in_(ids)).all():
-        found.setdefault(port_id, []).append(str(address))
-        if mac and str(mac).lower() != str(macs.get(port_id) or "").lower():
-            foreign = True
-    return found, foreign
+        if pair_mac and str(pair_mac).lower() != str(mac or "").lower():
+            foreign.add(port_id)
+    return Addresses(found, frozenset(foreign))
 
 
 def _rule_dict(rule) -> dict:
@@ -142,17 +163,16 @@ def members_addresses(context, security_group_ids: Collection[str]) -> dict[str,
     found: dict[str, list[str]] = {g: [] for g in security_group_ids}
     if not found:
         return found
+    members: dict[str, list[str]] = {}
     with db_api.CONTEXT_READER.using(context):
-        session = context.session
-        members: dict[str, list[str]] = {}
-        for port_id, group in session.query(
+        for port_id, group in context.session.query(
                 sg_models.SecurityGroupPortBinding.port_id,
                 sg_models.SecurityGroupPortBinding.security_group_id).filter(
                 sg_models.SecurityGroupPortBinding.security_group_id.in_(list(found))).all():
             members.setdefault(group, []).append(port_id)
-        addresses, _ = _addresses(session, {p for ports in members.values() for p in ports})
+    known = addresses(context, {p for ports in members.values() for p in ports})
     for group, ports in members.items():
-        found[group] = sorted({a for p in ports for a in addresses.get(p, [])})
+        found[group] = known.of(ports)
     return found
 
 
@@ -183,15 +203,14 @@ def set_inputs(context, network_id: str, set_key: str,
     if not members:
         return None
     groups = members[0].security_group_ids
-    with db_api.CONTEXT_READER.using(context):
-        addresses, foreign = _addresses(context.session, [m.port_id for m in members])
+    own = addresses(context, [m.port_id for m in members])
     rules = rules_of(context, groups)
     remote = {r["remote_group_id"] for r in rules if r.get("remote_group_id")}
     remote_ag = {r["remote_address_group_id"] for r in rules
                  if r.get("remote_address_group_id")}
-    return SetInputs(groups, rules, sorted({a for v in addresses.values() for a in v}),
+    return SetInputs(groups, rules, own.of(own.by_port),
                      members_addresses(context, remote), address_groups(context, remote_ag),
-                     foreign)
+                     bool(own.foreign_mac))
 
 
 def network_inputs(context, network_id: str,
@@ -222,9 +241,7 @@ def network_inputs(context, network_id: str,
     by_key: dict[str, list[PortSet]] = {}
     for port_set in sets:
         by_key.setdefault(port_set.key, []).append(port_set)
-    with db_api.CONTEXT_READER.using(context):
-        addresses, _ = _addresses(context.session, [s.port_id for s in sets])
-        foreign = _foreign_mac_ports(context.session, [s.port_id for s in sets])
+    own = addresses(context, [s.port_id for s in sets])
     remote = {r["remote_group_id"] for r in rules if r.get("remote_group_id")}
     remote_ag = {r["remote_address_group_id"] for r in rules
                  if r.get("remote_address_group_id")}
@@ -241,24 +258,11 @@ def network_inputs(context, network_id: str,
                      if r.get("remote_address_group_id")}
         found[key] = SetInputs(
             ports[0].security_group_ids, own_rules,
-            sorted({a for p in ports for a in addresses.get(p.port_id, [])}),
+            own.of(p.port_id for p in ports),
             {g: members.get(g, []) for g in needed},
             {g: named.get(g, []) for g in needed_ag},
-            any(p.port_id in foreign for p in ports))
+            any(p.port_id in own.foreign_mac for p in ports))
     return found
-
-
-def _foreign_mac_ports(session, port_ids: Collection[str]) -> set[str]:
-    """Ports with an allowed address pair whose MAC is not the port's."""
-    if not port_ids:
-        return set()
-    rows = session.query(aap_models.AllowedAddressPair.port_id,
-                         aap_models.AllowedAddressPair.mac_address,
-                         models_v2.Port.mac_address).join(
-        models_v2.Port, models_v2.Port.id == aap_models.AllowedAddressPair.port_id).filter(
-        aap_models.AllowedAddressPair.port_id.in_(list(port_ids))).all()
-    return {port for port, pair_mac, mac in rows
-            if pair_mac and str(pair_mac).lower() != str(mac or "").lower()}
 
 
 def networks_of_groups(context, security_group_ids: Collection[str],
@@ -289,24 +293,43 @@ def groups_naming_address_group(context, address_group_id: str) -> set[str]:
             sg_models.SecurityGroupRule.remote_address_group_id == address_group_id).all()}
 
 
-def plugged_sets(context, port_ids: Collection[str]) -> set[str]:
-    """The sets named by these ports' bindings (active or not): where their NICs are
-    plugged, or about to be, until the policy worker moves them."""
-    if not port_ids:
-        return set()
-    found = set()
+def plugged(context, port_ids: Collection[str] | None = None,
+            active_only: bool = False) -> dict[str, set[str]]:
+    """Port -> the sets its bindings name (``active_only``: its active binding's):
+    where its NIC is plugged, or about to be, until the policy worker moves it.  One
+    query however many ports; ``port_ids`` None: every port vsphere_dvs bound.  A
+    binding that names no port group (not ours, or not bound) names no set."""
+    if port_ids is not None and not port_ids:
+        return {}
+    binding = ml2_models.PortBinding
     with db_api.CONTEXT_READER.using(context):
-        for (details,) in context.session.query(ml2_models.PortBinding.vif_details).filter(
-                ml2_models.PortBinding.port_id.in_(list(port_ids))).all():
-            try:
-                parsed = json.loads(details or "{}")
-            except ValueError:
-                continue
-            if not isinstance(parsed, dict) or "pg_id" not in parsed:
-                continue
+        query = context.session.query(binding.port_id, binding.vif_details)
+        if port_ids is None:
+            query = query.filter(binding.port_id.in_(context.session.query(
+                ml2_models.PortBindingLevel.port_id).filter(
+                ml2_models.PortBindingLevel.driver == names.VSPHERE_DRIVER)
+                .scalar_subquery()))
+        else:
+            query = query.filter(binding.port_id.in_(sorted(port_ids)))
+        if active_only:
+            query = query.filter(binding.status == "ACTIVE")
+        rows = query.all()
+    found: dict[str, set[str]] = {}
+    for port_id, details in rows:
+        try:
+            parsed = json.loads(details or "{}")
+        except ValueError:
+            continue
+        if isinstance(parsed, dict) and "pg_id" in parsed:
             # Bound before issue 13: on the network's one port group, the open set's.
-            found.add(str(parsed.get(VIF_DETAILS_SET) or model.OPEN))
+            found.setdefault(port_id, set()).add(
+                str(parsed.get(VIF_DETAILS_SET) or model.OPEN))
     return found
+
+
+def plugged_sets(context, port_ids: Collection[str]) -> set[str]:
+    """The sets named by these ports' bindings (active or not)."""
+    return {key for keys in plugged(context, port_ids).values() for key in keys}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,22 +344,9 @@ class PendingMove:
 def pending_moves(context) -> list[PendingMove]:
     """Ports whose active binding names a set other than their own: a move the policy
     worker has not done (yet, or it failed: vCenter refused the NIC's reconfigure)."""
-    plugged: dict[str, str] = {}
-    with db_api.CONTEXT_READER.using(context):
-        ours = context.session.query(ml2_models.PortBindingLevel.port_id).filter(
-            ml2_models.PortBindingLevel.driver == names.VSPHERE_DRIVER)
-        for port_id, details in context.session.query(
-                ml2_models.PortBinding.port_id, ml2_models.PortBinding.vif_details).filter(
-                ml2_models.PortBinding.status == "ACTIVE",
-                ml2_models.PortBinding.port_id.in_(ours.scalar_subquery())).all():
-            try:
-                parsed = json.loads(details or "{}")
-            except ValueError:
-                continue
-            if isinstance(parsed, dict) and "pg_id" in parsed:
-                plugged[port_id] = str(parsed.get(VIF_DETAILS_SET) or model.OPEN)
-    if not plugged:
+    on = {port: min(keys) for port, keys in plugged(context, active_only=True).items()}
+    if not on:
         return []
-    sets = port_sets(context, port_ids=sorted(plugged))
-    return [PendingMove(port_id, found.network_id, plugged[port_id], found.key)
-            for port_id, found in sorted(sets.items()) if plugged[port_id] != found.key]
+    sets = port_sets(context, port_ids=sorted(on))
+    return [PendingMove(port_id, found.network_id, on[port_id], found.key)
+            for port_id, found in sorted(sets.items()) if on[port_id] != found.key]

@@ -109,11 +109,9 @@ def policies(context, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], 
     for port_set in membership.port_sets(
             context, port_ids=_ports_of(context, {n for n, _ in wanted})).values():
         members.setdefault((port_set.network_id, port_set.key), []).append(port_set)
-    ports = sorted(p.port_id for key in wanted for p in members.get(key, ()))
-    with db_api.CONTEXT_READER.using(context):
-        # membership.set_inputs' own reads, for every set's ports at once.
-        addresses, _ = membership._addresses(context.session, ports)
-        foreign = membership._foreign_mac_ports(context.session, ports)
+    # membership.set_inputs' own reads, for every set's ports at once.
+    own = membership.addresses(context, [p.port_id for key in wanted
+                                         for p in members.get(key, ())])
     rules = membership.rules_of(context, {g for key in wanted for g in
                                           _groups(members.get(key))})
     remote = membership.members_addresses(
@@ -128,12 +126,12 @@ def policies(context, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], 
         own_rules = [r for r in rules if r["security_group_id"] in groups]
         try:
             out[key] = WantedPolicy(translate.policy_for_set(
-                own_rules, sorted({a for p in members[key] for a in addresses.get(p.port_id, ())}),
+                own_rules, own.of(p.port_id for p in members[key]),
                 {r["remote_group_id"]: remote[r["remote_group_id"]] for r in own_rules
                  if r.get("remote_group_id")},
                 {r["remote_address_group_id"]: named[r["remote_address_group_id"]]
                  for r in own_rules if r.get("remote_address_group_id")},
-                foreign_mac=any(p.port_id in foreign for p in members[key])))
+                foreign_mac=any(p.port_id in own.foreign_mac for p in members[key])))
         except translate.PolicyTooLarge as exc:
             out[key] = WantedPolicy(None, str(exc))
     return out
