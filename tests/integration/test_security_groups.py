@@ -198,7 +198,12 @@ def macs_spoofed_ping(ns: str, mac: str, address: str) -> int:
 
 def test_spoofed_source_ip_and_mac_dropped_with_port_security_pass_without(
         cloud: Cloud) -> None:
-    ns, spoofed, fake_mac = cloud.ns("vm-b"), "10.40.0.250", "fa:16:3e:0b:ad:01"
+    ns, fake_mac = cloud.ns("vm-b"), "fa:16:3e:0b:ad:01"
+    # An address of the subnet no port holds (Neutron picks the VMs' own at random).
+    taken = {ip["ip_address"] for port in cloud.neutron.list_ports(
+        cloud.port("vm-b")["network_id"]) for ip in port["fixed_ips"]}
+    spoofed = next(address for address in (f"10.40.0.{n}" for n in range(250, 1, -1))
+                   if address not in taken)
     netns.ip("addr", "add", f"{spoofed}/24", "dev", "eth0", ns=ns)
     try:
         # From an address no port of vm-b's set has: the switch drops it; from another
