@@ -18,12 +18,13 @@ periodic workers are stopped; then a worker is started and the figures are taken
 - ``rss_mb``: the largest resident set of one Neutron API process and of one
   periodic-workers process;
 - ``vcenter_calls``: SOAP calls to vCenter for one port group create and one release,
-  made the drivers' way (``vcenter/call_count.py``).
+  made the drivers' way (counted on pyVmomi's stub: ``scale_probes.count_soap_calls``).
 
 At the largest size, VMs are added up to ``--vms`` (each with a port on one of the
-networks), then ``watcher``: one full read of the datacenter as the watcher does it
-(``VmWatch.resync``), and ``--moves`` vMotions, each timed from the move to the
-leaves pointing the VM's MAC at its new leaf.  Exit 3 when a target is missed.
+networks), then ``watcher``: the periodic worker is restarted and its watcher's full
+read of the datacenter (vCenter read + database write, from the worker's log) is
+taken, and ``--moves`` vMotions, each timed from the move to the leaves pointing the
+VM's MAC at its new leaf.  Exit 3 when a target is missed.
 """
 from __future__ import annotations
 

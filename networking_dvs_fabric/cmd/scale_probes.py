@@ -8,24 +8,24 @@ benchmark's own process (``count_soap_calls``), which counts and changes nothing
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import psutil
 from pyVmomi import SoapStubAdapter
 
-from networking_dvs_fabric.cmd.bench import summarize
+from networking_dvs_fabric.cmd.bench import poll, summarize
 from networking_dvs_fabric.cmd.bench import progress as _progress
 from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.nova import FakeNova
 from networking_dvs_fabric.lab.procs import LabError
 from networking_dvs_fabric.vcenter.backend import BackendSettings, VSphereBackend
-from networking_dvs_fabric.vcenter.inventory import load_inventory
 from networking_dvs_fabric.vcenter.session import VCenterConfig, VCenterSession
-from networking_dvs_fabric.vcenter.vm_watch import VmWatch
 
 if TYPE_CHECKING:
     from networking_dvs_fabric.cmd.bench_scale import _Cloud
@@ -122,23 +122,35 @@ def vcenter_calls(vcenter: dict[str, Any], size: int) -> dict[str, int]:
 
 
 def watcher(cloud: "_Cloud", watch: "LeafWatch", moves: int) -> dict[str, Any]:
-    """The watcher's full read of the datacenter, then ``moves`` vMotions timed from the
-    move to the observer leaf pointing the VM's MAC at the destination's leaf."""
-    session = _session(cloud.vcenter)
-    try:
-        inventory = load_inventory(session, cloud.vcenter["datacenter"],
-                                   [topology.DVS_NAME])
-        vm_watch = VmWatch(session, inventory.datacenter_moid)
-        started = time.monotonic()
-        states = vm_watch.resync()
-        full_read = time.monotonic() - started
-        vm_watch.close()
-    finally:
-        session.close()
-    _progress(f"watcher: full read of {len(states)} VMs in {full_read:.1f} s; "
-              f"{moves} vMotions")
-    return {"vms": len(states), "full_read_s": round(full_read, 2),
+    """The watcher's full read of the datacenter at a worker's start (from its log: the
+    holder's read of vCenter plus its one database write), then ``moves`` vMotions
+    timed from the move to the observer leaf pointing the VM's MAC at the new leaf."""
+    cloud.lab.kill_periodic_workers()
+    worker = cloud.lab.start_periodic_worker()
+    # The killed holder's lease runs out first (journal lease TTL): not the read's.
+    line = poll(lambda: FULL_READ.search(_text(worker.log_path)), FULL_READ_TIMEOUT,
+                interval=0.5)
+    if line is None:
+        raise LabError(f"bench scale: no watcher full read in {worker.log_path} within "
+                       f"{FULL_READ_TIMEOUT:.0f} s of the worker's start")
+    vms, read_s, write_s = int(line["vms"]), float(line["read"]), float(line["db"])
+    _progress(f"watcher: full read of {vms} VMs in {read_s + write_s:.1f} s (vCenter "
+              f"{read_s:.1f} s, database {write_s:.1f} s); {moves} vMotions")
+    return {"vms": vms, "full_read_s": round(read_s + write_s, 2),
+            "full_read_vcenter_s": read_s, "full_read_database_s": write_s,
             "vmotion": _vmotions(cloud, watch, moves)}
+
+
+FULL_READ = re.compile(r"vCenter watcher: full read, (?P<vms>\d+) VMs, .*\(vCenter "
+                       r"(?P<read>[\d.]+) s, database (?P<db>[\d.]+) s\)")
+FULL_READ_TIMEOUT = 600.0
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def _vmotions(cloud: "_Cloud", watch: "LeafWatch", moves: int) -> dict[str, Any]:
@@ -149,11 +161,13 @@ def _vmotions(cloud: "_Cloud", watch: "LeafWatch", moves: int) -> dict[str, Any]
     took: list[float] = []
     host = VMOTION_HOSTS[0]
     with FakeNova(cloud.vcenter) as nova:
+        vm = nova.vm(mover["name"])                 # found before the moves are timed
+        hosts = {name: nova.host(name) for name in VMOTION_HOSTS}
         for _ in range(moves):
             dest = VMOTION_HOSTS[1] if host == VMOTION_HOSTS[0] else VMOTION_HOSTS[0]
             dest_ip = cloud.leaves[leaf_of[dest]]["tunnel_ip"]
             started = time.monotonic()
-            nova.vmotion(mover["name"], dest)
+            nova.relocate(vm, hosts[dest])
             deadline = started + 30
             while time.monotonic() < deadline:
                 seen = watch.mac(VMOTION_OBSERVER, switch, mac)
