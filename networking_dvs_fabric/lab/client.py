@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -73,6 +74,11 @@ class NeutronClient:
 
     def list_ports(self, network_id: str) -> list[dict]:
         return self._call("GET", f"ports?network_id={network_id}")["ports"]
+
+    def port_ids(self, **filters: str) -> list[str]:
+        """Ids of the ports matching Neutron's list filters (e.g. ``status="DOWN"``)."""
+        query = urllib.parse.urlencode({**filters, "fields": "id"})
+        return [port["id"] for port in self._call("GET", f"ports?{query}")["ports"]]
 
     def router_ports(self, router_id: str) -> list[dict]:
         return self._call("GET", f"ports?device_id={router_id}")["ports"]
