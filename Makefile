@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 
 DEBIAN_PACKAGES := golang-go golang-github-vmware-govmomi-dev openvswitch-vtep \
                    openvswitch-common openvswitch-switch mariadb-server mariadb-client \
-                   iputils-ping ethtool rabbitmq-server
+                   iputils-ping ethtool rabbitmq-server busybox dnsmasq-base dnsmasq-utils \
+                   conntrack iptables iputils-arping
 
 .PHONY: setup system-packages demo test clean
 

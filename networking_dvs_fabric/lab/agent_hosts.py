@@ -43,7 +43,7 @@ from typing import Any, Callable, Sequence
 
 from networking_dvs_fabric.lab import netns, neutron, topology
 from networking_dvs_fabric.lab.leaves import VSWITCH_SCHEMA, ovs_env
-from networking_dvs_fabric.lab.procs import Daemon, LabError, wait_until
+from networking_dvs_fabric.lab.procs import Daemon, LabError, find_program, wait_until
 
 BIN = Path(sys.executable).parent
 PHYS_BRIDGE = "br-phys"
@@ -58,6 +58,12 @@ AGENT_PROGRAMS = {"ovs": "neutron-openvswitch-agent", "dhcp": "neutron-dhcp-agen
                   "l3": "neutron-l3-agent"}
 # Neutron's agent_type of each.
 AGENT_TYPES = {"ovs": "Open vSwitch agent", "dhcp": "DHCP agent", "l3": "L3 agent"}
+# What Neutron's agents run (their Debian packages; ``make setup`` installs them): the
+# DHCP agent's dnsmasq and dhcp_release, the L3 agent's iptables and arping, the OVS
+# agent firewall's conntrack.
+AGENT_TOOLS = {"dnsmasq": "dnsmasq-base", "dhcp_release": "dnsmasq-utils",
+               "iptables-restore": "iptables", "arping": "iputils-arping",
+               "conntrack": "conntrack"}
 # Namespaces Neutron's agents make; one is this host's when a link in it has its peer here.
 AGENT_NAMESPACE_PREFIXES = ("qdhcp-", "qrouter-", "snat-", "fip-")
 
@@ -194,6 +200,8 @@ class AgentHost:
     def start_agents(self, transport_url: str, bus_port: int,
                      progress: Callable[[str], None] = lambda text: None) -> None:
         """The forwarder to the bus, then each agent; waits until each has reported."""
+        for program, package in AGENT_TOOLS.items():
+            find_program(program, package)       # a clear error now, not a dead router later
         (self.dir / "logs" / "bus-forward.log").unlink(missing_ok=True)   # readiness below
         self._daemon("bus-forward", [sys.executable, "-m",
                                      "networking_dvs_fabric.lab.ns_forward", self.ns,

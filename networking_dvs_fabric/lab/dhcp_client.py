@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from networking_dvs_fabric.lab import netns
-from networking_dvs_fabric.lab.procs import LabError
+from networking_dvs_fabric.lab.procs import LabError, find_program
 
-BUSYBOX = "/usr/bin/busybox"
 DISCOVER_EVERY_S = 1
 DISCOVERS = 120              # then the client gives up (the lease file never appears)
 
@@ -64,13 +63,14 @@ def lease_file(leases_dir: Path, ns: str) -> Path:
 
 def start(ns: str, leases_dir: Path, interface: str = "eth0") -> subprocess.Popen:
     """Ask for a lease on ``interface`` of namespace ``ns`` (returns at once)."""
+    busybox = find_program("busybox", "busybox")     # its udhcpc, a guest's client
     leases_dir = Path(leases_dir)
     script = script_path(leases_dir)
     lease_file(leases_dir, ns).unlink(missing_ok=True)
     log = open(leases_dir / f"{ns}.udhcpc.log", "ab")
     try:
         return subprocess.Popen(
-            netns.in_ns(ns, "env", f"LEASE_FILE={lease_file(leases_dir, ns)}", BUSYBOX,
+            netns.in_ns(ns, "env", f"LEASE_FILE={lease_file(leases_dir, ns)}", busybox,
                         "udhcpc", "-f", "-q", "-n", "-i", interface, "-s", str(script),
                         "-t", str(DISCOVERS), "-T", str(DISCOVER_EVERY_S), "-A", "1"),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
