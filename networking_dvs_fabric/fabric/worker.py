@@ -15,9 +15,10 @@ leaves' path); run by hand (tests, ``dvs-fabric sync``) they are told inline.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, ContextManager, Mapping, Protocol, Sequence
 
 from networking_dvs_fabric import names
 from networking_dvs_fabric.fabric import provisioning
@@ -217,20 +218,20 @@ class FabricWorker(JournalWorker):
         for companion in self._companions:
             companion.start()
 
+    def _leaves_first(self) -> ContextManager[object]:
+        """While the leaves are repaired, the completer waits (its status updates
+        come after the leaves); nothing to hold off before it is started."""
+        completer = self.sync.completer
+        return completer.busy() if completer is not None else contextlib.nullcontext()
+
     def on_housekeeping(self, context) -> None:
         # The full sync hangs here: its leaf repairs come before telling Neutron too.
-        if self.sync.completer is None:
-            super().on_housekeeping(context)
-            return
-        with self.sync.completer.busy():
+        with self._leaves_first():
             super().on_housekeeping(context)
 
     def on_pass(self, context) -> None:
         # A replaced leaf's repair runs here (``FullSync.run_if_leaf_changed``).
-        if self.sync.completer is None:
-            super().on_pass(context)
-            return
-        with self.sync.completer.busy():
+        with self._leaves_first():
             super().on_pass(context)
 
     def stop(self) -> None:
