@@ -17,10 +17,10 @@ from neutron.db import models_v2
 from neutron_lib.db import api as db_api
 
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
+from networking_dvs_fabric.watcher.full_read import chunks
 from networking_dvs_fabric.vcenter.vm_state import PortFacts, VmState, place
 
 LOG = logging.getLogger(__name__)
-CHUNK = 500                   # port ids per IN list
 
 
 def port_facts(context, port_ids: Iterable[str]) -> dict[str, PortFacts]:
@@ -28,11 +28,10 @@ def port_facts(context, port_ids: Iterable[str]) -> dict[str, PortFacts]:
     ids = sorted(set(port_ids))
     rows = []
     with db_api.CONTEXT_READER.using(context):
-        for start in range(0, len(ids), CHUNK):
+        for chunk in chunks(ids):
             rows += context.session.query(
                 models_v2.Port.id, models_v2.Port.mac_address, models_v2.Port.network_id,
-                models_v2.Port.device_id).filter(
-                    models_v2.Port.id.in_(ids[start:start + CHUNK])).all()
+                models_v2.Port.device_id).filter(models_v2.Port.id.in_(chunk)).all()
     return {row.id: PortFacts(row.mac_address.lower(), row.network_id, row.device_id or "")
             for row in rows}
 

@@ -29,7 +29,8 @@ Location = models.PortLocation
 CHUNK = 500                   # ids per IN list: well under SQLite's bound-parameter limit
 
 
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``items`` in slices of ``CHUNK`` (one IN list each)."""
     for start in range(0, len(items), CHUNK):
         yield items[start:start + CHUNK]
 
@@ -37,7 +38,7 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 def _networks_of_ports(session, port_ids: Iterable[str]) -> dict[str, str]:
     ids = sorted(set(port_ids))
     out: dict[str, str] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         out.update(session.query(models_v2.Port.id, models_v2.Port.network_id)
                    .filter(models_v2.Port.id.in_(chunk)).all())
     return out
@@ -59,7 +60,7 @@ def set_all(context, seen: Iterable[locations.Seen]) -> set[str]:
     gone = sorted(set(existing) - set(wanted))
     for port_id in gone:
         changed.add(existing[port_id].network_id)
-    for chunk in _chunks(gone):
+    for chunk in chunks(gone):
         session.query(Location).filter(Location.port_id.in_(chunk)).delete(
             synchronize_session=False)
     same: list[str] = []
@@ -87,7 +88,7 @@ def set_all(context, seen: Iterable[locations.Seen]) -> set[str]:
         if moved or arrived:
             row.destination_host = None
         row.seen_at = now
-    for chunk in _chunks(same):                     # unchanged: only seen again
+    for chunk in chunks(same):                     # unchanged: only seen again
         session.query(Location).filter(Location.port_id.in_(chunk)).update(
             {Location.seen_at: now}, synchronize_session=False)
     return changed
