@@ -88,6 +88,7 @@ LOG = logging.getLogger(__name__)
 # Candidates read per claimed resource wanted: some are lost to other workers; as
 # many claim rounds at most, each for what the rounds before did not get.
 _CANDIDATE_FACTOR = 3
+_IN_CHUNK = 500        # ids per IN list: well under SQLite's bound-parameter limit
 
 
 def make_worker_id() -> str:
@@ -134,6 +135,34 @@ def record_many(context, resource_type: str, resource_ids: Sequence[str],
              "operation": operation, "state": PENDING, "attempts": 0,
              "next_attempt_at": due, "created_at": now, "updated_at": now}
             for resource_id in resource_ids])
+
+
+@db_api.retry_if_session_inactive()
+def record_unless_due(context, resource_type: str, resource_ids: Collection[str],
+                      operation: str = "sync", covered_by: Collection[str] = ()) -> list[str]:
+    """:func:`record_many` for those of ``resource_ids`` that have no pending row due
+    now with ``operation`` (or one of ``covered_by``, operations that cover it); joins
+    the caller's transaction and returns the ids recorded.
+
+    For intent that is level-triggered and already visible in the database: a due
+    row will be claimed later than this call, so its handling reads what this call
+    would have asked it to read.  A row not due yet (a back-off) does not count: a
+    new row cuts the back-off short, as always.
+    """
+    ids = sorted(set(resource_ids))
+    operations = sorted({operation, *covered_by})
+    now = utcnow()
+    with db_api.CONTEXT_WRITER.using(context):
+        due: set[str] = set()
+        for start in range(0, len(ids), _IN_CHUNK):
+            due.update(row[0] for row in context.session.query(Journal.resource_id).filter(
+                Journal.resource_type == resource_type,
+                Journal.resource_id.in_(ids[start:start + _IN_CHUNK]),
+                Journal.state == PENDING, Journal.next_attempt_at <= now,
+                Journal.operation.in_(operations)).distinct())
+        fresh = [rid for rid in ids if rid not in due]
+        record_many(context, resource_type, fresh, operation)
+    return fresh
 
 
 def claim(context, worker_id: str, limit: int, *,

@@ -286,6 +286,24 @@ def networks_of_groups(context, security_group_ids: Collection[str],
             binding, binding.port_id == models_v2.Port.id).filter(wanted).distinct().all()}
 
 
+def networks_naming(context, security_group_ids: Collection[str]) -> dict[str, set[str]]:
+    """Per group, the networks with ports in groups whose rules name it as remote group
+    (whose filters hold its members' addresses); one query however many groups."""
+    groups = sorted(set(security_group_ids))
+    if not groups:
+        return {}
+    rule, binding = sg_models.SecurityGroupRule, sg_models.SecurityGroupPortBinding
+    out: dict[str, set[str]] = {group: set() for group in groups}
+    with db_api.CONTEXT_READER.using(context):
+        for group, network_id in context.session.query(
+                rule.remote_group_id, models_v2.Port.network_id).join(
+                binding, binding.security_group_id == rule.security_group_id).join(
+                models_v2.Port, models_v2.Port.id == binding.port_id).filter(
+                rule.remote_group_id.in_(groups)).distinct():
+            out[group].add(network_id)
+    return out
+
+
 def groups_naming_address_group(context, address_group_id: str) -> set[str]:
     with db_api.CONTEXT_READER.using(context):
         return {row[0] for row in context.session.query(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import defaultdict
 from concurrent import futures
 from typing import TYPE_CHECKING, Sequence
 
@@ -69,12 +70,17 @@ class PolicyHandler:
         listed: dict[str, list[PortGroup]] = {}     # DVS -> its port groups (light)
         members: dict[str, list[str]] = {}          # remote group -> member addresses
         work: dict[str, tuple[str, PortGroup, model.PortGroupPolicy, list[int]]] = {}
+        joins = [i for i, entry in enumerate(entries)
+                 if entry.resource_type == names.RESOURCE_GROUP_MEMBERS]
+        if joins:                       # all of the batch's at once: one fan-out
+            verdict = _verdict(lambda: self.fan_out(context, [entries[i] for i in joins]))
+            for index in joins:
+                results[index] = verdict
         for index, entry in enumerate(entries):
             if entry.resource_type == names.RESOURCE_PORT_SET:
                 results[index] = _verdict(lambda: self.move_port(context, entry.resource_id))
                 continue
             if entry.resource_type == names.RESOURCE_GROUP_MEMBERS:
-                results[index] = _verdict(lambda: self.fan_out(context, entry))
                 continue
             network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
             try:
@@ -105,19 +111,37 @@ class PolicyHandler:
         return results
 
     # -- filters ------------------------------------------------------------------
-    def fan_out(self, context, entry: store.Entry) -> None:
-        """A members entry becomes a ``port_group_policy`` row for its own network and
-        one for each network whose sets name one of its groups as remote group.  Each
-        network is then planned under its own claim, by one worker at a time (two
-        workers planning one network from different entries could write an older
-        plan over a newer one), in the next pass.  Run again after a crash, it only
-        records the same rows twice."""
-        network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
-        groups = _groups_of(entry.operations) or set()
-        networks = {network_id} | membership.networks_of_groups(
-            context, groups, through_remote=True, members=False)
+    def fan_out(self, context, entries: Sequence[store.Entry]) -> None:
+        """Members entries become ``port_group_policy`` rows: for each entry's own
+        network and for each network whose sets name one of its groups as remote
+        group.  Each network is then planned under its own claim, by one worker at a
+        time (two workers planning one network from different entries could write an
+        older plan over a newer one), in the next pass.
+
+        A whole batch at once, in one transaction: one query for the networks naming
+        the batch's groups, then per (DVS, group) one INSERT of the rows not already
+        pending and due.  A default group names itself as remote group, so every port
+        created in it concerns every network of the group: one row per network however
+        many ports joined (per port it was a row per network: N joins on N networks
+        made N*N rows).  Run again after a crash, it records nothing twice while the
+        first rows wait."""
+        wanted: dict[tuple[str, str], set[str]] = defaultdict(set)  # (DVS, group) -> nets
+        for entry in entries:
+            network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
+            for group in sorted(_groups_of(entry.operations) or {callbacks.ALL_SETS}):
+                wanted[(dvs_name, group)].add(network_id)
+        naming = membership.networks_naming(
+            context, {group for _, group in wanted if group != callbacks.ALL_SETS})
+        recorded = 0
         with db_api.CONTEXT_WRITER.using(context):
-            callbacks.record_networks(context, networks, [dvs_name], groups)
+            for (dvs_name, group), networks in sorted(wanted.items()):
+                networks |= naming.get(group, set())
+                recorded += len(store.record_unless_due(
+                    context, names.RESOURCE_PORT_GROUP_POLICY,
+                    [names.port_group_resource(n, dvs_name) for n in networks],
+                    group, covered_by=[callbacks.ALL_SETS]))
+        LOG.debug("Policy: %(n)d members entries -> %(r)d port_group_policy rows",
+                  {"n": len(entries), "r": recorded})
 
     def plan(self, context, network_id: str, dvs_name: str,
              listed: dict[str, list[PortGroup]],

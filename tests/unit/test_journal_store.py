@@ -164,6 +164,28 @@ class JournalStoreTestCase(testlib_api.SqlTestCase):
         self.assertEqual(store.PROCESSING, self._all()[b1].state)
         self.assertIsNone(store.next_due(self.ctx))
 
+    def test_record_unless_due_skips_what_a_due_row_already_asks(self):
+        self._record("pgp", "due", "g1")
+        self._record("pgp", "all", "sync")
+        held = self._record("pgp", "held", "g1")
+        backing_off = self._record("pgp", "backing-off", "g1")
+        self._set([backing_off], next_attempt_at=store.utcnow() + datetime.timedelta(60))
+        store.claim(self.ctx, self.worker, limit=10)      # then only "held" stays held
+        self._set([r for r in self._all() if r != held], state=store.PENDING,
+                  claimed_by=None)
+        self.assertEqual(store.PROCESSING, self._all()[held].state)
+        wanted = ["due", "all", "held", "backing-off", "new", "new"]
+        recorded = store.record_unless_due(self.ctx, "pgp", wanted, "g1",
+                                           covered_by=["sync"])
+        # A pending due row with the operation, or one covering it, is enough; a row
+        # being handled or backing off is not (new intent goes with the next claim).
+        self.assertEqual(["backing-off", "held", "new"], recorded)
+        self.assertEqual(["backing-off", "held", "new"], sorted(
+            r.resource_id for r in self._all().values()
+            if r.id > backing_off))
+        # Another operation of the same resource is not covered.
+        self.assertEqual(["due"], store.record_unless_due(self.ctx, "pgp", ["due"], "g2"))
+
     def test_claim_by_resource_type(self):
         self._record("network", "A")
         p1 = self._record("port", "P")

@@ -211,6 +211,33 @@ class TestRules(SecurityTestCase):
         self.assertNotIn("security_group_members", {kind for kind, _ in pending})
         self.assert_member_admitted_until_it_leaves(server, client)
 
+    def test_members_joining_many_networks_at_once_make_one_row_per_network(self):
+        """A group naming itself as remote group, as Neutron's default group does:
+        every member's join concerns every network of the group.  A worker that was
+        away finds one members entry per join; its pass records one port_group_policy
+        row per network (per join it was a row per network: N*N), and every filter
+        then admits every member."""
+        web = self.group("web")
+        self.rule(web["id"], remote_group=web["id"], low=80, high=80)
+        nets = [self.network_with_subnet(f"10.{30 + i}.0.0/24") for i in range(5)]
+        ports = [self.make_port(net["id"], security_groups=[web["id"]]) for net in nets]
+        ports.append(self.make_port(nets[0]["id"], security_groups=[web["id"]]))
+        joins = [r for r in store.rows(self.ctx, states=[store.PENDING])
+                 if r["resource_type"] == "security_group_members"]
+        self.assertEqual(len(ports), len(joins))
+        PolicyWorker(self.mech.runtime).run_once()
+        rows = [r["resource_id"].split(":")[0]
+                for r in store.rows(self.ctx, states=[store.PENDING], limit=1000)
+                if r["resource_type"] == "port_group_policy" and r["operation"] == web["id"]]
+        self.assertEqual(sorted(net["id"] for net in nets), sorted(rows))
+        self.drain()
+        for port in ports:
+            policy = self.policy_of(port)
+            for other in ports:
+                address = f"{other['fixed_ips'][0]['ip_address']}/32"
+                self.assertTrue(self.accepts(policy, model.OUTGOING, 6, address, 80),
+                                f"{address} not admitted on port {port['id']}'s network")
+
     def test_an_address_group_follows_its_addresses(self):
         net = self.network_with_subnet()
         admins = self.driver.create_address_group(self.ctx, {"address_group": {
