@@ -7,7 +7,7 @@ inline, a batch of 200 networks held the next batch's leaves back by 15-60 s; af
 a worker outage, 1,000 networks waited minutes for their leaves.  So the fabric
 worker's thread only finds which ports its batch made carried
 (``provisioning.carried_ports``) and hands them here; this thread lifts the blocks
-(``provisioning.complete``) one port at a time, and between two ports it gives way
+(``provisioning.complete``), a few ports at a time, and before each port it gives way
 while the fabric worker handles a batch or runs its housekeeping (the full sync)
 (``busy``): the leaves come first.
 
@@ -34,6 +34,9 @@ from networking_dvs_fabric.journal import store
 LOG = logging.getLogger(__name__)
 OPERATION = "provisioning"     # the journal rows' operation hint
 RETRY_DELAY = 1.0
+# Ports told at once (``provisioning.complete``): ML2's status update is mostly waits
+# on the database, so a few side by side overlap them.
+PARALLEL = 4
 
 
 class Completer:
@@ -140,7 +143,7 @@ class Completer:
         failures = provisioning.complete(
             context, {port_id: port for port_id, (port, _) in taken.items()},
             {port_id: network for port_id, (_, network) in taken.items()},
-            between=self._give_way)
+            between=self._give_way, parallel=PARALLEL)
         self.told += len(taken)
         for network_id, failure in sorted(failures.items()):
             LOG.warning("fabric: %(err)s; network %(net)s converged again",

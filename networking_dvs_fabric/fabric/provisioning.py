@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from concurrent import futures
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import sqlalchemy as sa
@@ -33,6 +34,7 @@ from neutron.plugins.ml2 import models as ml2_models
 from neutron_lib import constants as n_const
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import resources
+from neutron_lib import context as n_context
 from neutron_lib.db import api as db_api
 
 from networking_dvs_fabric import names
@@ -167,22 +169,40 @@ def complete_carried(context, intents: Mapping[str, NetworkIntent | None],
 
 
 def complete(context, ports: Mapping[str, BoundPort], network_of: Mapping[str, str],
-             between: Callable[[], None] = lambda: None) -> dict[str, Exception]:
+             between: Callable[[], None] = lambda: None,
+             parallel: int = 1) -> dict[str, Exception]:
     """Lift our block from ``ports`` (carried, as ``carried`` found them) that still
     hold it and are still bound where the intent saw them; a failure per network.
-    ``between`` runs before each port (the completer's thread gives way there)."""
+    ``between`` runs before each port (the completer's thread gives way there).
+
+    ``parallel``: ports told at once, each on a context of its own (not on SQLite,
+    which has one writer).  ML2's status update of one port is a dozen round trips
+    to the database (~0.3 s a port here, nearly all Neutron's); several at once
+    overlap those waits."""
     waiting = _blocked(context, ports)
     if not waiting:
         return {}
+    if _single_writer(context):
+        parallel = 1            # SQLite: one writer at a time ("database is locked")
     failures: dict[str, Exception] = {}
-    for port_id in waiting:
+
+    def tell(port_id: str) -> None:
         between()
+        own = context if parallel <= 1 else n_context.get_admin_context()
         try:
-            provisioning_blocks.provisioning_complete(context, port_id, resources.PORT,
-                                                      ENTITY)
+            provisioning_blocks.provisioning_complete(own, port_id, resources.PORT, ENTITY)
         except Exception as exc:  # noqa: BLE001 - the leaves are right; retry the telling
             failures[network_of[port_id]] = TemporaryFailure(
                 f"port {port_id} is carried but its status was not updated: {exc}")
+
+    if parallel <= 1:
+        for port_id in waiting:
+            tell(port_id)
+    else:
+        with futures.ThreadPoolExecutor(max_workers=parallel,
+                                        thread_name_prefix="dvs-fabric-status") as pool:
+            for done in [pool.submit(tell, port_id) for port_id in waiting]:
+                done.result()          # tell() keeps its failures; _Stopping comes here
     # ML2 logs and swallows an error of its status update (_port_provisioned), after
     # our block is gone; a process without the ML2 plugin (``dvs-fabric sync``) has
     # nobody to update it at all.  Such a port gets the block back and its network a
@@ -195,6 +215,11 @@ def complete(context, ports: Mapping[str, BoundPort], network_of: Mapping[str, s
              {"n": len(waiting), "ids": ": " + ", ".join(waiting) if len(waiting) <= 10
               else ""})
     return failures
+
+
+def _single_writer(context) -> bool:
+    with db_api.CONTEXT_READER.using(context):
+        return context.session.get_bind().dialect.name == "sqlite"
 
 
 def networks_waiting(context) -> list[str]:
