@@ -8,7 +8,9 @@ answer converge meanwhile); one that refuses is retried network by network, so o
 the network at fault is marked failed.  A (port, VLAN) the batch wants that one of
 our networks outside it still holds (its VLAN given back and handed out again) is
 rebound when Neutron no longer gives it to that holder.  Each leaf is read once per
-batch, for the batch's networks and those holders only.  Ports the batch made
+batch, for the batch's networks and those holders only.  The leaves of a step are
+written side by side (``LEAF_PARALLEL`` at once): a leaf's transaction is mostly a
+wait for the switch to commit and answer, and the leaves are independent.  Ports the batch made
 carried are handed to the :class:`~networking_dvs_fabric.fabric.completer.Completer`
 when the worker runs as a thread (Neutron's status updates then stay off the
 leaves' path); run by hand (tests, ``dvs-fabric sync``) they are told inline.
@@ -16,9 +18,12 @@ leaves' path); run by hand (tests, ``dvs-fabric sync``) they are told inline.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import threading
+from concurrent import futures
 from types import MappingProxyType
-from typing import TYPE_CHECKING, ContextManager, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, ContextManager, Mapping, Protocol, Sequence
 
 from networking_dvs_fabric import names
 from networking_dvs_fabric.fabric import provisioning
@@ -35,6 +40,18 @@ if TYPE_CHECKING:
     from networking_dvs_fabric.runtime import Runtime
 
 LOG = logging.getLogger(__name__)
+LEAF_PARALLEL = 8       # leaves written at once in one step of a batch
+
+
+def _on_leaves(steps: Mapping[str, Callable[[], dict[str, Exception]]]
+               ) -> dict[str, dict[str, Exception]]:
+    """Each leaf's step (its failures per network), the leaves side by side."""
+    if len(steps) <= 1:
+        return {leaf: step() for leaf, step in steps.items()}
+    with futures.ThreadPoolExecutor(max_workers=min(LEAF_PARALLEL, len(steps)),
+                                    thread_name_prefix="dvs-fabric-leaf") as pool:
+        running = {leaf: pool.submit(step) for leaf, step in steps.items()}
+        return {leaf: done.result() for leaf, done in running.items()}
 
 
 class FabricSync:
@@ -45,6 +62,7 @@ class FabricSync:
         self.transactions = 0
         self.landed = provisioning.Landed()       # this batch's converges that succeeded
         self.completer: Completer | None = None   # None: ports are told inline
+        self._tally = threading.Lock()            # transactions and landed, per leaf thread
 
     def __call__(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
         if self.completer is None:
@@ -94,11 +112,11 @@ class FabricSync:
             return [failure for _ in entries]
         first = {leaf: make_before_break({leaf: desired[leaf]}, {leaf: have})[leaf]
                  for leaf, have in current.items()}
-        for leaf, networks in first.items():
-            if networks != desired[leaf]:
-                failures = self._converge(leaf, networks, riders[leaf])
-                failed_first[leaf] = set(failures)
-                note(failures)
+        for leaf, failures in _on_leaves({
+                leaf: functools.partial(self._converge, leaf, networks, riders[leaf])
+                for leaf, networks in first.items() if networks != desired[leaf]}).items():
+            failed_first[leaf] = set(failures)
+            note(failures)
         # A network that Neutron still has and whose first step failed on a leaf that
         # must carry it (a VM moving to a leaf that is down) loses nothing yet anywhere:
         # its old place is kept until the new one is programmed.  Nothing else holds
@@ -106,12 +124,14 @@ class FabricSync:
         # fully on every leaf that answers (that leaf converges when it is back).
         held = {n for leaf, failed in failed_first.items() for n in failed
                 if desired[leaf][n] is not None}
-        for leaf, networks in desired.items():
-            if leaf not in first:
-                continue                      # not readable now: retried later
-            target = {n: (first[leaf][n] if n in held else want)
-                      for n, want in networks.items()}
-            note(self._converge(leaf, target, riders[leaf]))
+        targets = {leaf: {n: (first[leaf][n] if n in held else want)
+                          for n, want in networks.items()}
+                   for leaf, networks in desired.items()
+                   if leaf in first}          # a leaf not readable now: retried later
+        for failures in _on_leaves({
+                leaf: functools.partial(self._converge, leaf, target, riders[leaf])
+                for leaf, target in targets.items()}).values():
+            note(failures)
         if self.completer is None:
             note(provisioning.complete_carried(context, intents, desired, self.landed,
                                                runtime))
@@ -144,8 +164,9 @@ class FabricSync:
             for network_id, want in networks.items():
                 failures.update(self._converge(leaf, {network_id: want}, riders))
             return failures
-        self.transactions += result.transactions
-        self.landed.add(leaf, networks)
+        with self._tally:
+            self.transactions += result.transactions
+            self.landed.add(leaf, networks)
         if result.changes:
             LOG.info("fabric: leaf %(leaf)s converged for %(n)d networks: %(c)d changes in "
                      "%(t)d transaction(s)", {"leaf": leaf, "n": len(networks),
