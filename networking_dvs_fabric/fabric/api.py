@@ -107,6 +107,11 @@ class FabricBackend(abc.ABC):
         network id -> the deployment that made them (None: a legacy marker without one)."""
         return {}
 
+    def read_all(self, leaf: str) -> tuple[dict[str, NetworkOnLeaf], dict[str, str | None]]:
+        """:meth:`read` of every network and :meth:`others`, from one read of the leaf
+        (the audit's)."""
+        return self.read(leaf), self.others(leaf)
+
     def adopt(self, leaf: str, network_ids: set[str]) -> list[str]:
         """Give the legacy objects of these networks (ours: Neutron has them) our id."""
         return []

@@ -31,6 +31,8 @@ from networking_dvs_fabric.fabric.api import (DEPLOYMENT_KEY, MARKER_KEY, MARKER
                                               NETWORK_ID_KEY, ConvergeResult, FabricBackend,
                                               FabricError, LeafBusy, LeafRejected, LeafSpec,
                                               LeafUnreachable, NetworkOnLeaf)
+from networking_dvs_fabric.fabric import leaf_snapshot
+from networking_dvs_fabric.fabric.leaf_index import LeafIndex
 from networking_dvs_fabric.fabric.leaf_view import (ENCAPSULATION, FLOOD_MAC, LS_PREFIX,
                                                     REPLICATION, Binding, LeafView, Row,
                                                     find_switch, network_on_leaf, read_view)
@@ -170,6 +172,12 @@ class _AdoptCommand(command.BaseCommand):
 _CONCURRENT_WRITER = "identical values"
 
 
+def _others(view: LeafView) -> dict[str, str | None]:
+    found: dict[str, str | None] = {n: None for n in view.legacy}
+    found.update({n: ls.other_config.get(DEPLOYMENT_KEY) for n, ls in view.foreign.items()})
+    return found
+
+
 class HwvtepBackend(FabricBackend):
     """Every leaf of the topology over its own lazily opened OVSDB connection."""
 
@@ -260,11 +268,18 @@ class HwvtepBackend(FabricBackend):
     def others(self, leaf: str) -> dict[str, str | None]:
         api = self._connection(leaf).api()
         with api.ovsdb_connection.lock:
-            view = read_view(api.tables, api.idl.index, leaf, self._deployment())
-            found: dict[str, str | None] = {n: None for n in view.legacy}
-            found.update({n: ls.other_config.get(DEPLOYMENT_KEY)
-                          for n, ls in view.foreign.items()})
-            return found
+            return _others(read_view(api.tables, api.idl.index, leaf, self._deployment()))
+
+    def read_all(self, leaf: str) -> tuple[dict[str, NetworkOnLeaf], dict[str, str | None]]:
+        """From the replica when one is kept; else from one ``select`` of the leaf
+        (``leaf_snapshot``), without opening a replica for a single read."""
+        conn = self._connection(leaf)
+        if conn.is_open():
+            return super().read_all(leaf)
+        tables = leaf_snapshot.read(conn.spec, conn.connect_timeout)
+        view = read_view(tables, LeafIndex(), leaf, self._deployment())
+        return ({nid: network_on_leaf(view, nid, ls) for nid, ls in view.owned.items()},
+                _others(view))
 
     def adopt(self, leaf: str, network_ids: set[str]) -> list[str]:
         deployment = self._deployment()

@@ -317,6 +317,10 @@ class LeafConnection:
             return None
         return api.idl.identity
 
+    def is_open(self) -> bool:
+        """A replica of the leaf is kept (opened by :meth:`api`, until :meth:`close`)."""
+        return self._api is not None
+
     def api(self) -> _LeafApi:
         """The leaf's API, connected and synced; :class:`LeafUnreachable` if not in time."""
         with self._lock:

@@ -205,8 +205,7 @@ def _audit_leaves(context, parts: Parts, report: Report) -> None:
     legacy: dict[str, set[str]] = {}
     for leaf in parts.topology.leaves:
         try:
-            actual[leaf] = parts.fabric.read(leaf)
-            others = parts.fabric.others(leaf)
+            actual[leaf], others = parts.fabric.read_all(leaf)
         except FabricError as exc:
             actual.pop(leaf, None)
             report.unreachable.append(f"leaf {leaf}: {exc}")

@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from networking_dvs_fabric.fabric.api import DEPLOYMENT_KEY, LeafRejected, LeafSpec
+from networking_dvs_fabric.fabric.api import (DEPLOYMENT_KEY, LeafRejected, LeafSpec,
+                                              LeafUnreachable)
 from networking_dvs_fabric.fabric.hwvtep import HwvtepBackend
 from test_fabric_hwvtep import (IP_A, IP_B, fabric_state, make_leaf, net,  # noqa: F401
                                 pytestmark)
@@ -88,3 +89,43 @@ def test_a_legacy_switch_is_adopted_by_the_deployment_that_wants_its_network(lea
     assert fabric_state(leaf)[f"dvsf-{kept}"]["other_config"][DEPLOYMENT_KEY] == A
     backends["a"].converge(leaf.name, {kept: None})
     assert f"dvsf-{kept}" not in fabric_state(leaf)
+
+
+def test_one_select_reads_the_leaf_as_the_replica_does(leaf, backends):
+    """The audit's read of a leaf it keeps no replica of (``leaf_snapshot``): one
+    ``select`` parsed with ``json``, giving what the replica gives - ours with their
+    bindings, remote MACs and flooding lists; another deployment's and legacy
+    switches apart; a hand-made switch nowhere."""
+    ours, mine_too, theirs, old = (str(uuid.uuid4()) for _ in range(4))
+    backends["a"].converge(leaf.name, {
+        ours: net(ours, 5001, {("eth1", 101), ("eth2", 101)},
+                  {("fa:16:3e:00:00:01", IP_B)}, {IP_B}),
+        mine_too: net(mine_too, 5003, {("eth1", 103)})})
+    backends["b"].converge(leaf.name, {theirs: net(theirs, 5002, {("eth1", 201)},
+                                                   flood={IP_B})})
+    backends["legacy"].converge(leaf.name, {old: net(old, 5004, {("eth2", 104)})})
+    leaf.vtep_ctl("add-ls", "by-hand", "--", "set", "Logical_Switch", "by-hand",
+                  "tunnel_key=9000")
+    replica = backends["a"].read(leaf.name), backends["a"].others(leaf.name)
+    assert set(replica[0]) == {ours, mine_too}
+    assert replica[1] == {theirs: B, old: None}
+    fresh = HwvtepBackend([LeafSpec(leaf.name, leaf.ovsdb, leaf.tunnel_ip)],
+                          connect_timeout=5, txn_timeout=20, deployment=lambda: A)
+    try:
+        assert fresh.read_all(leaf.name) == replica
+        assert not fresh._connection(leaf.name).is_open()   # no replica was opened
+    finally:
+        fresh.close()
+    # With a replica kept, read_all reads it (and agrees).
+    assert backends["a"].read_all(leaf.name) == replica
+
+
+def test_one_select_of_a_stopped_leaf_is_unreachable_in_bounded_time(leaf):
+    backend = HwvtepBackend([LeafSpec(leaf.name, leaf.ovsdb, leaf.tunnel_ip)],
+                            connect_timeout=2, txn_timeout=5)
+    leaf.stop()
+    try:
+        with pytest.raises(LeafUnreachable, match=leaf.name):
+            backend.read_all(leaf.name)
+    finally:
+        backend.close()

@@ -482,6 +482,9 @@ def test_ssl_endpoint(make_leaf, tmp_path):
         res = backend.converge("leaf-a", {"n1": net("n1", 5000, [("eth1", 100)])})
         assert res.transactions == 1
         assert backend.read("leaf-a") == {"n1": net("n1", 5000, [("eth1", 100)])}
+        # The audit's one-shot read (no replica) goes over SSL too.
+        backend.close()
+        assert backend.read_all("leaf-a") == ({"n1": net("n1", 5000, [("eth1", 100)])}, {})
     finally:
         backend.close()
         server.stop()
