@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -26,8 +27,14 @@ from networking_dvs_fabric.vcenter.session import VCenterSession, collect
 LOG = logging.getLogger(__name__)
 
 LIGHT_PROPERTIES = ("name", "key", "config.description")
-PG_PROPERTIES = ("name", "key", "config.description", "config.defaultPortConfig",
-                 "config.configVersion", "config.distributedVirtualSwitch")
+# Of the port settings only what the project writes and reads back: the whole
+# defaultPortConfig also carries teaming, LACP, shaping, IPFIX... policies, most of a
+# port group's XML (pyVmomi parses ~3 ms of it a port group; the audit reads them all).
+SETTING = "config.defaultPortConfig"
+SETTING_PARTS = ("vlan", "securityPolicy", "filterPolicy", "blocked")
+PG_PROPERTIES = ("name", "key", "config.description", "config.configVersion",
+                 "config.distributedVirtualSwitch",
+                 *(f"{SETTING}.{part}" for part in SETTING_PARTS))
 # Enough to rewrite a port group's settings (VLAN and config version), without its
 # filter: a filter of a few hundred rules costs tens of ms of CPU to parse.
 WRITE_PROPERTIES = ("name", "key", "config.description", "config.defaultPortConfig.vlan",
@@ -55,14 +62,17 @@ class PortGroup:
         return self.network_id is not None
 
 
-def port_group_from_props(obj: Any, props: dict[str, Any]) -> PortGroup:
+def port_group_from_props(obj: Any, props: dict[str, Any],
+                          with_policy: bool = False) -> PortGroup:
+    """``with_policy``: ``props`` were read with ``PG_PROPERTIES`` (a setting they lack
+    is unset in vCenter: its default); else the policy is not known (None)."""
     vlan = policy = None
-    setting = props.get("config.defaultPortConfig")
-    spec = getattr(setting, "vlan", props.get("config.defaultPortConfig.vlan"))
+    spec = props.get(f"{SETTING}.vlan")
     if isinstance(spec, vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec):
         vlan = int(spec.vlanId)
-    if setting is not None:
-        policy = vim_spec.policy_from_setting(setting)
+    if with_policy:
+        policy = vim_spec.policy_from_setting(types.SimpleNamespace(
+            **{part: props.get(f"{SETTING}.{part}") for part in SETTING_PARTS}))
     description = props.get("config.description")
     network_id, deployment = naming.parse_marker(description) or (None, None)
     return PortGroup(key=props.get("key") or obj._moId, name=props.get("name", ""),
@@ -125,7 +135,7 @@ class PortGroupManager:
                                       type=vim.DistributedVirtualSwitch)])],
                 propSet=[pcq.PropertySpec(type=vim.dvs.DistributedVirtualPortgroup,
                                           pathSet=list(properties))])
-            return [port_group_from_props(obj, props)
+            return [port_group_from_props(obj, props, with_policy=full)
                     for obj, props in collect(si.content.propertyCollector, [spec])]
         return self.session.invoke(read, f"list port groups of DVS {self.dvs.name}")
 
@@ -133,7 +143,7 @@ class PortGroupManager:
         """One port group with its VLAN and config version (and ``policy``: its filter,
         security policy and blocked flag)."""
         return port_group_from_props(*self._read(
-            moid, PG_PROPERTIES if policy else WRITE_PROPERTIES))
+            moid, PG_PROPERTIES if policy else WRITE_PROPERTIES), with_policy=policy)
 
     def _read(self, moid: str, properties: tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
         def read_one(si: Any) -> tuple[Any, dict[str, Any]]:
@@ -247,7 +257,7 @@ class PortGroupManager:
         if moid is None or getattr(dvs, "_moId", dvs) != self.dvs.moid:
             raise errors.PortGroupNameTaken(
                 f"{what}: the name is taken elsewhere in the datacenter")
-        existing = port_group_from_props(obj, props)
+        existing = port_group_from_props(obj, props, with_policy=True)
         if existing.network_id != network_id or existing.set_key != set_key or \
                 self.owner(existing) == ownership.FOREIGN:
             raise errors.PortGroupNotOwned(
