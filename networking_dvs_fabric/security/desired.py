@@ -39,14 +39,29 @@ def policies_for_network(context, network_id: str,
                          ) -> dict[str, model.PortGroupPolicy | translate.PolicyTooLarge]:
     """The policy of each security group set with ports on the network (or why it cannot
     be made); ``open`` and ``blocked`` are fixed and not listed.  One read of Neutron
-    (``members_seen``, ``about``: see ``membership.network_inputs``)."""
-    found: dict[str, model.PortGroupPolicy | translate.PolicyTooLarge] = {}
-    for key, inputs in membership.network_inputs(context, network_id, members_seen,
-                                                 about).items():
-        try:
-            found[key] = translate.policy_for_set(
-                inputs.rules, inputs.own_addresses, inputs.member_addresses,
-                inputs.address_groups, foreign_mac=inputs.foreign_mac, max_rules=max_rules)
-        except translate.PolicyTooLarge as exc:
-            found[key] = exc
+    (``members_seen``, ``about``: see ``membership.networks_inputs``)."""
+    return policies_for_networks(context, [network_id], max_rules, members_seen,
+                                 about).get(network_id, {})
+
+
+def policies_for_networks(context, network_ids: Collection[str],
+                          max_rules: int = translate.DEFAULT_MAX_RULES,
+                          members_seen: dict[str, list[str]] | None = None,
+                          about: Collection[str] | None = None
+                          ) -> dict[str, dict[str, model.PortGroupPolicy |
+                                              translate.PolicyTooLarge]]:
+    """:func:`policies_for_network` of many networks, in one read of Neutron."""
+    found: dict[str, dict[str, model.PortGroupPolicy | translate.PolicyTooLarge]] = {}
+    for network_id, sets in membership.networks_inputs(context, network_ids, members_seen,
+                                                       about).items():
+        for key, inputs in sets.items():
+            try:
+                policy: model.PortGroupPolicy | translate.PolicyTooLarge = \
+                    translate.policy_for_set(
+                        inputs.rules, inputs.own_addresses, inputs.member_addresses,
+                        inputs.address_groups, foreign_mac=inputs.foreign_mac,
+                        max_rules=max_rules)
+            except translate.PolicyTooLarge as exc:
+                policy = exc
+            found.setdefault(network_id, {})[key] = policy
     return found

@@ -216,52 +216,65 @@ def set_inputs(context, network_id: str, set_key: str,
 def network_inputs(context, network_id: str,
                    members_seen: dict[str, list[str]] | None = None,
                    about: Collection[str] | None = None) -> dict[str, SetInputs]:
-    """``set_inputs`` of every security group set with ports on the network, in a fixed
-    number of queries however many sets (the policy worker plans a network at once).
+    """``set_inputs`` of every security group set with ports on the network (see
+    :func:`networks_inputs`)."""
+    return networks_inputs(context, [network_id], members_seen, about).get(network_id, {})
+
+
+def networks_inputs(context, network_ids: Collection[str],
+                    members_seen: dict[str, list[str]] | None = None,
+                    about: Collection[str] | None = None
+                    ) -> dict[str, dict[str, SetInputs]]:
+    """Per network, ``set_inputs`` of every security group set with ports there, in a
+    fixed number of queries however many networks and sets (the policy worker plans a
+    batch of networks at once: a member joining a group every network's sets name as
+    remote group, as Neutron's default group does, concerns every network).
 
     ``members_seen``: remote groups' member addresses already read in this batch (a
     group's members are the same for every network: read once, kept here).
     ``about``: only the sets holding one of these groups or naming one as remote group
     (what a change of those groups can touch); None: every set.
     """
-    sets = [s for s in port_sets(context, network_id).values() if s.port_security
-            and s.key not in (model.OPEN, model.BLOCKED)]
-    if not sets:
+    per_network: dict[str, list[PortSet]] = {}
+    for port_set in port_sets(context, network_ids=network_ids).values():
+        if port_set.port_security and port_set.key not in (model.OPEN, model.BLOCKED):
+            per_network.setdefault(port_set.network_id, []).append(port_set)
+    if not per_network:
         return {}
-    groups = {g for s in sets for g in s.security_group_ids}
-    rules = rules_of(context, groups)
+    rules = rules_of(context, {g for sets in per_network.values() for s in sets
+                               for g in s.security_group_ids})
     if about is not None:
         touched = set(about)
-        naming = {r["security_group_id"] for r in rules if r.get("remote_group_id") in touched}
-        sets = [s for s in sets if (touched | naming) & set(s.security_group_ids)]
-        if not sets:
-            return {}
-        groups = {g for s in sets for g in s.security_group_ids}
+        touched |= {r["security_group_id"] for r in rules
+                    if r.get("remote_group_id") in touched}
+        per_network = {net: kept for net, sets in per_network.items()
+                       if (kept := [s for s in sets if touched & set(s.security_group_ids)])}
+        groups = {g for sets in per_network.values() for s in sets for g in s.security_group_ids}
         rules = [r for r in rules if r["security_group_id"] in groups]
-    by_key: dict[str, list[PortSet]] = {}
-    for port_set in sets:
-        by_key.setdefault(port_set.key, []).append(port_set)
-    own = addresses(context, [s.port_id for s in sets])
+    own = addresses(context, [s.port_id for sets in per_network.values() for s in sets])
     remote = {r["remote_group_id"] for r in rules if r.get("remote_group_id")}
     remote_ag = {r["remote_address_group_id"] for r in rules
                  if r.get("remote_address_group_id")}
     seen = members_seen if members_seen is not None else {}
     seen.update(members_addresses(context, remote - set(seen)))
-    members = {g: seen[g] for g in remote}
     named = address_groups(context, remote_ag)
-    found = {}
-    for key, ports in by_key.items():
-        own_groups = set(ports[0].security_group_ids)
-        own_rules = [r for r in rules if r["security_group_id"] in own_groups]
-        needed = {r["remote_group_id"] for r in own_rules if r.get("remote_group_id")}
-        needed_ag = {r["remote_address_group_id"] for r in own_rules
-                     if r.get("remote_address_group_id")}
-        found[key] = SetInputs(
-            ports[0].security_group_ids, own_rules,
-            own.of(p.port_id for p in ports),
-            {g: members.get(g, []) for g in needed},
-            {g: named.get(g, []) for g in needed_ag},
-            any(p.port_id in own.foreign_mac for p in ports))
+    found: dict[str, dict[str, SetInputs]] = {}
+    for network_id, sets in per_network.items():
+        by_key: dict[str, list[PortSet]] = {}
+        for port_set in sets:
+            by_key.setdefault(port_set.key, []).append(port_set)
+        for key, ports in by_key.items():
+            own_groups = set(ports[0].security_group_ids)
+            own_rules = [r for r in rules if r["security_group_id"] in own_groups]
+            needed = {r["remote_group_id"] for r in own_rules if r.get("remote_group_id")}
+            needed_ag = {r["remote_address_group_id"] for r in own_rules
+                         if r.get("remote_address_group_id")}
+            found.setdefault(network_id, {})[key] = SetInputs(
+                ports[0].security_group_ids, own_rules,
+                own.of(p.port_id for p in ports),
+                {g: seen.get(g, []) for g in needed},
+                {g: named.get(g, []) for g in needed_ag},
+                any(p.port_id in own.foreign_mac for p in ports))
     return found
 
 

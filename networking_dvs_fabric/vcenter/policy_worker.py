@@ -76,6 +76,7 @@ class PolicyHandler:
             verdict = _verdict(lambda: self.fan_out(context, [entries[i] for i in joins]))
             for index in joins:
                 results[index] = verdict
+        wanted = self._wanted(context, entries, members)
         for index, entry in enumerate(entries):
             if entry.resource_type == names.RESOURCE_PORT_SET:
                 results[index] = _verdict(lambda: self.move_port(context, entry.resource_id))
@@ -84,8 +85,11 @@ class PolicyHandler:
                 continue
             network_id, dvs_name = names.parse_port_group_resource(entry.resource_id)
             try:
-                changed, failure = self.plan(context, network_id, dvs_name, listed, members,
-                                             _groups_of(entry.operations))
+                found = wanted[index]
+                if isinstance(found, Exception):
+                    raise found
+                changed, failure = self.plan(context, network_id, dvs_name, listed,
+                                             wanted=found)
             except Exception as exc:  # noqa: BLE001 - mapped to the entry's verdict
                 results[index] = _verdict(exc)
                 continue
@@ -111,6 +115,31 @@ class PolicyHandler:
         return results
 
     # -- filters ------------------------------------------------------------------
+    def _wanted(self, context, entries: Sequence[store.Entry],
+                members: dict[str, list[str]]) -> dict[int, dict | Exception]:
+        """Per ``port_group_policy`` entry (by position), the policies its network's
+        sets need, or what kept them from being read: one read of Neutron for all the
+        batch's networks (per distinct ``about``), not one per network (a member of a
+        default group concerns every network of the group)."""
+        by_about: dict[frozenset[str] | None, list[int]] = defaultdict(list)
+        for index, entry in enumerate(entries):
+            if entry.resource_type == names.RESOURCE_PORT_GROUP_POLICY:
+                groups = _groups_of(entry.operations)
+                by_about[frozenset(groups) if groups is not None else None].append(index)
+        out: dict[int, dict | Exception] = {}
+        for about, indexes in by_about.items():
+            network_of = {i: names.parse_port_group_resource(entries[i].resource_id)[0]
+                          for i in indexes}
+            try:
+                found = desired.policies_for_networks(
+                    context, set(network_of.values()),
+                    self._backend.settings.max_filter_rules, members, about)
+            except Exception as exc:  # noqa: BLE001 - each entry's verdict
+                out.update({i: exc for i in indexes})
+                continue
+            out.update({i: found.get(network_of[i], {}) for i in indexes})
+        return out
+
     def fan_out(self, context, entries: Sequence[store.Entry]) -> None:
         """Members entries become ``port_group_policy`` rows: for each entry's own
         network and for each network whose sets name one of its groups as remote
@@ -146,7 +175,9 @@ class PolicyHandler:
     def plan(self, context, network_id: str, dvs_name: str,
              listed: dict[str, list[PortGroup]],
              members: dict[str, list[str]] | None = None,
-             about: set[str] | None = None) -> tuple[list[tuple[PortGroup, model.PortGroupPolicy]],
+             about: set[str] | None = None,
+             wanted: dict | None = None
+             ) -> tuple[list[tuple[PortGroup, model.PortGroupPolicy]],
                         translate.PolicyTooLarge | None]:
         """The network's port groups on the DVS whose filter is not the one wanted (and
         a set whose filter cannot be made, if any: that fails the entry).
@@ -167,9 +198,10 @@ class PolicyHandler:
         if not ours:
             return [], None
         # ``about``: only the sets a change of these groups can touch (None: all).
-        wanted = desired.policies_for_network(context, network_id,
-                                              backend.settings.max_filter_rules, members,
-                                              about)
+        if wanted is None:      # else read already, with the batch's other networks
+            wanted = desired.policies_for_network(context, network_id,
+                                                  backend.settings.max_filter_rules, members,
+                                                  about)
         changed = []
         too_large: list[translate.PolicyTooLarge] = []
         for light in ours:

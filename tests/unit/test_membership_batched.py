@@ -107,3 +107,30 @@ class TestMembershipBatched(SecurityTestCase):
         needed = sweeper_needs.needed_sets(self.ctx, [net["id"], "gone"], [base.HOST_C0])
         self.assertEqual({net["id"]: {web_set, open_set}, "gone": set()}, needed)
         self.assertEqual([], membership.pending_moves(self.ctx))
+
+    def test_inputs_of_many_networks_cost_what_those_of_one_cost_and_match_them(self):
+        """The policy worker reads a batch's networks at once: a member of a group every
+        network's sets name as remote group (Neutron's default group) concerns them all."""
+        web, db = self.group("web"), self.group("db")
+        self.rule(web["id"], remote_group=web["id"], low=80, high=80)
+        self.rule(db["id"], remote_group=web["id"], low=5432, high=5432)
+        nets = [self.network_with_subnet(f"10.{40 + i}.0.0/24") for i in range(4)]
+        for i, net in enumerate(nets):
+            self.make_port(net["id"], security_groups=[web["id"]])
+            if i % 2:
+                self.make_port(net["id"], security_groups=[db["id"]])
+        ids = [net["id"] for net in nets]
+        one, few = self.counted(lambda: membership.networks_inputs(self.ctx, ids[:1]))
+        every, many = self.counted(lambda: membership.networks_inputs(self.ctx, ids))
+        self.assertEqual(few, many)
+        self.assertEqual(one, {ids[0]: every[ids[0]]})
+        for network_id in ids:
+            self.assertEqual(membership.network_inputs(self.ctx, network_id),
+                             every[network_id])
+        # ``about``: only the sets a change of web can touch - every set here (db's
+        # rules name web as remote group); about db alone: only the db sets.
+        self.assertEqual(every, membership.networks_inputs(self.ctx, ids, about={web["id"]}))
+        only_db = membership.networks_inputs(self.ctx, ids, about={db["id"]})
+        self.assertEqual(sorted(ids[1::2]), sorted(only_db))
+        self.assertTrue(all(inputs.security_group_ids == (db["id"],)
+                            for sets in only_db.values() for inputs in sets.values()))
