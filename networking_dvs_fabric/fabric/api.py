@@ -107,6 +107,11 @@ class FabricBackend(abc.ABC):
         network id -> the deployment that made them (None: a legacy marker without one)."""
         return {}
 
+    def database_of(self, leaf: str) -> str:
+        """Leaves with the same answer share one database (their writes go one after
+        another: logical switches and locators are the database's, not a switch's)."""
+        return leaf
+
     def read_all(self, leaf: str) -> tuple[dict[str, NetworkOnLeaf], dict[str, str | None]]:
         """:meth:`read` of every network and :meth:`others`, from one read of the leaf
         (the audit's)."""

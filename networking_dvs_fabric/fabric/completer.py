@@ -59,7 +59,8 @@ class Completer:
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
-        """While a batch is handled, completions wait (at most one port's worth)."""
+        """While a batch is handled, completions wait (at most the ports under way:
+        ``PARALLEL``)."""
         with self._lock:
             self._busy += 1
         try:

@@ -270,6 +270,9 @@ class HwvtepBackend(FabricBackend):
         with api.ovsdb_connection.lock:
             return _others(read_view(api.tables, api.idl.index, leaf, self._deployment()))
 
+    def database_of(self, leaf: str) -> str:
+        return self._connection(leaf).spec.ovsdb
+
     def read_all(self, leaf: str) -> tuple[dict[str, NetworkOnLeaf], dict[str, str | None]]:
         """From the replica when one is kept; else from one ``select`` of the leaf
         (``leaf_snapshot``), without opening a replica for a single read."""

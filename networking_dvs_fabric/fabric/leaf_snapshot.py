@@ -135,6 +135,9 @@ def read(spec: LeafSpec, timeout: float) -> dict[str, Table]:
         for table, names in COLUMNS.items()]
     answer = _transact(spec, ops, deadline)
     tables = {table: Table(table) for table in COLUMNS}
+    if not isinstance(answer, list) or len(answer) != len(COLUMNS):
+        raise FabricError(f"leaf {spec.name}: {len(COLUMNS)} tables asked, answer: "
+                          f"{str(answer)[:200]}")
     for table, reply in zip(COLUMNS, answer):
         if not isinstance(reply, dict) or "rows" not in reply:
             raise FabricError(f"leaf {spec.name}: reading {table}: {reply}")
@@ -152,16 +155,8 @@ def _transact(spec: LeafSpec, ops: list, deadline: float) -> list:
     if err:
         raise _unreachable(spec, os.strerror(err), err)
     try:
-        out = json.dumps({"method": "transact", "params": ops,
-                          "id": _REQUEST_ID}).encode()
-        while out:
-            sent = strm.send(out)
-            if sent == -errno.EAGAIN:
-                _wait(strm, deadline, spec, sending=True)
-            elif sent < 0:
-                raise _unreachable(spec, os.strerror(-sent), -sent)
-            else:
-                out = out[sent:]
+        _send(strm, {"method": "transact", "params": ops, "id": _REQUEST_ID}, deadline,
+              spec)
         buffer = bytearray()
         decoder = json.JSONDecoder()
         while True:
@@ -172,23 +167,41 @@ def _transact(spec: LeafSpec, ops: list, deadline: float) -> list:
             if err:
                 raise _unreachable(spec, os.strerror(err), err)
             if not data:
-                raise _unreachable(spec, "connection closed")
+                raise _unreachable(spec, "connection closed", errno.ECONNRESET)
             buffer += data
-            while buffer.rstrip().endswith(b"}"):    # a message ends with its brace
-                text = buffer.decode()
+            if data.rstrip()[-1:] != b"}":
+                continue                 # a message ends with its object's brace
+            while buffer:
+                text = buffer.decode().lstrip()
                 try:
                     message, end = decoder.raw_decode(text)
                 except ValueError:
-                    break                # not whole yet
-                buffer = bytearray(text[end:].lstrip().encode())
+                    break                # not whole yet (a brace inside it)
+                buffer = bytearray(text[end:].encode())
+                if message.get("method") == "echo":      # the server's liveness probe
+                    _send(strm, {"id": message.get("id"), "result": message.get("params"),
+                                 "error": None}, deadline, spec)
+                    continue
                 if message.get("id") != _REQUEST_ID:
-                    continue             # e.g. the server's echo: not ours
+                    continue
                 if message.get("error"):
                     raise FabricError(f"leaf {spec.name}: {spec.ovsdb} refused to be "
                                       f"read: {message['error']}")
                 return message["result"]
     finally:
         strm.close()
+
+
+def _send(strm: Any, message: dict, deadline: float, spec: LeafSpec) -> None:
+    out = json.dumps(message).encode()
+    while out:
+        sent = strm.send(out)
+        if sent == -errno.EAGAIN:
+            _wait(strm, deadline, spec, sending=True)
+        elif sent < 0:
+            raise _unreachable(spec, os.strerror(-sent), -sent)
+        else:
+            out = out[sent:]
 
 
 def _wait(strm: Any, deadline: float, spec: LeafSpec, sending: bool = False) -> None:

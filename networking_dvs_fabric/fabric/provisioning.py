@@ -182,7 +182,7 @@ def complete(context, ports: Mapping[str, BoundPort], network_of: Mapping[str, s
     waiting = _blocked(context, ports)
     if not waiting:
         return {}
-    if _single_writer(context):
+    if parallel > 1 and _single_writer(context):
         parallel = 1            # SQLite: one writer at a time ("database is locked")
     failures: dict[str, Exception] = {}
 

@@ -147,8 +147,8 @@ class PolicyHandler:
         time (two workers planning one network from different entries could write an
         older plan over a newer one), in the next pass.
 
-        A whole batch at once, in one transaction: one query for the networks naming
-        the batch's groups, then per (DVS, group) one INSERT of the rows not already
+        A whole batch at once: one query for the networks naming the batch's groups,
+        then, in one transaction, per (DVS, group) one INSERT of the rows not already
         pending and due.  A default group names itself as remote group, so every port
         created in it concerns every network of the group: one row per network however
         many ports joined (per port it was a row per network: N joins on N networks

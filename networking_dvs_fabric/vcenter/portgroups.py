@@ -64,13 +64,15 @@ class PortGroup:
 
 def port_group_from_props(obj: Any, props: dict[str, Any],
                           with_policy: bool = False) -> PortGroup:
-    """``with_policy``: ``props`` were read with ``PG_PROPERTIES`` (a setting they lack
-    is unset in vCenter: its default); else the policy is not known (None)."""
+    """``with_policy``: ``props`` were read with ``PG_PROPERTIES``: a setting they lack
+    is unset in vCenter (its default), unless they lack all three policy settings (the
+    project always writes them; vCenter left them out, a fault or no permission): the
+    policy is then not known (None), as it is without ``with_policy``."""
     vlan = policy = None
     spec = props.get(f"{SETTING}.vlan")
     if isinstance(spec, vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec):
         vlan = int(spec.vlanId)
-    if with_policy:
+    if with_policy and any(f"{SETTING}.{part}" in props for part in SETTING_PARTS[1:]):
         policy = vim_spec.policy_from_setting(types.SimpleNamespace(
             **{part: props.get(f"{SETTING}.{part}") for part in SETTING_PARTS}))
     description = props.get("config.description")
