@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import ssl
 import threading
+import time
 from typing import Any, Callable
 
 from neutron_lib import exceptions as n_exc
@@ -107,6 +108,9 @@ def vcenter_backend_from_conf(group: Any,
 _UNBUILT: Any = object()
 
 
+LEAVES_FIRST_TIMEOUT = 60.0
+
+
 class Runtime:
     """One process's shared parts; see the module docstring."""
 
@@ -124,6 +128,35 @@ class Runtime:
         self._waker: Waker | None = None
         self._fabric: FabricBackend | None = None
         self._deployment: str | None = None
+        # Leaves first at a worker process's start (see ``wait_for_leaves``).
+        self._leaves_expected = False
+        self._leaves_repaired = threading.Event()
+
+    # -- the leaves first ----------------------------------------------------------
+    def expect_leaves(self) -> None:
+        """A fabric worker runs in this process: the other workers' first passes wait
+        for its first full sync of the leaves (``leaves_repaired``)."""
+        self._leaves_expected = True
+
+    def leaves_repaired(self) -> None:
+        self._leaves_repaired.set()
+
+    def wait_for_leaves(self, stop: threading.Event) -> None:
+        """At a worker process's start, the fabric worker's first repair of the leaves
+        (after an outage: every network a switch missed) comes before the other
+        workers' first passes (the watcher's full read, the policy and port-group
+        backlogs): they all share one interpreter, and the leaves carry the traffic.
+        At most ``LEAVES_FIRST_TIMEOUT``; at once where no fabric worker runs."""
+        if not self._leaves_expected:
+            return
+        deadline = time.monotonic() + LEAVES_FIRST_TIMEOUT
+        while not stop.is_set() and not self._leaves_repaired.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                LOG.warning("the leaves' first full sync has not ended after %.0f s; "
+                            "going on", LEAVES_FIRST_TIMEOUT)
+                return
+            self._leaves_repaired.wait(min(left, 1.0))
 
     # -- which deployment we are ---------------------------------------------------
     @property

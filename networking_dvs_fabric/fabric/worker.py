@@ -10,7 +10,8 @@ our networks outside it still holds (its VLAN given back and handed out again) i
 rebound when Neutron no longer gives it to that holder.  Each leaf is read once per
 batch, for the batch's networks and those holders only.  The leaves of a step are
 written side by side (``LEAF_PARALLEL`` at once): a leaf's transaction is mostly a
-wait for the switch to commit and answer, and the leaves are independent.  Ports the batch made
+wait for the switch to commit and answer, and the leaves are independent (leaves that
+share one database are written one after another).  Ports the batch made
 carried are handed to the :class:`~networking_dvs_fabric.fabric.completer.Completer`
 when the worker runs as a thread (Neutron's status updates then stay off the
 leaves' path); run by hand (tests, ``dvs-fabric sync``) they are told inline.
@@ -43,15 +44,22 @@ LOG = logging.getLogger(__name__)
 LEAF_PARALLEL = 8       # leaves written at once in one step of a batch
 
 
-def _on_leaves(steps: Mapping[str, Callable[[], dict[str, Exception]]]
-               ) -> dict[str, dict[str, Exception]]:
-    """Each leaf's step (its failures per network), the leaves side by side."""
-    if len(steps) <= 1:
-        return {leaf: step() for leaf, step in steps.items()}
-    with futures.ThreadPoolExecutor(max_workers=min(LEAF_PARALLEL, len(steps)),
+def _on_leaves(steps: Mapping[str, Callable[[], dict[str, Exception]]],
+               database_of: Callable[[str], str]) -> dict[str, dict[str, Exception]]:
+    """Each leaf's step (its failures per network), the leaves side by side; leaves
+    sharing a database one after another."""
+    shared: dict[str, list[str]] = {}
+    for leaf in steps:
+        shared.setdefault(database_of(leaf), []).append(leaf)
+
+    def run(leaves: list[str]) -> dict[str, dict[str, Exception]]:
+        return {leaf: steps[leaf]() for leaf in leaves}
+    if len(shared) <= 1:
+        return run(list(steps))
+    with futures.ThreadPoolExecutor(max_workers=min(LEAF_PARALLEL, len(shared)),
                                     thread_name_prefix="dvs-fabric-leaf") as pool:
-        running = {leaf: pool.submit(step) for leaf, step in steps.items()}
-        return {leaf: done.result() for leaf, done in running.items()}
+        running = [pool.submit(run, leaves) for leaves in shared.values()]
+        return {leaf: failures for done in running for leaf, failures in done.result().items()}
 
 
 class FabricSync:
@@ -114,7 +122,8 @@ class FabricSync:
                  for leaf, have in current.items()}
         for leaf, failures in _on_leaves({
                 leaf: functools.partial(self._converge, leaf, networks, riders[leaf])
-                for leaf, networks in first.items() if networks != desired[leaf]}).items():
+                for leaf, networks in first.items() if networks != desired[leaf]},
+                self.backend.database_of).items():
             failed_first[leaf] = set(failures)
             note(failures)
         # A network that Neutron still has and whose first step failed on a leaf that
@@ -130,7 +139,7 @@ class FabricSync:
                    if leaf in first}          # a leaf not readable now: retried later
         for failures in _on_leaves({
                 leaf: functools.partial(self._converge, leaf, target, riders[leaf])
-                for leaf, target in targets.items()}).values():
+                for leaf, target in targets.items()}, self.backend.database_of).values():
             note(failures)
         if self.completer is None:
             note(provisioning.complete_carried(context, intents, desired, self.landed,
@@ -226,6 +235,7 @@ class FabricWorker(JournalWorker):
         self._companions: list[Companion] = []
         super().__init__("fabric_hwvtep journal worker", self.sync, runtime.worker_settings,
                          resource_types=(names.RESOURCE_NETWORK,))
+        runtime.expect_leaves()
 
     def add_companion(self, companion: Companion) -> None:
         """Start ``companion`` with this worker's thread (in the worker's process),
@@ -246,9 +256,13 @@ class FabricWorker(JournalWorker):
         return completer.busy() if completer is not None else contextlib.nullcontext()
 
     def on_housekeeping(self, context) -> None:
-        # The full sync hangs here: its leaf repairs come before telling Neutron too.
-        with self._leaves_first():
-            super().on_housekeeping(context)
+        # The full sync hangs here: its leaf repairs come before telling Neutron too,
+        # and the first one before the process's other workers start their passes.
+        try:
+            with self._leaves_first():
+                super().on_housekeeping(context)
+        finally:
+            self._runtime.leaves_repaired()
 
     def on_pass(self, context) -> None:
         # A replaced leaf's repair runs here (``FullSync.run_if_leaf_changed``).

@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import socket
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -96,6 +97,8 @@ class JournalWorker(ThreadWorker):
         self._round_started = float("-inf")     # time.monotonic() of the last pass
         self._housekeeping_hooks: list[Callable[[object], None]] = []
         self._pass_hooks: list[Callable[[object], None]] = []
+        # Called on the worker's thread before its first pass, with its stop event.
+        self.start_after: Callable[[threading.Event], None] | None = None
 
     # -- ThreadWorker -----------------------------------------------------------
     def _before_start(self) -> None:
@@ -113,6 +116,8 @@ class JournalWorker(ThreadWorker):
 
     # -- the loop -------------------------------------------------------------
     def _loop(self) -> None:
+        if self.start_after is not None:
+            self.start_after(self._stop)
         while not self._stop.is_set():
             try:
                 self._round_started = time.monotonic()

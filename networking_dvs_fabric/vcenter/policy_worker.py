@@ -384,3 +384,4 @@ class PolicyWorker(JournalWorker):
                          PolicyHandler(runtime.require_vcenter()),
                          runtime.worker_settings,
                          resource_types=names.POLICY_RESOURCES)
+        self.start_after = runtime.wait_for_leaves

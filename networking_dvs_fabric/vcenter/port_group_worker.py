@@ -108,3 +108,4 @@ class PortGroupWorker(JournalWorker):
                                           runtime.worker_settings.claim_timeout),
                          runtime.worker_settings,
                          resource_types=(names.RESOURCE_PORT_GROUP,))
+        self.start_after = runtime.wait_for_leaves

@@ -55,6 +55,7 @@ class VCenterWatcher(ThreadWorker):
 
     def __init__(self, runtime: "Runtime") -> None:
         super().__init__()
+        self._runtime = runtime
         self._backend = runtime.require_vcenter()
         self._waker = runtime.waker
         self._claims = ClaimChecker(self._backend)
@@ -80,6 +81,7 @@ class VCenterWatcher(ThreadWorker):
     # -- the loop -------------------------------------------------------------
     def _loop(self) -> None:
         context = n_context.get_admin_context()
+        self._runtime.wait_for_leaves(self._stop)     # its full read after the leaves'
         while not self._stop.is_set():
             try:
                 if lease.acquire(context, self.lease_name, self.worker_id, LEASE_TTL):
