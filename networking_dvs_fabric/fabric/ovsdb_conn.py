@@ -37,9 +37,11 @@ from ovsdbapp.schema.hardware_vtep import impl_idl
 from networking_dvs_fabric.fabric.api import (FabricError, LeafSpec, LeafUnreachable,
                                               SslFiles)
 from networking_dvs_fabric.fabric.leaf_index import LeafIndex
+from networking_dvs_fabric.fabric import ovs_json
 from networking_dvs_fabric.fabric.leaf_view import find_switch
 
 LOG = logging.getLogger(__name__)
+ovs_json.install()      # python-ovs without its C parser: messages parsed by json
 
 SCHEMA = "hardware_vtep"
 # The columns the backend reads or writes; the rest of the schema is not replicated.
