@@ -6,8 +6,8 @@ dump parsed by python-ovs's own JSON parser (pure Python here: no ``ovs._json``
 C extension on Debian) and turned into rows column by column: ~3 ms a network and
 leaf, the leaves' third of an audit at 1,200 networks.  Here one read-only
 ``transact`` asks for the same columns (``ovsdb_conn.COLUMNS``), the answer is
-parsed by the standard library's C decoder, and each column is turned into a Python
-value only when read.
+parsed by the standard library's C decoder (``ovs_json``), and each column is turned
+into a Python value only when read.
 
 The rows behave as the IDL's do for :func:`~networking_dvs_fabric.fabric.leaf_view.read_view`
 and :class:`~networking_dvs_fabric.fabric.leaf_index.LeafIndex`: ``row.uuid``; a
@@ -16,21 +16,14 @@ map; a referenced row, or None when it is not there).  They are read-only.
 """
 from __future__ import annotations
 
-import errno
-import json
-import os
 import time
 import uuid
 from typing import Any, Mapping
 
-from ovs import poller, stream
-
 from networking_dvs_fabric.fabric.api import FabricError, LeafSpec
-from networking_dvs_fabric.fabric.ovsdb_conn import (COLUMNS, SCHEMA, _unreachable,
+from networking_dvs_fabric.fabric.ovsdb_conn import (COLUMNS, SCHEMA, _request,
                                                      _use_ssl_files, fetch_schema)
 
-_REQUEST_ID = "dvs-fabric-snapshot"
-_CHUNK = 1 << 16
 
 
 class Column:
@@ -133,7 +126,8 @@ def read(spec: LeafSpec, timeout: float) -> dict[str, Table]:
     ops: list[Any] = [SCHEMA] + [
         {"op": "select", "table": table, "where": [], "columns": ["_uuid", *names]}
         for table, names in COLUMNS.items()]
-    answer = _transact(spec, ops, deadline)
+    answer = _request(spec, "transact", ops, max(0.1, deadline - time.monotonic()),
+                      "refused to be read")
     tables = {table: Table(table) for table in COLUMNS}
     if not isinstance(answer, list) or len(answer) != len(COLUMNS):
         raise FabricError(f"leaf {spec.name}: {len(COLUMNS)} tables asked, answer: "
@@ -146,74 +140,3 @@ def read(spec: LeafSpec, timeout: float) -> dict[str, Table]:
             row_uuid = uuid.UUID(raw["_uuid"][1])
             rows[row_uuid] = Row(row_uuid, raw, columns[table], tables)
     return tables
-
-
-def _transact(spec: LeafSpec, ops: list, deadline: float) -> list:
-    """Send one ``transact`` and return its result, parsed with ``json``."""
-    timeout_ms = max(1, int((deadline - time.monotonic()) * 1000))
-    err, strm = stream.Stream.open_block(stream.Stream.open(spec.ovsdb), timeout_ms)
-    if err:
-        raise _unreachable(spec, os.strerror(err), err)
-    try:
-        _send(strm, {"method": "transact", "params": ops, "id": _REQUEST_ID}, deadline,
-              spec)
-        buffer = bytearray()
-        decoder = json.JSONDecoder()
-        while True:
-            err, data = strm.recv(_CHUNK)
-            if err == errno.EAGAIN:
-                _wait(strm, deadline, spec)
-                continue
-            if err:
-                raise _unreachable(spec, os.strerror(err), err)
-            if not data:
-                raise _unreachable(spec, "connection closed", errno.ECONNRESET)
-            buffer += data
-            if data.rstrip()[-1:] != b"}":
-                continue                 # a message ends with its object's brace
-            while buffer:
-                text = buffer.decode().lstrip()
-                try:
-                    message, end = decoder.raw_decode(text)
-                except ValueError:
-                    break                # not whole yet (a brace inside it)
-                buffer = bytearray(text[end:].encode())
-                if message.get("method") == "echo":      # the server's liveness probe
-                    _send(strm, {"id": message.get("id"), "result": message.get("params"),
-                                 "error": None}, deadline, spec)
-                    continue
-                if message.get("id") != _REQUEST_ID:
-                    continue
-                if message.get("error"):
-                    raise FabricError(f"leaf {spec.name}: {spec.ovsdb} refused to be "
-                                      f"read: {message['error']}")
-                return message["result"]
-    finally:
-        strm.close()
-
-
-def _send(strm: Any, message: dict, deadline: float, spec: LeafSpec) -> None:
-    out = json.dumps(message).encode()
-    while out:
-        sent = strm.send(out)
-        if sent == -errno.EAGAIN:
-            _wait(strm, deadline, spec, sending=True)
-        elif sent < 0:
-            raise _unreachable(spec, os.strerror(-sent), -sent)
-        else:
-            out = out[sent:]
-
-
-def _wait(strm: Any, deadline: float, spec: LeafSpec, sending: bool = False) -> None:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise _unreachable(spec, "no answer in time", errno.ETIMEDOUT)
-    waiter = poller.Poller()
-    strm.run_wait(waiter)
-    if sending:
-        strm.send_wait(waiter)
-    else:
-        strm.recv_wait(waiter)
-    waiter.timer_wait(int(remaining * 1000) + 1)
-    waiter.block()
-    strm.run()
