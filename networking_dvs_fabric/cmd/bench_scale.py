@@ -64,6 +64,7 @@ TARGETS = {
 CLIENTS = 8
 TIMEOUT = 30.0
 BULK_TIMEOUT = 900.0
+AUDIT_LINES = 20          # of an audit that is not clean, kept in the result
 EMPTIED_LEAF = "leaf1"
 MAX_VLANS = 4094          # on each DVS's physical network
 
@@ -218,7 +219,10 @@ def _audit(lab: Lab) -> dict[str, Any]:
                           capture_output=True, text=True, timeout=BULK_TIMEOUT)
     took = time.monotonic() - started
     return {"audit_s": round(took, 2), "audit_clean": done.returncode == 0,
-            "audit_tail": done.stdout.strip().splitlines()[-1:] if done.returncode else []}
+            # Not clean: what it found (its report's first lines; the last ones are
+            # the port group count and the deployment id).
+            "audit_tail": done.stdout.strip().splitlines()[:AUDIT_LINES] + (
+                done.stderr.strip().splitlines()[-3:]) if done.returncode else []}
 
 
 def _measure_size(cloud: _Cloud, watch: LeafWatch, size: int, samples: int) -> dict[str, Any]:
