@@ -72,6 +72,7 @@ from neutron_lib.db import api as db_api
 from oslo_db import exception as db_exc
 from oslo_log import log as logging
 
+from networking_dvs_fabric.db.in_lists import chunks
 from networking_dvs_fabric.journal import settling
 from networking_dvs_fabric.journal.claiming import (Lost, candidates, claim_resources,
                                                     processing_exists)
@@ -88,7 +89,6 @@ LOG = logging.getLogger(__name__)
 # Candidates read per claimed resource wanted: some are lost to other workers; as
 # many claim rounds at most, each for what the rounds before did not get.
 _CANDIDATE_FACTOR = 3
-_IN_CHUNK = 500        # ids per IN list: well under SQLite's bound-parameter limit
 
 
 def make_worker_id() -> str:
@@ -154,10 +154,10 @@ def record_unless_due(context, resource_type: str, resource_ids: Collection[str]
     now = utcnow()
     with db_api.CONTEXT_WRITER.using(context):
         due: set[str] = set()
-        for start in range(0, len(ids), _IN_CHUNK):
+        for chunk in chunks(ids):
             due.update(row[0] for row in context.session.query(Journal.resource_id).filter(
                 Journal.resource_type == resource_type,
-                Journal.resource_id.in_(ids[start:start + _IN_CHUNK]),
+                Journal.resource_id.in_(chunk),
                 Journal.state == PENDING, Journal.next_attempt_at <= now,
                 Journal.operation.in_(operations)).distinct())
         fresh = [rid for rid in ids if rid not in due]

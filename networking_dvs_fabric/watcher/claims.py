@@ -17,7 +17,7 @@ from neutron.db import models_v2
 from neutron_lib.db import api as db_api
 
 from networking_dvs_fabric.vcenter.backend import VSphereBackend
-from networking_dvs_fabric.watcher.full_read import chunks
+from networking_dvs_fabric.db.in_lists import chunks
 from networking_dvs_fabric.vcenter.vm_state import PortFacts, VmState, place
 
 LOG = logging.getLogger(__name__)

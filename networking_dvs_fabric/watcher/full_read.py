@@ -18,21 +18,15 @@ as VM-by-VM writes in the same order would have left it.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable
 
 from neutron.db import models_v2
 from oslo_utils.timeutils import utcnow
 
 from networking_dvs_fabric.db import locations, models
+from networking_dvs_fabric.db.in_lists import CHUNK, chunks  # noqa: F401 - offered here too
 
 Location = models.PortLocation
-CHUNK = 500                   # ids per IN list: well under SQLite's bound-parameter limit
-
-
-def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    """``items`` in slices of ``CHUNK`` (one IN list each)."""
-    for start in range(0, len(items), CHUNK):
-        yield items[start:start + CHUNK]
 
 
 def _networks_of_ports(session, port_ids: Iterable[str]) -> dict[str, str]:
