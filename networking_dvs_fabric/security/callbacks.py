@@ -10,7 +10,9 @@ project: nothing is lost when a process dies after the API answered.
 * a port's addresses or groups changing, a port joining or leaving: a
   ``security_group_members`` entry per group for its own network; the worker adds
   the networks whose port groups name the group as remote group (a query and one
-  row per network that the API's transaction does not pay for);
+  row per network that the API's transaction does not pay for).  A port without
+  any address, before or after, changes no group's member addresses: only its own
+  network's ``port_group_policy`` entry;
 * a port's *set* changing (groups, port security, admin state): a ``port_set``
   entry - the worker moves its NIC to the set's port group;
 * a rule the DVS cannot express is refused before it is created.
@@ -57,6 +59,13 @@ def record_port_set(context, port_id: str) -> None:
     store.record(context, names.RESOURCE_PORT_SET, port_id)
 
 
+def _has_addresses(port: dict) -> bool:
+    """Whether the port brings any address to the member sets of its groups (fixed IPs,
+    allowed address pairs: what ``membership.addresses`` reads)."""
+    return bool(port.get("fixed_ips")) or any(
+        pair.get("ip_address") for pair in port.get("allowed_address_pairs") or ())
+
+
 def filter_inputs_changed(original: dict, current: dict) -> bool:
     return any(_norm(original.get(k)) != _norm(current.get(k)) for k in _FILTER_INPUTS)
 
@@ -77,11 +86,17 @@ def port_changed(context, original: dict | None, current: dict | None,
         return
     groups = {g for p in ports for g in (p.get("security_groups") or ())}
     own = {p["network_id"] for p in ports}
-    if groups:
+    if groups and any(_has_addresses(p) for p in ports):
         # Its addresses are in its own network's filters (its sets' sources) and in
         # those, anywhere, of sets whose rules name its groups as remote (the worker
         # finds those) - not in the filters its groups' members have elsewhere.
         record_networks(context, own, dvs_names, groups, names.RESOURCE_GROUP_MEMBERS)
+    elif groups:
+        # No address before or after (a network without subnets): no remote group's
+        # member addresses change, so no filter elsewhere does; only its own network's
+        # sets of these groups are looked at (a port of Neutron's default group would
+        # otherwise have every network of the project planned again).
+        record_networks(context, own, dvs_names, groups)
     elif original and current:
         # In no group on either side (admin state of a port in none): a port in no
         # group adds nothing to any filter, but its set changed: every set of its

@@ -238,6 +238,39 @@ class TestRules(SecurityTestCase):
                 self.assertTrue(self.accepts(policy, model.OUTGOING, 6, address, 80),
                                 f"{address} not admitted on port {port['id']}'s network")
 
+    def test_a_member_without_addresses_concerns_only_its_own_network(self):
+        """A port with no address (its network has no subnet) joining a group that
+        other networks' sets name as remote group changes none of their filters: the
+        API journals its own network only, no members entry, and the others' filters
+        stay as they were; a port with an address, on the same networks, is fanned
+        out to them."""
+        web = self.group("web")
+        self.rule(web["id"], remote_group=web["id"], low=80, high=80)
+        nets = [self.network_with_subnet(f"10.{40 + i}.0.0/24") for i in range(3)]
+        ports = [self.make_port(net["id"], security_groups=[web["id"]]) for net in nets]
+        self.drain()
+        before = {p["id"]: self.policy_of(p) for p in ports}
+        bare_net = self.make_network("no-subnet")
+        bare = self.make_port(bare_net["id"], security_groups=[web["id"]])
+        self.assertEqual([], bare["fixed_ips"])
+        pending = {(r["resource_type"], r["resource_id"].split(":")[0])
+                   for r in store.rows(self.ctx, states=[store.PENDING])}
+        self.assertEqual({("port_group_policy", bare_net["id"])}, pending)
+        self.drain()
+        self.assertEqual(before, {p["id"]: self.policy_of(p) for p in ports})
+        self.assertTrue(self.policy_of(bare).rules)     # its own set's port group, filtered
+        # The contrast: a member with an address is fanned out to every naming network.
+        with_address = self.make_port(nets[0]["id"], security_groups=[web["id"]])
+        PolicyWorker(self.mech.runtime).run_once()
+        fanned = {r["resource_id"].split(":")[0]
+                  for r in store.rows(self.ctx, states=[store.PENDING])
+                  if r["resource_type"] == "port_group_policy"}
+        self.assertLessEqual({net["id"] for net in nets}, fanned)
+        self.drain()
+        address = f"{with_address['fixed_ips'][0]['ip_address']}/32"
+        for port in ports:
+            self.assertTrue(self.accepts(self.policy_of(port), model.OUTGOING, 6, address, 80))
+
     def test_an_address_group_follows_its_addresses(self):
         net = self.network_with_subnet()
         admins = self.driver.create_address_group(self.ctx, {"address_group": {
