@@ -53,8 +53,12 @@ def read_intents(context, network_ids: Iterable[str],
         return result
     with db_api.CONTEXT_READER.using(context):
         session = context.session
-        segments = {s.id: s for s in session.query(segment_models.NetworkSegment).filter(
-            segment_models.NetworkSegment.network_id.in_(ids))}
+        # Columns, not the ORM entity: a NetworkSegment loads its relationships
+        # (selectin) too, and that was half of a leaf repair's time.
+        segment = segment_models.NetworkSegment
+        segments = {s.id: s for s in session.query(
+            segment.id, segment.network_type, segment.physical_network,
+            segment.segmentation_id).filter(segment.network_id.in_(ids))}
         ports = {p.id: p for p in session.query(
             models_v2.Port.id, models_v2.Port.network_id, models_v2.Port.mac_address).filter(
             models_v2.Port.network_id.in_(ids))}
