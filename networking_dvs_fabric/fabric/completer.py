@@ -15,7 +15,10 @@ Nothing is lost: a network whose ports could not be told (the database away, ML2
 update swallowed) gets a journal row (retried by the fabric worker, which converges
 with no changes and hands its ports here again); and when the process dies with
 ports still queued, the next worker's start records a row for every network with a
-port that still holds our block and no row pending (``provisioning.networks_waiting``).
+port that still holds our block and no row pending (``provisioning.networks_waiting``);
+a port whose block was lifted but whose status update never ran (the process died
+between Neutron's two transactions) gets the block back first
+(``provisioning.hold_stranded``).
 """
 from __future__ import annotations
 
@@ -127,6 +130,12 @@ class Completer:
     def _recover(self, context) -> None:
         """Journal rows for the networks a dead process left with blocked ports."""
         try:
+            stranded = provisioning.hold_stranded(context)
+            if stranded:
+                LOG.info("fabric: %(n)d port(s) DOWN with no provisioning block (a worker "
+                         "died between lifting its block and Neutron's status update): "
+                         "blocked again, to be told again: %(ids)s",
+                         {"n": len(stranded), "ids": ", ".join(stranded[:10])})
             waiting = provisioning.networks_waiting(context)
             self._retry(context, waiting, delay=0.0)
         except Exception:  # noqa: BLE001 - the database may be away at start

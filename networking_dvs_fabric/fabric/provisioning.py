@@ -22,6 +22,7 @@ port's active binding counts (a live migration's destination does not).
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from concurrent import futures
@@ -36,12 +37,15 @@ from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import resources
 from neutron_lib import context as n_context
 from neutron_lib.db import api as db_api
+from oslo_db import exception as db_exc
 
 from networking_dvs_fabric import names
 from networking_dvs_fabric.db import models
 from networking_dvs_fabric.fabric.api import NetworkOnLeaf
 from networking_dvs_fabric.fabric.intent import BoundPort, NetworkIntent
 from networking_dvs_fabric.journal.worker import TemporaryFailure
+from networking_dvs_fabric.security.membership import VIF_DETAILS_SET
+from networking_dvs_fabric.security.model import BLOCKED as BLOCKED_SET
 from networking_dvs_fabric.topology import HostDirectory, LeafPort, Topology
 from networking_dvs_fabric.vcenter import errors
 
@@ -234,6 +238,50 @@ def networks_waiting(context) -> list[str]:
         return sorted({row[0] for row in context.session.query(models_v2.Port.network_id)
                        .join(block, block.standard_attr_id == models_v2.Port.standard_attr_id)
                        .filter(block.entity == ENTITY, ~busy).distinct().all()})
+
+
+def hold_stranded(context) -> list[str]:
+    """Give our block back to the ports a worker that died left DOWN for good, and
+    return them: bound through us down to vsphere_dvs (no agent reports such a port's
+    state), up, with no provisioning block at all and a NIC not on the blocked port
+    group.  Neutron lifts a block in one transaction and updates the status in the
+    next: a process killed between the two leaves such a port, and nothing would ever
+    look at it again.  With the block back, :func:`networks_waiting` finds its
+    network, and the converge that follows tells Neutron as for any carried port."""
+    block = provisioning_block.ProvisioningBlock
+    binding = ml2_models.PortBinding
+    level = ml2_models.PortBindingLevel
+
+    def bound_by(driver: str):
+        return sa.exists().where(level.port_id == models_v2.Port.id,
+                                 level.host == binding.host, level.driver == driver)
+    with db_api.CONTEXT_READER.using(context):
+        rows = context.session.query(models_v2.Port.id, binding.vif_details).join(
+            binding, binding.port_id == models_v2.Port.id).outerjoin(
+            block, block.standard_attr_id == models_v2.Port.standard_attr_id).filter(
+            block.entity.is_(None), models_v2.Port.status == n_const.PORT_STATUS_DOWN,
+            models_v2.Port.admin_state_up.is_(True), binding.status == n_const.ACTIVE,
+            binding.vif_type.notin_([portbindings.VIF_TYPE_UNBOUND,
+                                     portbindings.VIF_TYPE_BINDING_FAILED]),
+            bound_by(ENTITY), bound_by(names.VSPHERE_DRIVER)).all()
+    stranded = sorted(port_id for port_id, details in rows
+                      if _nic_set(details) != BLOCKED_SET)
+    for port_id in stranded:
+        try:
+            with db_api.CONTEXT_WRITER.using(context):
+                hold(context, port_id)
+        except db_exc.DBDuplicateEntry:
+            pass                # another process's start gave it back first
+    return stranded
+
+
+def _nic_set(vif_details: str | None) -> str | None:
+    """The set of the port group the binding's NIC sits on (vsphere_dvs's key)."""
+    try:
+        details = json.loads(vif_details or "{}")
+    except ValueError:
+        return None
+    return details.get(VIF_DETAILS_SET) if isinstance(details, dict) else None
 
 
 def _fell_through(context, port_ids: list[str], ports: Mapping[str, BoundPort]) -> list[str]:

@@ -18,10 +18,13 @@ from unittest import mock
 import dvs_ml2_base as base
 import fabric_base
 import file_db
+from neutron.db import provisioning_blocks
 from neutron_lib import constants as n_const
+from neutron_lib.callbacks import resources
 from oslo_db import exception as db_exc
 
 from networking_dvs_fabric import names
+from networking_dvs_fabric.fabric import provisioning
 from networking_dvs_fabric.fabric.completer import OPERATION, Completer
 from networking_dvs_fabric.journal import store
 
@@ -118,3 +121,28 @@ class CompleterTestCase(fabric_base.FabricTestCase):
         self.assertTrue(base.wait_for(
             lambda: not self.worker.run_once() and self.status(port["id"]) == ACTIVE,
             timeout=20))
+
+    def test_a_port_whose_status_update_died_with_its_worker_is_made_active_at_the_next_start(self):
+        """Neutron lifts a block in one transaction and updates the status in the next:
+        a worker killed between the two (seen in a lab: three ports DOWN for good)
+        leaves a carried port DOWN with no block, which nothing looked at again.  The
+        next start gives it our block back and tells Neutron once more.  A port that is
+        DOWN because it is administratively down is left alone.  (The kill falls between
+        Neutron's two transactions: its block is removed without the status update, as
+        ``provisioning_blocks.remove_provisioning_component`` alone does.)"""
+        dead = self.completer(start=False)
+        net = self.vxlan_network()
+        port = self.make_port(net["id"], host=base.HOST_C0)
+        down = self.make_port(net["id"], host=base.HOST_C0, admin_state_up=False)
+        self.converge()
+        self.assertEqual({port["id"], down["id"]}, set(dead._queue))
+        for stranded in (port, down):
+            provisioning_blocks.remove_provisioning_component(
+                self.ctx, stranded["id"], resources.PORT, provisioning.ENTITY)
+        self.assertEqual([DOWN, DOWN], [self.status(port["id"]), self.status(down["id"])])
+        self.completer()                                        # the next process
+        self.assertTrue(base.wait_for(
+            lambda: not self.worker.run_once() and self.status(port["id"]) == ACTIVE,
+            timeout=20))
+        self.assertEqual(DOWN, self.status(down["id"]))
+        self.assertEqual([], provisioning.hold_stranded(self.ctx))   # nothing left
