@@ -31,6 +31,12 @@ PORT_PROTOCOLS = frozenset({6, 17, 132})
 _VDS = vim.dvs.VmwareDistributedVirtualSwitch
 _PORT = vim.dvs.DistributedVirtualPort
 _RULE = vim.dvs.TrafficRule
+# The types read back, bound once (an attribute of pyVmomi's lazy modules is a lookup).
+_VLAN_ID, _SINGLE_IP, _IP_RANGE = _VDS.VlanIdSpec, vim.SingleIp, vim.IpRange
+_SINGLE_PORT, _PORT_RANGE, _IP_QUALIFIER = (_RULE.SingleIpPort, _RULE.IpPortRange,
+                                            _RULE.IpQualifier)
+_ACCEPT, _DROP, _TRAFFIC_FILTER = (_RULE.AcceptAction, _RULE.DropAction,
+                                   _PORT.TrafficFilterConfig)
 # A match no translated rule has: ports without a protocol (translate never writes that).
 _FOREIGN_PORTS = PortRange(0, 0)
 
@@ -93,10 +99,23 @@ def port_setting(policy: PortGroupPolicy, vlan: int) -> Any:
         filterPolicy=filter_policy(policy))
 
 
+def is_a(value: Any, vim_type: type) -> bool:
+    """``isinstance`` for pyVmomi's objects and for values read raw (``vcenter/raw_soap.Xml``:
+    their ``wsdl_name`` is the ``xsi:type`` vCenter sent)."""
+    return isinstance(value, vim_type) or \
+        getattr(value, "wsdl_name", None) == getattr(vim_type, "_wsdlName", "")
+
+
+def kind_of(value: Any) -> str:
+    """What to call a value's type in a foreign rule's description."""
+    return (getattr(value, "wsdl_name", None) or getattr(type(value), "_wsdlName", None)
+            or type(value).__name__)
+
+
 def vlan_from_setting(setting: Any) -> int | None:
     """The VLAN of a ``defaultPortConfig``; None for none, a trunk or a private VLAN."""
     spec = getattr(setting, "vlan", None)
-    if isinstance(spec, _VDS.VlanIdSpec) and spec.vlanId is not None:
+    if is_a(spec, _VLAN_ID) and spec.vlanId is not None:
         return int(spec.vlanId)
     return None
 
@@ -116,13 +135,13 @@ def _read_address(address: Any) -> str | None:
         return None
     if getattr(address, "negate", False):
         raise ValueError("negated address")
-    if isinstance(address, vim.SingleIp):
+    if is_a(address, _SINGLE_IP):
         return str(netaddr.IPNetwork(address.address).cidr)
-    if isinstance(address, vim.IpRange):
+    if is_a(address, _IP_RANGE):
         # A length of 0 (0.0.0.0/0, ::/0) comes back absent from the simulator.
         length = address.prefixLength or 0
         return str(netaddr.IPNetwork(f"{address.addressPrefix}/{length}").cidr)
-    raise ValueError(type(address).__name__)
+    raise ValueError(kind_of(address))
 
 
 def _read_ports(port: Any) -> PortRange | None:
@@ -130,11 +149,11 @@ def _read_ports(port: Any) -> PortRange | None:
         return None
     if getattr(port, "negate", False):
         raise ValueError("negated port")
-    if isinstance(port, _RULE.SingleIpPort):
+    if is_a(port, _SINGLE_PORT):
         return PortRange(port.portNumber, port.portNumber)
-    if isinstance(port, _RULE.IpPortRange):
+    if is_a(port, _PORT_RANGE):
         return PortRange(port.startPortNumber, port.endPortNumber)
-    raise ValueError(type(port).__name__)
+    raise ValueError(kind_of(port))
 
 
 def _read_protocol(expression: Any) -> int | None:
@@ -149,16 +168,16 @@ def _read_rule(rule: Any) -> FilterRule:
     direction = rule.direction
     if direction not in (INCOMING, OUTGOING):
         return _foreign(INCOMING, f"direction {direction}")
-    if isinstance(rule.action, _RULE.AcceptAction):
+    if is_a(rule.action, _ACCEPT):
         action = ACCEPT
-    elif isinstance(rule.action, _RULE.DropAction):
+    elif is_a(rule.action, _DROP):
         action = DROP
     else:
-        return _foreign(direction, f"action {type(rule.action).__name__}")
+        return _foreign(direction, f"action {kind_of(rule.action)}")
     qualifiers = list(rule.qualifier or [])
-    if len(qualifiers) != 1 or not isinstance(qualifiers[0], _RULE.IpQualifier):
+    if len(qualifiers) != 1 or not is_a(qualifiers[0], _IP_QUALIFIER):
         return _foreign(direction, "qualifier " + ",".join(
-            type(q).__name__ for q in qualifiers))
+            kind_of(q) for q in qualifiers))
     qualifier = qualifiers[0]
     if qualifier.tcpFlags is not None:
         return _foreign(direction, "qualifier tcpFlags")
@@ -183,7 +202,7 @@ def _rules_from_filter(policy: Any) -> tuple[bool, tuple[FilterRule, ...]]:
     for config in configs:
         ruleset = getattr(config, "trafficRuleset", None)
         if getattr(config, "agentName", None) != FILTER_AGENT or \
-                not isinstance(config, _PORT.TrafficFilterConfig):
+                not is_a(config, _TRAFFIC_FILTER):
             filtered = True
             rules.append(_foreign(INCOMING, f"filter {getattr(config, 'agentName', None)}"))
             continue

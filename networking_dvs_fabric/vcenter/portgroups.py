@@ -20,7 +20,7 @@ from pyVmomi import vim, vmodl
 from networking_dvs_fabric import ownership
 from networking_dvs_fabric.security import vim_spec
 from networking_dvs_fabric.security.model import OPEN_POLICY, PortGroupPolicy, fingerprint
-from networking_dvs_fabric.vcenter import errors, naming, pg_users
+from networking_dvs_fabric.vcenter import errors, naming, pg_users, raw_soap
 from networking_dvs_fabric.vcenter.inventory import DVSInfo
 from networking_dvs_fabric.vcenter.session import VCenterSession, collect
 
@@ -70,15 +70,17 @@ def port_group_from_props(obj: Any, props: dict[str, Any],
     policy is then not known (None), as it is without ``with_policy``."""
     vlan = policy = None
     spec = props.get(f"{SETTING}.vlan")
-    if isinstance(spec, vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec):
+    if vim_spec.is_a(spec, vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec) and \
+            spec.vlanId is not None:
         vlan = int(spec.vlanId)
     if with_policy and any(f"{SETTING}.{part}" in props for part in SETTING_PARTS[1:]):
         policy = vim_spec.policy_from_setting(types.SimpleNamespace(
             **{part: props.get(f"{SETTING}.{part}") for part in SETTING_PARTS}))
     description = props.get("config.description")
     network_id, deployment = naming.parse_marker(description) or (None, None)
-    return PortGroup(key=props.get("key") or obj._moId, name=props.get("name", ""),
-                     moid=obj._moId, vlan=vlan, network_id=network_id,
+    moid = obj if isinstance(obj, str) else obj._moId
+    return PortGroup(key=props.get("key") or moid, name=props.get("name", ""),
+                     moid=moid, vlan=vlan, network_id=network_id,
                      config_version=props.get("config.configVersion"), deployment=deployment,
                      set_key=naming.parse_set(description), policy=policy,
                      fingerprint=naming.parse_policy(description))
@@ -137,8 +139,10 @@ class PortGroupManager:
                                       type=vim.DistributedVirtualSwitch)])],
                 propSet=[pcq.PropertySpec(type=vim.dvs.DistributedVirtualPortgroup,
                                           pathSet=list(properties))])
-            return [port_group_from_props(obj, props, with_policy=full)
-                    for obj, props in collect(si.content.propertyCollector, [spec])]
+            # Parsed by ElementTree, not pyVmomi: ~3.5 ms a port group with a filter.
+            return [port_group_from_props(moid, raw_soap.readable(props), with_policy=full)
+                    for moid, props in raw_soap.retrieve(si.content.propertyCollector,
+                                                         [spec])]
         return self.session.invoke(read, f"list port groups of DVS {self.dvs.name}")
 
     def read(self, moid: str, policy: bool = True) -> PortGroup:

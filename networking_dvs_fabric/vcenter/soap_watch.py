@@ -7,25 +7,21 @@ group is still running.  ``ElementTree`` does the same parse in C for a fraction
 that.  Only the long poll goes this way: the PropertyCollector, its filter and the
 cancel are still pyVmomi calls (rare).
 
-The call goes over the same pyVmomi stub as the rest of the watch's session: its
-connection pool, hence its TLS context (certificate verification), its pinned
-certificate if any, its socket timeout, and its session cookie and API version.
-A SOAP fault (HTTP 500) is deserialised by pyVmomi (rare, so its cost does not
-matter) and raised as the very fault pyVmomi would raise - ``NotAuthenticated``,
-``RequestCanceled`` and the like; never read as "no updates".
+The call goes over the same pyVmomi stub as the rest of the watch's session
+(``raw_soap.post``: its connection pool, TLS context, cookie and API version).  A
+SOAP fault (HTTP 500) is raised as the very fault pyVmomi would raise -
+``NotAuthenticated``, ``RequestCanceled`` and the like; never read as "no updates".
 """
 from __future__ import annotations
 
 import dataclasses
-import http.client
-import io
-import socket
-import zlib
 from typing import Any
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from pyVmomi import SoapAdapter, vmodl
+
+from networking_dvs_fabric.vcenter import raw_soap
 
 _REQUEST = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -146,53 +142,12 @@ class UpdateWaiter:
         self._pc_moid = escape(pc._moId)
         self._ns = SoapAdapter.GetWsdlNamespace(self._stub.version)
 
-    def _headers(self) -> dict[str, str]:
-        stub = self._stub
-        headers = {"Cookie": stub.cookie, "SOAPAction": stub.versionId,
-                   "Content-Type": "text/xml; charset=UTF-8",
-                   "User-Agent": "networking-dvs-fabric pg-watch"}
-        custom = getattr(stub, "_customHeaders", None)
-        if custom:
-            headers.update(custom)
-        return headers
-
     def wait(self, version: str, max_wait_seconds: int) -> UpdateSet | None:
-        stub = self._stub
         request = _REQUEST.format(ns=self._ns, pc=self._pc_moid, version=escape(version),
                                   wait=int(max_wait_seconds)).encode("utf-8")
-        conn = stub.GetConnection()
         try:
-            conn.request("POST", stub.path, request, self._headers())
-            resp = conn.getresponse()
-            body = resp.read()
-        except (socket.error, http.client.HTTPException):
-            conn.close()
-            stub.DropConnections()     # as pyVmomi: the server may be sick
-            raise
-        cookie = resp.getheader("Set-Cookie")
-        if cookie:
-            stub.cookie = cookie       # as pyVmomi: the server may renew the session
-        status = resp.status
-        if status not in (200, 500):
-            conn.close()
-            raise http.client.HTTPException(f"WaitForUpdatesEx: HTTP {status} {resp.reason}")
-        stub.ReturnConnection(conn)
-        encoding = (resp.getheader("Content-Encoding") or "identity").lower()
-        if encoding == "gzip":
-            body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
-        if status == 500:
-            raise self._fault(body)
+            body = raw_soap.post(self._stub, request, _METHOD,
+                                 "networking-dvs-fabric pg-watch")
+        except raw_soap.RawSoapError as exc:
+            raise SoapWatchError(str(exc)) from exc
         return parse_update_set(body)
-
-    def _fault(self, body: bytes) -> BaseException:
-        try:
-            fault = SoapAdapter.SoapResponseDeserializer(self._stub).Deserialize(
-                io.BytesIO(body), _METHOD.result)
-        except Exception as exc:  # noqa: BLE001 - any unreadable fault is still a fault
-            return SoapWatchError(f"WaitForUpdatesEx failed (HTTP 500, unreadable fault: "
-                                  f"{exc}): {body[:500]!r}")
-        if isinstance(fault, BaseException):
-            return fault
-        return SoapWatchError(f"WaitForUpdatesEx failed (HTTP 500): {body[:500]!r}")
