@@ -16,6 +16,9 @@ periodic workers are stopped; then a worker is started and the figures are taken
 - ``port_create``: ``--samples`` networks made and deleted one by one: the API's
   answer to the port create (p50, and its ratio to the smallest size's p50), and
   ``convergence``: from that answer to the cluster's leaf ports carrying the network;
+  ``release``: from the network's delete to its port group gone from vCenter (no
+  target: against the simulator a release reads every VM, see ``vcenter/pg_users.py``);
+  each sample starts when the last one is gone from the leaves and from vCenter;
 - ``emptied_leaf_s``: leaf1 replaced by an empty switch -> carrying all it should again;
 - ``audit_s``: ``dvs-fabric audit`` wall time (and whether it found the lab clean);
 - ``rss_mb``: the largest resident set of one Neutron API process and of one
@@ -179,22 +182,35 @@ def _bulk(cloud: _Cloud, watch: LeafWatch, size: int) -> dict[str, Any]:
 
 
 def _one_by_one(cloud: _Cloud, watch: LeafWatch, samples: int) -> dict[str, Any]:
+    """Each sample alone: the next starts when the last one's network has left the
+    leaves and its port group has left vCenter (the release: against the simulator it
+    reads every VM of the datacenter, seconds at 1,000 VMs, which would otherwise run
+    under the next samples and the emptied leaf that follows)."""
     creates: list[float] = []
     converge: list[float] = []
+    releases: list[float] = []
     cluster = topology.CLUSTERS[0]
-    for i in range(samples):
-        net = cloud.client.create_network(f"sample-{uuid.uuid4().hex[:8]}")
-        t0 = time.perf_counter()
-        port = cloud.client.create_port(net["id"], topology.compute_host(cluster))
-        creates.append(time.perf_counter() - t0)
-        answered = time.monotonic()
-        keys = wanted(net["id"], cluster)
-        seen = _until(lambda: watch.all_seen(keys), TIMEOUT, "a sample network's leaves")
-        converge.append(max(0.0, seen - answered))
-        cloud.client.delete_port(port["id"])
-        cloud.client.delete_network(net["id"])
-        _until(lambda: watch.all_gone(keys), TIMEOUT, "a sample network to leave the leaves")
-    return {"port_create": _ms(creates), "convergence": _ms(converge)}
+    dvs = topology.dvs_of_cluster(cluster)         # C0: the first DVS in either layout
+    with scale_probes.port_group_watch(cloud.vcenter) as vcenter:
+        for i in range(samples):
+            net = cloud.client.create_network(f"sample-{uuid.uuid4().hex[:8]}")
+            t0 = time.perf_counter()
+            port = cloud.client.create_port(net["id"], topology.compute_host(cluster))
+            creates.append(time.perf_counter() - t0)
+            answered = time.monotonic()
+            keys = wanted(net["id"], cluster)
+            seen = _until(lambda: watch.all_seen(keys), TIMEOUT, "a sample network's leaves")
+            converge.append(max(0.0, seen - answered))
+            cloud.client.delete_port(port["id"])
+            cloud.client.delete_network(net["id"])
+            deleted = time.monotonic()
+            _until(lambda: watch.all_gone(keys), TIMEOUT,
+                   "a sample network to leave the leaves")
+            _until(lambda: vcenter.cached_port_groups(dvs, net["id"]) == [], BULK_TIMEOUT,
+                   "a sample network's port group to be released", interval=0.05)
+            releases.append(time.monotonic() - deleted)
+    return {"port_create": _ms(creates), "convergence": _ms(converge),
+            "release": _ms(releases)}
 
 
 def _emptied_leaf(cloud: _Cloud) -> float:
@@ -336,7 +352,8 @@ def _size_limit(size: int, per_1000: float, at_4000: float) -> float:
 def _line(size: int, fig: dict[str, Any]) -> str:
     conv = fig["convergence"]
     return (f"{size:>6} networks | port create p50 {fig['port_create'].get('p50_ms')} ms | "
-            f"converge p50/p99 {conv.get('p50_ms')}/{conv.get('p99_ms')} ms | bulk "
+            f"converge p50/p99 {conv.get('p50_ms')}/{conv.get('p99_ms')} ms | release p50 "
+            f"{fig.get('release', {}).get('p50_ms')} ms | bulk "
             f"{fig['bulk_s']} s | emptied leaf {fig['emptied_leaf_s']} s | audit "
             f"{fig['audit_s']} s | RSS {fig['rss_mb']} | vCenter calls {fig['vcenter_calls']}")
 

@@ -91,14 +91,34 @@ def _session(vcenter: dict[str, Any]) -> VCenterSession:
         ca_file=vcenter["ca_file"]))
 
 
+def _backend(vcenter: dict[str, Any]) -> VSphereBackend:
+    settings = BackendSettings(
+        datacenter=vcenter["datacenter"], dvs_mappings=dict(vcenter["dvs"]),
+        host_mappings={topology.compute_host(c): c for c in topology.CLUSTERS})
+    return VSphereBackend(settings, lambda: _session(vcenter))
+
+
+@contextlib.contextmanager
+def port_group_watch(vcenter: dict[str, Any]) -> Iterator[VSphereBackend]:
+    """A backend whose port group cache follows vCenter (its update stream, no polling):
+    ``cached_port_groups(dvs, network)`` is ``[]`` once a network's port groups are gone."""
+    backend = _backend(vcenter)
+    try:
+        backend.start(watch=True)
+        if not backend.wait_cache_ready(timeout=120):
+            raise LabError("bench scale: the port group cache did not fill")
+        yield backend
+    finally:
+        backend.stop()
+        backend.session.close()
+
+
 def vcenter_calls(vcenter: dict[str, Any], size: int) -> dict[str, int]:
     """SOAP calls of one port group create and one release, made the drivers' way
     (``VSphereBackend`` with its watched port-group cache, as every API process runs
     it), on the DVS as it is at this size."""
-    settings = BackendSettings(
-        datacenter=vcenter["datacenter"], dvs_mappings=dict(vcenter["dvs"]),
-        host_mappings={topology.compute_host(c): c for c in topology.CLUSTERS})
-    backend = VSphereBackend(settings, lambda: _session(vcenter))
+    backend = _backend(vcenter)
+    settings = backend.settings
     try:
         backend.start(watch=True)
         if not backend.wait_cache_ready(timeout=120):

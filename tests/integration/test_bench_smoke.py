@@ -68,6 +68,7 @@ def test_bench_scale_prints_the_curve_at_each_size():
     for size in ("4", "8"):
         fig = data["curve"][size]
         assert fig["port_create"]["n"] == 2 and fig["convergence"]["n"] == 2
+        assert fig["release"]["n"] == 2 and fig["release"]["p50_ms"] > 0
         assert 0 <= fig["bulk_s"] <= fig["all_active_s"] and fig["emptied_leaf_s"] > 0
         assert fig["audit_clean"] is True, fig
         assert fig["rss_mb"]["api_process"] > 0 and fig["rss_mb"]["periodic_workers"] > 0
