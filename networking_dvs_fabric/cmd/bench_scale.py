@@ -201,6 +201,9 @@ def _one_by_one(cloud: _Cloud, watch: LeafWatch, samples: int) -> dict[str, Any]
             keys = wanted(net["id"], cluster)
             seen = _until(lambda: watch.all_seen(keys), TIMEOUT, "a sample network's leaves")
             converge.append(max(0.0, seen - answered))
+            # Seen made first: an empty cache entry would otherwise read as released.
+            _until(lambda: vcenter.cached_port_groups(dvs, net["id"]), TIMEOUT,
+                   "a sample network's port group in vCenter")
             cloud.client.delete_port(port["id"])
             cloud.client.delete_network(net["id"])
             deleted = time.monotonic()

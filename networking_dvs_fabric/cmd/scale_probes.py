@@ -24,6 +24,7 @@ from networking_dvs_fabric.lab import topology
 from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.nova import FakeNova
 from networking_dvs_fabric.lab.procs import LabError
+from networking_dvs_fabric.vcenter import raw_soap
 from networking_dvs_fabric.vcenter.backend import BackendSettings, VSphereBackend
 from networking_dvs_fabric.vcenter.session import VCenterConfig, VCenterSession
 
@@ -78,11 +79,16 @@ def count_soap_calls() -> Iterator[dict[str, int]]:
         if threading.get_ident() == me:
             counts[info.wsdlName] = counts.get(info.wsdlName, 0) + 1
         return original(self, mo, info, args, *rest, **kw)
+    def counting_raw(method: str, objects: int) -> None:      # ``raw_soap``'s calls
+        if threading.get_ident() == me:
+            counts[method] = counts.get(method, 0) + 1
     SoapStubAdapter.InvokeMethod = counting
+    raw_soap.observers.append(counting_raw)
     try:
         yield counts
     finally:
         SoapStubAdapter.InvokeMethod = original
+        raw_soap.observers.remove(counting_raw)
 
 
 def _session(vcenter: dict[str, Any]) -> VCenterSession:

@@ -37,6 +37,7 @@ from networking_dvs_fabric.journal import store
 LOG = logging.getLogger(__name__)
 OPERATION = "provisioning"     # the journal rows' operation hint
 RETRY_DELAY = 1.0
+RECOVER_RETRY = 10.0     # the start's recovery, while the database does not answer
 # Ports told at once (``provisioning.complete``): ML2's status update is mostly waits
 # on the database, so a few side by side overlap them.
 PARALLEL = 4
@@ -128,20 +129,28 @@ class Completer:
                 self._retry(context, {network for _, network in taken.values()})
 
     def _recover(self, context) -> None:
-        """Journal rows for the networks a dead process left with blocked ports."""
-        try:
-            stranded = provisioning.hold_stranded(context)
-            if stranded:
-                LOG.info("fabric: %(n)d port(s) DOWN with no provisioning block (a worker "
-                         "died between lifting its block and Neutron's status update): "
-                         "blocked again, to be told again: %(ids)s",
-                         {"n": len(stranded), "ids": ", ".join(stranded[:10])})
-            waiting = provisioning.networks_waiting(context)
-            self._retry(context, waiting, delay=0.0)
-        except Exception:  # noqa: BLE001 - the database may be away at start
-            LOG.exception("fabric: could not look for ports left DOWN by a worker "
-                          "that died; the next full sync's converges find them")
-            return
+        """Journal rows for the networks a dead process left with blocked ports (and
+        our block back on ports it left DOWN with none); tried again every
+        ``RECOVER_RETRY`` s while the database does not answer - nothing else would
+        look at those ports again."""
+        while not self._stopping:
+            try:
+                stranded = provisioning.hold_stranded(context)
+                waiting = provisioning.networks_waiting(context)
+                self._retry(context, waiting, delay=0.0)
+                break
+            except Exception:  # noqa: BLE001 - the database may be away at start
+                LOG.exception("fabric: could not look for ports left DOWN by a worker "
+                              "that died; trying again in %.0f s", RECOVER_RETRY)
+                with self._lock:
+                    self._lock.wait(RECOVER_RETRY)
+        else:
+            return              # stopping before the database answered
+        if stranded:
+            LOG.info("fabric: %(n)d port(s) DOWN with no provisioning block (a worker "
+                     "died between lifting its block and Neutron's status update): "
+                     "blocked again, to be told again: %(ids)s",
+                     {"n": len(stranded), "ids": ", ".join(stranded[:10])})
         if waiting:
             LOG.info("fabric: %d network(s) with ports still DOWN and no journal entry "
                      "(a worker died before telling Neutron): converging them again",

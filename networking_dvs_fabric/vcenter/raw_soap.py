@@ -18,7 +18,7 @@ import http.client
 import io
 import socket
 import zlib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from xml.etree import ElementTree
 
 from pyVmomi import SoapAdapter, vmodl
@@ -29,12 +29,24 @@ _RETRIEVE = _PC._GetMethodInfo("RetrievePropertiesEx")
 _CONTINUE = _PC._GetMethodInfo("ContinueRetrievePropertiesEx")
 
 
-class RawSoapError(Exception):
-    """An answer that is neither what was asked for nor a readable fault."""
+class RawSoapError(http.client.HTTPException):
+    """An answer that is neither what was asked for nor a readable fault (a temporary
+    failure to ``VCenterSession.invoke``, as a broken HTTP answer is)."""
+
+
+# Told of every raw call answered (method name, objects in the answer), as pyVmomi's
+# ``InvokeMethod`` is for the rest: what the cost tests and ``bench scale`` count.
+observers: list[Callable[[str, int], None]] = []
+
+
+def notify(method_name: str, objects: int) -> None:
+    for observe in list(observers):
+        observe(method_name, objects)
 
 
 def local(tag: str) -> str:
-    return tag.rpartition("}")[2]
+    """A tag without its namespace; an ``xsi:type`` without its prefix."""
+    return tag.rpartition("}")[2].rpartition(":")[2]
 
 
 def headers(stub: Any, agent: str) -> dict[str, str]:
@@ -89,7 +101,10 @@ def _fault(stub: Any, body: bytes, method: Any) -> BaseException:
 
 def response(body: bytes, method: Any) -> ElementTree.Element | None:
     """The ``returnval`` of the method's answer (None: the answer has none)."""
-    root = ElementTree.fromstring(body)
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError as exc:
+        raise RawSoapError(f"{method.name}: unreadable answer ({exc})") from exc
     soap_body = next((c for c in root if local(c.tag) == "Body"), None)
     if soap_body is None or not len(soap_body):
         raise RawSoapError(f"{method.name}: answer without a SOAP body")
@@ -111,16 +126,24 @@ def retrieve(pc: Any, specs: Iterable[Any], agent: str = "networking-dvs-fabric"
                                                     _PC.RetrieveOptions(maxObjects=page)])
     method = _RETRIEVE
     while True:
-        returnval = response(post(stub, request, method, agent), method)
+        body = post(stub, request, method, agent)
+        try:
+            returnval = response(body, method)
+        except RawSoapError:
+            stub.DropConnections()      # as pyVmomi after an answer it cannot read
+            raise
         if returnval is None:
+            notify(method.name, 0)
             return out
         token = None
+        before = len(out)
         for part in returnval:
             tag = local(part.tag)
             if tag == "token":
                 token = part.text or None
             elif tag == "objects":
                 out.append(_object(part))
+        notify(method.name, len(out) - before)
         if not token:
             return out
         method = _CONTINUE

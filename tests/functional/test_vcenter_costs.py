@@ -1,7 +1,8 @@
 """What one port group create and one release cost vCenter, as the DVS fills up.
 
 Every SOAP call the test's own thread makes is recorded where pyVmomi sends it
-(``SoapStubAdapter.InvokeMethod``: methods and property reads alike), with the
+(``SoapStubAdapter.InvokeMethod``: methods and property reads alike; ``raw_soap``'s
+observers for the reads parsed without pyVmomi), with the
 number of objects its answer held; the port group watch's thread is not counted
 (it follows changes, one update per change, whatever the DVS holds).  A create and
 a release with 10 port groups on the DVS and with 70 must make the same calls and
@@ -23,7 +24,7 @@ from pyVmomi import SoapAdapter, vim
 
 from networking_dvs_fabric.lab import vcsim as vcsim_mod
 from networking_dvs_fabric.lab.vcsim import VCenterSimulator
-from networking_dvs_fabric.vcenter import naming, pg_users
+from networking_dvs_fabric.vcenter import naming, pg_users, raw_soap
 from networking_dvs_fabric.vcenter.backend import BackendSettings, VSphereBackend
 from networking_dvs_fabric.vcenter.portgroups import NO_CREATE_DVPG, PortGroupManager
 from networking_dvs_fabric.vcenter.session import VCenterConfig, VCenterSession
@@ -63,12 +64,18 @@ class Calls:
             finally:
                 if threading.get_ident() == thread:
                     calls.append((info.wsdlName, _size(result)))
+        def raw(method: str, objects: int) -> None:         # ``raw_soap``'s calls
+            if threading.get_ident() == thread:
+                calls.append((method, objects))
+        self._raw = raw
         self._patch = mock.patch.object(SoapAdapter.SoapStubAdapter, "InvokeMethod", invoke)
         self._patch.start()
+        raw_soap.observers.append(raw)
         return self.calls
 
     def __exit__(self, *exc: Any) -> None:
         self._patch.stop()
+        raw_soap.observers.remove(self._raw)
 
 
 @pytest.fixture(scope="module")

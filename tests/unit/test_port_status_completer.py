@@ -24,6 +24,7 @@ from neutron_lib.callbacks import resources
 from oslo_db import exception as db_exc
 
 from networking_dvs_fabric import names
+from networking_dvs_fabric.fabric import completer as completer_module
 from networking_dvs_fabric.fabric import provisioning
 from networking_dvs_fabric.fabric.completer import OPERATION, Completer
 from networking_dvs_fabric.journal import store
@@ -146,3 +147,28 @@ class CompleterTestCase(fabric_base.FabricTestCase):
             timeout=20))
         self.assertEqual(DOWN, self.status(down["id"]))
         self.assertEqual([], provisioning.hold_stranded(self.ctx))   # nothing left
+
+    def test_the_start_recovery_is_tried_again_while_the_database_is_away(self):
+        """The database away when a worker starts (injected: one failing read, which
+        the real database cannot be made to do on cue): its recovery tries again, and
+        a port a dead worker left DOWN is made ACTIVE all the same."""
+        dead = self.completer(start=False)
+        net = self.vxlan_network()
+        port = self.make_port(net["id"], host=base.HOST_C0)
+        self.converge()
+        self.assertEqual(1, dead.pending())
+        real = provisioning.hold_stranded
+        attempts: list[int] = []
+
+        def away_once(context):
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise db_exc.DBConnectionError("the database went away")
+            return real(context)
+        with mock.patch.object(provisioning, "hold_stranded", side_effect=away_once), \
+                mock.patch.object(completer_module, "RECOVER_RETRY", 0.2):
+            self.completer()
+            self.assertTrue(base.wait_for(lambda: len(attempts) >= 2, timeout=20))
+        self.assertTrue(base.wait_for(
+            lambda: not self.worker.run_once() and self.status(port["id"]) == ACTIVE,
+            timeout=20))
