@@ -396,19 +396,19 @@ class TestSweep(VSphereFaultsTestCase):
         on_dvs0 = self.unused_port_group(vlan=161)
         on_dvs1 = self.unused_port_group(PHYSNET1, DVS1, vlan=162)
         dvs0 = self.vc.dvs()
-        real_collect = portgroups.collect
+        real_retrieve = portgroups.raw_soap.retrieve
 
-        def collect(pc, specs):
+        def retrieve(pc, specs, *args, **kwargs):
             # A mock: the simulator checks no privileges.  Reading DVS0's port groups
             # is refused as vCenter refuses a user without System.Read on it.
             specs = list(specs)
             if specs[0].objectSet[0].obj._moId == dvs0._moId:
                 raise vim.fault.NoPermission(msg=DENIED, privilegeId="System.Read",
                                              object=specs[0].objectSet[0].obj)
-            return real_collect(pc, specs)
+            return real_retrieve(pc, specs, *args, **kwargs)
 
         sweeper = PortGroupSweeper(self.mech.runtime, 60)
-        with mock.patch.object(portgroups, "collect", collect), \
+        with mock.patch.object(portgroups.raw_soap, "retrieve", retrieve), \
                 self.assertLogs(base.LOGGER, "WARNING") as logs:
             self.assertEqual([], sweeper.sweep_once())
             self.assertIn(on_dvs1.name, sweeper.sweep_once())
