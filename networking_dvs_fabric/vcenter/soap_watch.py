@@ -62,10 +62,6 @@ class UpdateSet:
     objects: tuple[ObjectUpdate, ...]
 
 
-def _local(tag: str) -> str:
-    return tag.rpartition("}")[2]
-
-
 def _value(elem: ElementTree.Element) -> Any:
     """A ``val``: its text - for a ManagedObjectReference (``xsi:type``), the moid.
 
@@ -80,32 +76,33 @@ def _value(elem: ElementTree.Element) -> Any:
 def parse_update_set(body: bytes) -> UpdateSet | None:
     """The ``returnval`` of a WaitForUpdatesExResponse; None if it has none (no change)."""
     root = ElementTree.fromstring(body)
-    soap_body = next((c for c in root if _local(c.tag) == "Body"), None)
+    soap_body = next((c for c in root if raw_soap.local(c.tag) == "Body"), None)
     if soap_body is None or not len(soap_body):
         raise SoapWatchError("WaitForUpdatesEx: answer without a SOAP body")
     response = soap_body[0]
-    if _local(response.tag) != "WaitForUpdatesExResponse":
-        raise SoapWatchError(f"WaitForUpdatesEx: unexpected answer {_local(response.tag)!r}")
-    returnval = next((c for c in response if _local(c.tag) == "returnval"), None)
+    if raw_soap.local(response.tag) != "WaitForUpdatesExResponse":
+        raise SoapWatchError("WaitForUpdatesEx: unexpected answer "
+                             f"{raw_soap.local(response.tag)!r}")
+    returnval = next((c for c in response if raw_soap.local(c.tag) == "returnval"), None)
     if returnval is None:
         return None
     version: str | None = None
     truncated = False
     objects: list[ObjectUpdate] = []
     for part in returnval:
-        tag = _local(part.tag)
+        tag = raw_soap.local(part.tag)
         if tag == "version":
             version = part.text or ""
         elif tag == "truncated":
             truncated = (part.text or "").strip() in ("true", "1")
         elif tag == "filterSet":
             for object_set in part:
-                if _local(object_set.tag) != "objectSet":
+                if raw_soap.local(object_set.tag) != "objectSet":
                     continue
                 moid = kind = None
                 changes: list[PropertyChange] = []
                 for item in object_set:
-                    itag = _local(item.tag)
+                    itag = raw_soap.local(item.tag)
                     if itag == "obj":
                         moid = item.text or ""
                     elif itag == "kind":
@@ -114,7 +111,7 @@ def parse_update_set(body: bytes) -> UpdateSet | None:
                         name = op = None
                         val = None
                         for field in item:
-                            ftag = _local(field.tag)
+                            ftag = raw_soap.local(field.tag)
                             if ftag == "name":
                                 name = field.text or ""
                             elif ftag == "op":
