@@ -14,6 +14,13 @@ from pathlib import Path
 import ovs.db.idl
 import ovs.poller
 
+from networking_dvs_fabric.fabric import ovs_json
+
+# The observer shares a CPU with the worker and the leaves in pinned benchmarks: its
+# updates are parsed by the standard library's JSON decoder, not character by
+# character in Python (python-ovs here has no C parser; ``fabric/ovs_json.py``).
+ovs_json.install()
+
 VTEP_SCHEMA = Path("/usr/share/openvswitch/vtep.ovsschema")
 
 

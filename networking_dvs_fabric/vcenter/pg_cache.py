@@ -22,11 +22,12 @@ from xml.etree import ElementTree
 
 from pyVmomi import vim, vmodl
 
-from networking_dvs_fabric.vcenter import naming
+from networking_dvs_fabric.vcenter import naming, raw_soap
 from networking_dvs_fabric.vcenter.portgroups import (LIGHT_PROPERTIES, PortGroup,
                                                       port_group_from_props)
 from networking_dvs_fabric.vcenter.session import VCenterSession
-from networking_dvs_fabric.vcenter.soap_watch import UpdateSet, UpdateWaiter
+from networking_dvs_fabric.vcenter.soap_watch import (ObjectUpdate, PropertyChange, UpdateSet,
+                                                      UpdateWaiter)
 
 LOG = logging.getLogger(__name__)
 PROVISIONAL_SECONDS = 3.0
@@ -38,6 +39,11 @@ VLAN_PROPERTY = "config.defaultPortConfig.vlan"
 WATCH_PROPERTIES = LIGHT_PROPERTIES + ("config.configVersion",
                                        "config.distributedVirtualSwitch", VLAN_PROPERTY)
 _XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
+DVS_PROPERTY = "config.distributedVirtualSwitch"
+# A port group reported without its switch is read again (see ``_complete``): this
+# many times, this far apart, before it is left out as it was reported.
+COMPLETE_TRIES = 3
+COMPLETE_DELAY = 0.2
 
 
 def _vlan_spec(val: Any) -> Any:
@@ -137,6 +143,7 @@ class PortGroupCache:
         self._until: dict[str, float] = {}      # moid -> deadline (provisional)
         self._next_expiry = float("inf")        # no deadline of _until is earlier
         self._props: dict[str, dict[str, Any]] = {}
+        self._incomplete: set[str] = set()      # reported without their switch
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -287,11 +294,13 @@ class PortGroupCache:
             with self._lock:
                 self._by_moid.clear()
                 self._props.clear()
+                self._incomplete.clear()
             while not self._stop.is_set():
                 update = waiter.wait(version, self._wait_seconds)
                 if update is None:
                     continue
                 self._apply(update)
+                self._complete(si)
                 version = update.version
                 if not update.truncated:
                     self._ready.set()
@@ -313,6 +322,7 @@ class PortGroupCache:
                 if change.kind == "leave":
                     self._props.pop(moid, None)
                     self._by_moid.pop(moid)
+                    self._incomplete.discard(moid)
                     continue
                 props = self._props.setdefault(moid, {})
                 for prop in change.changes:
@@ -338,3 +348,44 @@ class PortGroupCache:
                     self._by_moid.put(moid, dvs_moid, pg)
                 else:
                     self._by_moid.pop(moid)
+                if dvs_moid is None:
+                    self._incomplete.add(moid)
+                else:
+                    self._incomplete.discard(moid)
+
+    def _complete(self, si: Any) -> None:
+        """Read again the port groups last reported without their switch.
+
+        Every port group has one, so such a report is incomplete: govmomi's simulator
+        announces a new port group before it has set its configuration (description,
+        switch, VLAN) and never reports those afterwards, so the watch would follow
+        it, unmarked, for good (a port group of ours the cache does not know: a bind
+        creates it again, a release finds nothing to delete).  One direct read of each
+        (a few tries, as the creator may still be filling it in), applied as a change.
+        """
+        with self._lock:
+            moids, self._incomplete = sorted(self._incomplete), set()
+        pcq = vmodl.query.PropertyCollector
+        for attempt in range(COMPLETE_TRIES):
+            if not moids or self._stop.is_set():
+                return
+            if attempt:
+                self._stop.wait(COMPLETE_DELAY)
+            for moid in moids:
+                spec = pcq.FilterSpec(
+                    objectSet=[pcq.ObjectSpec(
+                        obj=vim.dvs.DistributedVirtualPortgroup(moid, si._stub))],
+                    propSet=[pcq.PropertySpec(type=vim.dvs.DistributedVirtualPortgroup,
+                                              pathSet=list(WATCH_PROPERTIES))])
+                try:
+                    found = raw_soap.retrieve(si.content.propertyCollector, [spec])
+                except vmodl.fault.ManagedObjectNotFound:
+                    found = []           # deleted since: its "leave" is on its way
+                self._apply(UpdateSet(version="", truncated=False, objects=tuple(
+                    ObjectUpdate(found_moid, "modify", tuple(
+                        PropertyChange(name, "assign", val) for name, val in props.items()))
+                    for found_moid, props in found)))
+            with self._lock:
+                moids, self._incomplete = sorted(self._incomplete), set()
+        LOG.warning("Port group(s) %s reported without their switch, also when read "
+                    "again; followed as reported", ", ".join(moids))
