@@ -61,19 +61,30 @@ def backend(leaf) -> Iterator[HwvtepBackend]:
 
 
 class _RowReads:
-    """Counts column reads of replica rows, leaving out the index's own upkeep."""
+    """Counts column reads of replica rows, leaving out the index's own upkeep; or
+    (``upkeep``) only the upkeep's, with the rows a reference column's value is made of
+    (python-ovs makes a Row of each)."""
 
-    def __init__(self, monkeypatch) -> None:
+    def __init__(self, monkeypatch, upkeep_only: bool = False) -> None:
         self.count = 0
         self.on = False
         upkeep = threading.local()
         original_getattr = ovs_idl.Row.__getattr__
+        original_to_row = ovs_idl.Row._uuid_to_row
         original_notify = LeafIndex.notify
 
+        def counts() -> bool:
+            return self.on and getattr(upkeep, "busy", False) == upkeep_only
+
         def getattr_counted(row, name):
-            if self.on and not getattr(upkeep, "busy", False):
+            if counts():
                 self.count += 1
             return original_getattr(row, name)
+
+        def to_row_counted(row, atom, base):
+            if upkeep_only and counts():
+                self.count += 1
+            return original_to_row(row, atom, base)
 
         def notify_uncounted(index, event, row):
             upkeep.busy = True
@@ -82,6 +93,7 @@ class _RowReads:
             finally:
                 upkeep.busy = False
         monkeypatch.setattr(ovs_idl.Row, "__getattr__", getattr_counted)
+        monkeypatch.setattr(ovs_idl.Row, "_uuid_to_row", to_row_counted)
         monkeypatch.setattr(LeafIndex, "notify", notify_uncounted)
 
     def during(self, work) -> int:
@@ -177,43 +189,6 @@ def test_parsing_an_update_does_not_hand_the_interpreter_away_per_row(backend,
     assert zero_sleeps == []
 
 
-class _UpkeepReads:
-    """Counts what the index's own upkeep reads of the replica: column reads, and the
-    rows a reference column's value is made of (python-ovs makes a Row of each)."""
-
-    def __init__(self, monkeypatch) -> None:
-        self.count = 0
-        upkeep = threading.local()
-        original_getattr = ovs_idl.Row.__getattr__
-        original_to_row = ovs_idl.Row._uuid_to_row
-        original_notify = LeafIndex.notify
-
-        def getattr_counted(row, name):
-            if getattr(upkeep, "busy", False):
-                self.count += 1
-            return original_getattr(row, name)
-
-        def to_row_counted(row, atom, base):
-            if getattr(upkeep, "busy", False):
-                self.count += 1
-            return original_to_row(row, atom, base)
-
-        def notify_counted(index, event, row):
-            upkeep.busy = True
-            try:
-                return original_notify(index, event, row)
-            finally:
-                upkeep.busy = False
-        monkeypatch.setattr(ovs_idl.Row, "__getattr__", getattr_counted)
-        monkeypatch.setattr(ovs_idl.Row, "_uuid_to_row", to_row_counted)
-        monkeypatch.setattr(LeafIndex, "notify", notify_counted)
-
-    def during(self, work) -> int:
-        self.count = 0
-        work()
-        return self.count
-
-
 def _index_as_rebuilt(backend: HwvtepBackend) -> None:
     """The index kept up by notifications answers as one built from the replica."""
     api = backend._connection("leaf-a").api()
@@ -231,7 +206,7 @@ def test_the_index_follows_a_port_by_what_changed_on_it(backend, monkeypatch):
     many rows whatever the port carries (it used to read every binding's switch row:
     with 300 networks on four ports, ten times the rows of 30), and its answers stay
     those of an index rebuilt from the replica."""
-    reads = _UpkeepReads(monkeypatch)
+    reads = _RowReads(monkeypatch, upkeep_only=True)
     _fill(backend, 30)
     small = reads.during(lambda: _batch(backend))
     _index_as_rebuilt(backend)
