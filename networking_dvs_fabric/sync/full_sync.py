@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from concurrent import futures
 from typing import Callable
 
 from neutron_lib import context as n_context
@@ -66,6 +67,7 @@ LOG = logging.getLogger(__name__)
 LEASE = "full-sync"
 LEASE_TTL = 60.0          # a holder that died mid-sync is replaced after this
 RENEW_INTERVAL = 20.0
+OPEN_PARALLEL = 8          # leaf connections opened at once
 LEAVES, PORT_GROUPS = "leaves", "port groups"
 BOTH = frozenset({LEAVES, PORT_GROUPS})
 
@@ -188,19 +190,20 @@ class FullSync:
     def _leaf_identities(self, wait: bool) -> dict[str, str]:
         """Each leaf's identity: from memory where its connection is open and synced;
         ``wait``: else asked (opening the connection, bounded by its timeout)."""
-        fabric, found = self._fabric(), {}
+        fabric = self._fabric()
         if fabric is None:
-            return found
-        for leaf in self._runtime.require_topology().leaves:
-            identity = fabric.known_identity(leaf)
-            if identity is None and wait:
-                try:
-                    identity = fabric.identity(leaf)
-                except FabricError:
-                    continue
-            if identity:
-                found[f"leaf {leaf}"] = identity
-        return found
+            return {}
+        leaves = list(self._runtime.require_topology().leaves)
+        known = {leaf: fabric.known_identity(leaf) for leaf in leaves}
+        unknown = [leaf for leaf, identity in known.items() if identity is None]
+        if wait and unknown:
+            # Opened side by side: each connection's first read is its leaf's whole
+            # database (seconds with thousands of networks), mostly the switch's time.
+            with futures.ThreadPoolExecutor(max_workers=min(OPEN_PARALLEL, len(unknown)),
+                                            thread_name_prefix="leaf-open") as pool:
+                known.update(zip(unknown, pool.map(
+                    lambda leaf: _asked_identity(fabric, leaf), unknown)))
+        return {f"leaf {leaf}": identity for leaf, identity in known.items() if identity}
 
     def _parts(self) -> Parts:
         return Parts.of(self._runtime)
@@ -284,3 +287,11 @@ class FullSync:
             LOG.warning("full sync: %s", failure)
         LOG.info("full sync (%s): %s repaired in %.1f s", why, what,
                  time.monotonic() - started)
+
+
+def _asked_identity(fabric, leaf: str) -> str | None:
+    """The leaf's identity, opening its connection (None: it does not answer now)."""
+    try:
+        return fabric.identity(leaf)
+    except FabricError:
+        return None

@@ -10,7 +10,10 @@ process" is a holder of the ``full-sync`` lease taken in the test.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import threading
+import time
 from unittest import mock
 
 import dvs_ml2_base as base
@@ -98,6 +101,44 @@ class TestFullSyncAtStart(FullSyncTestCase):
         self.assertEqual({vlan: ls(net)}, bindings(leaf("leaf1"), "swp1"))
         self.assertIsNone(lease.holder_of(self.ctx, full_sync_mod.LEASE),
                           "the full sync's lease is released after it")
+
+
+class TestLeavesOpened(FullSyncTestCase):
+
+    def test_leaves_that_do_not_answer_are_waited_for_together(self):
+        # Two switches whose OVSDB accepts connections but never answers (their server
+        # stopped, as a hung switch): each costs the connect timeout.  A worker that
+        # starts asks every leaf at once, so that a dead leaf among forty costs one
+        # timeout, not forty: both are being asked at the same moment.
+        self.fabric.runtime.close_fabric()
+        hung = [leaf("leaf2"), leaf("leaf3")]
+        for item in hung:
+            os.kill(item.pid, signal.SIGSTOP)
+            self.addCleanup(os.kill, item.pid, signal.SIGCONT)
+        full = self.full_sync()
+        asking = threading.Thread(target=full.due)
+        asking.start()
+        both = False
+        while asking.is_alive() and not both:
+            both = all(_connections_to(item.port) for item in hung)
+            time.sleep(0.01)
+        asking.join()
+        self.assertTrue(both, "the hung leaves were asked one after the other")
+        known = self.fabric.runtime.fabric.known_identity
+        self.assertIsNotNone(known("leaf1"), "the leaf that answers was not opened")
+        self.assertEqual([None, None], [known("leaf2"), known("leaf3")])
+
+
+def _connections_to(port: int) -> int:
+    """Established TCP connections from this machine to 127.0.0.1:``port``."""
+    found = 0
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        for line in list(table)[1:]:
+            fields = line.split()
+            remote, state = fields[2], fields[3]
+            if state == "01" and int(remote.rpartition(":")[2], 16) == port:
+                found += 1
+    return found
 
 
 class TestOneAtATime(FullSyncTestCase):
