@@ -13,7 +13,8 @@ and hands the caller plain frozen values: ``VmState`` (the whole merged state of
 that changed), ``VmGone`` and ``MigrationStarting``.  It knows nothing of Neutron.
 Those values, and the pure conversions from pyVmomi values to them (NICs, migration
 destinations, merging one property change), live in ``vm_state``; this module keeps
-the session-bound watch and its filter specs.
+the session-bound watch and its filter specs.  The first answer (every VM of the
+datacenter) is read without pyVmomi's parser (``vm_first_read``).
 
 Merging: the VM filter uses partialUpdates; whole properties are merged into the last
 known state per VM (``vm_state.merge``), ``config.extraConfig["key"]`` paths are
@@ -46,7 +47,7 @@ from typing import Any, Iterator
 
 from pyVmomi import vim, vmodl
 
-from networking_dvs_fabric.vcenter import errors
+from networking_dvs_fabric.vcenter import errors, vm_first_read
 from networking_dvs_fabric.vcenter.session import VCenterSession, collect
 
 from networking_dvs_fabric.vcenter.vm_state import (DEST_HOST_EVENTS, DEVICES, DONE_MOVE_EVENTS,
@@ -162,7 +163,8 @@ class VmWatch:
         self._pc = content.propertyCollector.CreatePropertyCollector()
         self._pc.CreateFilter(_vm_filter(self._view), partialUpdates=True)
         self._pc.CreateFilter(_event_collector_filter(self._events), partialUpdates=False)
-        updates = self._wait_updates(0)
+        # Every VM at once (megabytes with thousands of VMs): read without pyVmomi.
+        self._version, updates = vm_first_read.wait_updates(self._pc, self._version)
         self._last_event_key = max(
             (event.key for event in events_in(updates)), default=0)
         for filter_update in updates:   # the events in it are history: not reported
