@@ -72,6 +72,13 @@ class FabricSync:
         self.completer: Completer | None = None   # None: ports are told inline
         self._tally = threading.Lock()            # transactions and landed, per leaf thread
 
+    def sibling(self) -> "FabricSync":
+        """A handler for another thread of the process (the periodic full sync's
+        repair): a batch state of its own, the same completer."""
+        other = FabricSync(self._runtime)
+        other.completer = self.completer
+        return other
+
     def __call__(self, context, entries: Sequence[store.Entry]) -> list[Exception | None]:
         if self.completer is None:
             return self._handle(context, entries)

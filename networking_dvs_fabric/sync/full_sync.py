@@ -22,10 +22,13 @@ opened, on the worker's housekeeping (:meth:`FullSync.run_if_due`, every 10 s).
 Two parts, the leaves first: a worker that starts after an outage puts the networks
 made meanwhile on the leaves before it reads all of vCenter.  A leaf's new identity
 needs only the leaves' part, vCenter's only the port groups'; the start and the
-interval need both.  The leaves' part runs on the fabric worker's thread: it
-converges with the worker's own handler.  The port groups' part runs on a thread of
-its own once the worker runs (``port_group_thread.py``; inline when the sync is run
-by hand), so the worker's batches do not wait for all of vCenter to be read.
+interval need both.  At the start and on a new identity the leaves' part runs on the
+fabric worker's thread, before its batches, converging with the worker's own handler.
+The port groups' part, and the periodic sync's leaves' part (its audit reads every
+leaf: ~10 s at 4,000 networks), run on a thread beside the worker once it runs
+(``parts_thread.py``; inline when the sync is run by hand), so the worker's batches
+do not wait for them; that leaves' part converges with a sibling of the worker's
+handler (``FabricSync.sibling``), under the journal's claims as any repair.
 
 One process at a time: every periodic-worker process has a fabric worker, and a
 full sync reads every leaf and all of vCenter.  The sync runs holding the lease
@@ -58,7 +61,7 @@ from networking_dvs_fabric.runtime import Runtime
 from networking_dvs_fabric.sync.audit import Parts, audit
 from networking_dvs_fabric.sync.converge import Handler
 from networking_dvs_fabric.sync.lease_hold import LeaseHold
-from networking_dvs_fabric.sync.port_group_thread import PortGroupThread
+from networking_dvs_fabric.sync.parts_thread import PartsThread
 from networking_dvs_fabric.sync.repair import repair
 from networking_dvs_fabric.vcenter import errors
 
@@ -93,7 +96,7 @@ class FullSync:
         self._started = False              # the first due() is the worker's start
         self._waiting: dict[str, frozenset[str]] = {}   # changes not synced: parts
         self._hold = LeaseHold(LEASE, LEASE_TTL, RENEW_INTERVAL)
-        self._port_groups: PortGroupThread | None = None   # None: run inline
+        self._beside: PartsThread | None = None   # None: every part inline
         self.runs = 0
         self.skipped = 0
 
@@ -103,25 +106,26 @@ class FullSync:
 
     # -- beside the fabric worker, in its process (``FabricWorker.add_companion``) --
     def start(self) -> None:
-        """From now on the port groups' part runs on a thread of its own, and a leaf
-        showing a new identity wakes the fabric worker."""
-        self._port_groups = PortGroupThread(self._port_groups_part, self._dropped)
-        self._port_groups.start()
+        """From now on the port groups' part, and the periodic sync's leaves' part, run
+        on a thread of their own, and a leaf showing a new identity wakes the fabric
+        worker."""
+        self._beside = PartsThread(self._parts_beside, self._dropped)
+        self._beside.start()
         fabric = self._fabric()
         if fabric is not None and self._wake is not None:
             fabric.on_identity_change(self._leaf_changed)
 
     def stop(self) -> None:
-        if self._port_groups is not None:
-            self._port_groups.stop()
+        if self._beside is not None:
+            self._beside.stop()
 
     def join(self) -> None:
-        if self._port_groups is not None:
-            self._port_groups.join()
+        if self._beside is not None:
+            self._beside.join()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait for a port groups' part handed to the thread (tests, a clean stop)."""
-        return self._port_groups is None or self._port_groups.wait_idle(timeout)
+        """Wait for the parts handed to the thread (tests, a clean stop)."""
+        return self._beside is None or self._beside.wait_idle(timeout)
 
     def _leaf_changed(self, leaf: str) -> None:
         LOG.info("full sync: leaf %s shows a new identity; waking the fabric worker", leaf)
@@ -212,6 +216,9 @@ class FullSync:
     def _run_waiting(self, context, why: str | None = None) -> None:
         """Run what waits (or ``why``: the start, the interval) under the lease."""
         parts_due = frozenset().union(*self._waiting.values()) if self._waiting else BOTH
+        # Only the periodic sync lets the leaves' part wait beside the worker: at the
+        # start and on a new identity the leaves come before anything else.
+        periodic = self._started and not self._waiting
         why = why or "; ".join(self._waiting)
         if not parts_due:
             self._waiting = {}
@@ -220,7 +227,7 @@ class FullSync:
             self._skip(context, why)
             return
         try:
-            self.run(context, why, parts_due)
+            self.run(context, why, parts_due, leaves_beside=periodic)
         finally:
             self._hold.give(context)
 
@@ -236,39 +243,58 @@ class FullSync:
         LOG.info("full sync (%s) not run here: %s runs one now", why,
                  held[0] if held else "another process")
 
-    def run(self, context, why: str, parts_due: frozenset[str] = BOTH) -> None:
-        """The parts due, the leaves first; the caller holds the lease (one count)."""
+    def run(self, context, why: str, parts_due: frozenset[str] = BOTH,
+            leaves_beside: bool = False) -> None:
+        """The parts due, the leaves first; the caller holds the lease (one count).
+        Once started beside a fabric worker, the port groups' part (and with
+        ``leaves_beside`` the leaves' too) is handed to the thread beside it."""
         if parts_due >= BOTH:
             self._last = time.monotonic()
         self._started = True
         self._waiting = {}
         self.runs += 1
-        if LEAVES in parts_due:
+        if self._beside is None:
+            for what in (LEAVES, PORT_GROUPS):
+                if what in parts_due:
+                    self._sync(context, why, what)
+            return
+        if LEAVES in parts_due and not leaves_beside:
             self._sync(context, why, LEAVES)
-        if PORT_GROUPS not in parts_due:
-            return
-        if self._port_groups is None:
-            self._sync(context, why, PORT_GROUPS)
-            return
-        # Its own count on the lease, given back when the thread has run it.
-        self._hold.take(context)
-        self._port_groups.submit(why)
+            parts_due = parts_due - {LEAVES}
+        if parts_due:
+            # Its own count on the lease, given back when the thread has run it.
+            self._hold.take(context)
+            self._beside.submit((why, parts_due))
 
-    def _port_groups_part(self, reasons: list[str]) -> None:
+    def _parts_beside(self, items: list[tuple[str, frozenset[str]]]) -> None:
         context = n_context.get_admin_context()
+        why = "; ".join(dict.fromkeys(reason for reason, _ in items))
+        parts = frozenset().union(*(due for _, due in items))
         try:
-            self._sync(context, "; ".join(reasons), PORT_GROUPS)
+            if LEAVES in parts:
+                try:
+                    self._sync(context, why, LEAVES, self._beside_handler())
+                except Exception:  # noqa: BLE001 - the port groups' part runs all the same
+                    LOG.exception("full sync (%s): the leaves' part failed", why)
+            if PORT_GROUPS in parts:
+                self._sync(context, why, PORT_GROUPS)
         finally:
-            for _ in reasons:
+            for _ in items:
                 self._hold.give(context)
 
-    def _dropped(self, reasons: list[str]) -> None:
+    def _beside_handler(self) -> Handler | None:
+        """The fabric worker's handler for another thread (None: the repair's own)."""
+        sibling = getattr(self._handler, "sibling", None)
+        return sibling() if sibling is not None else self._handler
+
+    def _dropped(self, items: list[tuple[str, frozenset[str]]]) -> None:
         context = n_context.get_admin_context()
-        LOG.info("full sync: port groups' part (%s) not run: stopping", "; ".join(reasons))
-        for _ in reasons:
+        LOG.info("full sync: %s not run: stopping",
+                 "; ".join(f"{' and '.join(sorted(due))} ({reason})" for reason, due in items))
+        for _ in items:
             self._hold.give(context)
 
-    def _sync(self, context, why: str, what: str) -> None:
+    def _sync(self, context, why: str, what: str, handler: Handler | None = None) -> None:
         parts = self._parts()
         part = (dataclasses.replace(parts, vsphere=None) if what == LEAVES else
                 dataclasses.replace(parts, topology=None, fabric=None))
@@ -282,7 +308,7 @@ class FullSync:
         LOG.warning("full sync (%s): %s: %d drifts (audit %.1f s), repairing", why, what,
                     len(report.drifts), time.monotonic() - started)
         done = repair(context, part, report,
-                      lambda text: LOG.info("full sync: %s", text), self._handler)
+                      lambda text: LOG.info("full sync: %s", text), handler or self._handler)
         for failure in done.failures:
             LOG.warning("full sync: %s", failure)
         LOG.info("full sync (%s): %s repaired in %.1f s", why, what,

@@ -353,3 +353,49 @@ class TestPrompt(FullSyncTestCase):
         self.assertEqual(1, len(self.vc.port_groups_of(first["id"])))
         self.assertIsNone(lease.holder_of(self.ctx, full_sync_mod.LEASE),
                           "the lease is released after the port groups' part")
+
+    def test_the_periodic_sync_of_the_leaves_does_not_hold_up_the_fabric_workers_batches(self):
+        net, vlan = self.bound_network("first")
+        full = self.full_sync()
+        full.start()
+        self.addCleanup(full.join)
+        self.addCleanup(full.stop)
+        full.run_if_due(self.ctx)                        # the start sync, inline
+        self.assertTrue(full.wait_idle(60))
+        # Drift on a leaf, then the interval is up.
+        leaf("leaf1").vtep_ctl("unbind-ls", "leaf1", "swp1", str(vlan))
+        full.interval = 1.0
+        time.sleep(1.1)
+        # An audit of the leaves as slow as at thousands of networks, which a test
+        # cannot make in time: the leaves' audit waits for the test (injected delay).
+        entered, go_on = threading.Event(), threading.Event()
+        real_audit = audit_mod.audit
+
+        def slow_leaves(context, parts):
+            if parts.fabric is not None:
+                entered.set()
+                go_on.wait(60)
+            return real_audit(context, parts)
+        self.addCleanup(go_on.set)
+        with mock.patch.object(full_sync_mod, "audit", side_effect=slow_leaves):
+            housekeeping = threading.Thread(target=full.run_if_due, args=(self.ctx,))
+            housekeeping.start()
+            self.assertTrue(entered.wait(30), "the periodic sync never audited the leaves")
+            housekeeping.join(30)
+            self.assertFalse(housekeeping.is_alive(),
+                             "the fabric worker's housekeeping waits for the leaves' audit")
+            # Meanwhile a network is bound: the fabric worker programs it at once.
+            second = self.vxlan_network("second")
+            self.make_port(second["id"], host=base.HOST_C0)
+            self.converge()
+            self.assertIn(ls(second), logical_switches(leaf("leaf1")))
+            self.assertEqual([ls(second)], list(bindings(leaf("leaf1"), "swp1").values()))
+            self.assertEqual(full._holder, lease.holder_of(self.ctx, full_sync_mod.LEASE)[0],
+                             "the lease is held while the leaves' part runs")
+            go_on.set()
+            self.assertTrue(full.wait_idle(60), "the periodic sync never ended")
+        self.assertEqual(ls(net), bindings(leaf("leaf1"), "swp1").get(vlan),
+                         "the periodic sync repaired the drift")
+        self.assertEqual(2, len(bindings(leaf("leaf1"), "swp1")))
+        self.assertIsNone(lease.holder_of(self.ctx, full_sync_mod.LEASE),
+                          "the lease is released after the periodic sync")
