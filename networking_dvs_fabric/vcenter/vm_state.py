@@ -112,6 +112,12 @@ def _nic(card: Any, iface_id: str | None) -> Nic:
                iface_id=iface_id)
 
 
+def cards_only(devices: Sequence[Any] | None) -> list[Any]:
+    """A VM's ethernet cards of its devices: all the watch keeps of them (a VM's
+    disks, controllers and the rest are most of its devices' memory)."""
+    return [card for card in devices or [] if isinstance(card, _CARD)]
+
+
 def nics_of(devices: Sequence[Any]) -> tuple[Nic, ...]:
     """The VM's ethernet cards in device order, no port placed yet."""
     return tuple(_nic(card, None) for card in devices if isinstance(card, _CARD))
@@ -201,7 +207,7 @@ def merge(props: dict[str, Any], name: str, op: str, val: Any) -> bool:
         if op in ("remove", "indirectRemove"):
             props.pop(name, None)
         else:
-            props[name] = val
+            props[name] = cards_only(val) if name == DEVICES else val
         return True
     if name.startswith(EXTRA_CONFIG + "["):
         return _merge_extra_config(props, name[len(EXTRA_CONFIG):], op, val)

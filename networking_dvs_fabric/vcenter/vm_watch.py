@@ -53,9 +53,9 @@ from networking_dvs_fabric.vcenter.session import VCenterSession, collect
 from networking_dvs_fabric.vcenter.vm_state import (DEST_HOST_EVENTS, DEVICES, DONE_MOVE_EVENTS,
                                                     EXTRA_CONFIG, VM_PROPERTIES, Change,
                                                     MigrationStarting, VmGone, VmState,
-                                                    claims_of, destination_of, events_in,
-                                                    merge, moid_of, nics_of, type_id,
-                                                    vm_uuid_of)
+                                                    cards_only, claims_of, destination_of,
+                                                    events_in, merge, moid_of, nics_of,
+                                                    type_id, vm_uuid_of)
 
 LOG = logging.getLogger(__name__)
 
@@ -281,7 +281,8 @@ class VmWatch:
             return                      # deleted meanwhile: its "leave" follows
         for _obj, values in found:
             for path in paths:          # a property not in the answer is unset
-                props[path] = values.get(path)
+                value = values.get(path)
+                props[path] = cards_only(value) if path == DEVICES else value
 
     def _state(self, moid: str) -> VmState:
         props = self._props[moid]
