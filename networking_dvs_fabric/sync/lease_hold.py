@@ -1,8 +1,9 @@
 """A lease held by one process while any of several of its threads needs it.
 
 The full sync runs in two parts on two threads of the same process (the leaves on
-the fabric worker's, the port groups on a thread of their own), one after the
-other or - a leaf replaced while the port groups are checked - at the same time.
+the fabric worker's at its start and on a new identity, the port groups - and the
+periodic sync's leaves - on a thread beside it), one after the other or - a leaf
+replaced while the port groups are checked - at the same time.
 Other processes must see one holder for as long as either runs: the first part
 takes the lease from the database (``journal/lease.py``) and starts renewing it,
 the last one to end stops the renewals and gives it back.  Counted, under one

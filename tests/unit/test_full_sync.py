@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from typing import Callable
 from unittest import mock
 
 import dvs_ml2_base as base
@@ -82,6 +83,20 @@ class FullSyncTestCase(fabric_base.FabricTestCase):
     def full_sync(self) -> FullSync:
         return FullSync(self.fabric.runtime, self.worker.sync)
 
+    @staticmethod
+    def audit_held(part: Callable[[audit_mod.Parts], bool]):
+        """(entered, go_on, patch): while ``patch`` is on, the audit of a ``part``
+        sets ``entered`` and waits for ``go_on`` (at most 60 s) before it reads."""
+        entered, go_on = threading.Event(), threading.Event()
+        real_audit = audit_mod.audit
+
+        def held(context, parts):
+            if part(parts):
+                entered.set()
+                go_on.wait(60)
+            return real_audit(context, parts)
+        return entered, go_on, mock.patch.object(full_sync_mod, "audit", side_effect=held)
+
     def drift(self) -> tuple[dict, int]:
         """A programmed network whose binding on leaf1 swp1 someone removed."""
         net, vlan = self.bound_network()
@@ -108,8 +123,8 @@ class TestLeavesOpened(FullSyncTestCase):
     def test_leaves_that_do_not_answer_are_waited_for_together(self):
         # Two switches whose OVSDB accepts connections but never answers (their server
         # stopped, as a hung switch): each costs the connect timeout.  A worker that
-        # starts asks every leaf at once, so that a dead leaf among forty costs one
-        # timeout, not forty: both are being asked at the same moment.
+        # starts asks the leaves side by side (eight at once), so that dead leaves cost
+        # a timeout per eight, not one each: both are being asked at the same moment.
         self.fabric.runtime.close_fabric()
         hung = [leaf("leaf2"), leaf("leaf3")]
         for item in hung:
@@ -322,20 +337,13 @@ class TestPrompt(FullSyncTestCase):
             self.vc.destroy_port_group(pg)
         # A vCenter slow to list its port groups, which the simulator cannot be made
         # to be: the port groups' audit waits for the test (an injected delay).
-        entered, go_on = threading.Event(), threading.Event()
-        real_audit = audit_mod.audit
-
-        def slow_port_groups(context, parts):
-            if parts.vsphere is not None:
-                entered.set()
-                go_on.wait(60)
-            return real_audit(context, parts)
+        entered, go_on, held = self.audit_held(lambda parts: parts.vsphere is not None)
         full = self.full_sync()
         full.start()
         self.addCleanup(full.join)
         self.addCleanup(full.stop)
         self.addCleanup(go_on.set)
-        with mock.patch.object(full_sync_mod, "audit", side_effect=slow_port_groups):
+        with held:
             full.run_if_due(self.ctx)                    # the start sync
             self.assertTrue(entered.wait(30), "the port groups' part never started")
             # Meanwhile a network is bound: the fabric worker programs it at once.
@@ -368,16 +376,9 @@ class TestPrompt(FullSyncTestCase):
         time.sleep(1.1)
         # An audit of the leaves as slow as at thousands of networks, which a test
         # cannot make in time: the leaves' audit waits for the test (injected delay).
-        entered, go_on = threading.Event(), threading.Event()
-        real_audit = audit_mod.audit
-
-        def slow_leaves(context, parts):
-            if parts.fabric is not None:
-                entered.set()
-                go_on.wait(60)
-            return real_audit(context, parts)
+        entered, go_on, held = self.audit_held(lambda parts: parts.fabric is not None)
         self.addCleanup(go_on.set)
-        with mock.patch.object(full_sync_mod, "audit", side_effect=slow_leaves):
+        with held:
             housekeeping = threading.Thread(target=full.run_if_due, args=(self.ctx,))
             housekeeping.start()
             self.assertTrue(entered.wait(30), "the periodic sync never audited the leaves")
