@@ -156,7 +156,10 @@ class Daemon:
                 time.sleep(0.05)
             if not self._group_alive():
                 break
-        self._reap()
+        # A multi-threaded program (the Go simulator) can look gone here, its leader a
+        # zombie, while its last threads still exit: it is not reapable yet and
+        # ``running()`` would still say True, and a restart would start nothing.
+        self._reap(wait=5.0)
 
     def _group_alive(self) -> bool:
         if self.pid is None:
@@ -179,10 +182,10 @@ class Daemon:
                 return True
         return False
 
-    def _reap(self) -> None:
+    def _reap(self, wait: float = 0.0) -> None:
         if self._popen is not None:
             try:
-                self._popen.wait(timeout=0)
+                self._popen.wait(timeout=wait)
             except subprocess.TimeoutExpired:
                 pass
         elif self.pid is not None:

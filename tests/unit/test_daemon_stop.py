@@ -1,0 +1,45 @@
+"""A stopped lab daemon is really stopped, so that a restart starts a new one.
+
+A multi-threaded program (govmomi's simulator is one) can look gone to the lab while its
+last threads still exit: its main thread already a zombie, the process not reapable yet.
+The lab then took it as still running and ``restart_with`` started nothing (a quarter of
+``test_restart_with_new_password_and_untrusted_cert``'s runs were refused connections).
+The program below ends the same way on SIGTERM: its main thread exits, one thread lives
+on for a second.
+"""
+import sys
+import textwrap
+from pathlib import Path
+
+from networking_dvs_fabric.lab.procs import Daemon, pid_alive, wait_until
+
+SLOW_TO_EXIT = textwrap.dedent("""
+    import ctypes, signal, sys, threading, time
+    def on_term(*_):
+        threading.Thread(target=time.sleep, args=(1.0,)).start()
+        ctypes.CDLL(None).pthread_exit(None)      # the main thread goes, one stays
+    signal.signal(signal.SIGTERM, on_term)
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.05)
+""")
+
+
+def test_a_daemon_whose_last_thread_is_still_exiting_is_stopped_and_starts_again(
+        tmp_path: Path) -> None:
+    program = tmp_path / "slow_to_exit.py"
+    program.write_text(SLOW_TO_EXIT)
+    log = tmp_path / "daemon.log"
+    daemon = Daemon("slow", [sys.executable, str(program)], log).start()
+    try:
+        wait_until(lambda: "ready" in log.read_text(), 10, "the program's start")
+        first = daemon.pid
+        daemon.stop()
+        assert not daemon.running()
+        assert first is not None and not pid_alive(first)
+
+        daemon.start()                       # what restart_with does next
+        assert daemon.pid != first and daemon.running()
+    finally:
+        daemon.stop()
+    assert not daemon.running()
