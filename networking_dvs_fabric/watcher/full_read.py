@@ -58,13 +58,15 @@ def set_all(context, seen: Iterable[locations.Seen]) -> set[str]:
         session.query(Location).filter(Location.port_id.in_(chunk)).delete(
             synchronize_session=False)
     same: list[str] = []
+    new: list[dict] = []
     for port_id, s in wanted.items():
         row = existing.get(port_id)
         if row is None:
-            session.add(Location(port_id=port_id, network_id=networks[port_id],
-                                 vm_moid=s.vm_moid, vm_name=s.vm_name,
-                                 esxi_host=s.esxi_host, mac=s.mac,
-                                 port_group=s.port_group, seen_at=now))
+            new.append({"port_id": port_id, "network_id": networks[port_id],
+                        "vm_moid": s.vm_moid, "vm_name": s.vm_name,
+                        "esxi_host": s.esxi_host, "mac": s.mac,
+                        "port_group": s.port_group, "destination_host": None,
+                        "seen_at": now})
             changed.add(networks[port_id])
             continue
         moved = row.esxi_host != s.esxi_host
@@ -82,6 +84,8 @@ def set_all(context, seen: Iterable[locations.Seen]) -> set[str]:
         if moved or arrived:
             row.destination_host = None
         row.seen_at = now
+    if new:                                        # one INSERT, not one per row
+        session.execute(Location.__table__.insert(), new)
     for chunk in chunks(same):                     # unchanged: only seen again
         session.query(Location).filter(Location.port_id.in_(chunk)).update(
             {Location.seen_at: now}, synchronize_session=False)

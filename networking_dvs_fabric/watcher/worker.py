@@ -153,8 +153,8 @@ class VCenterWatcher(ThreadWorker):
         with db_api.CONTEXT_WRITER.using(context):
             lease.check_held(context, self.lease_name, self.worker_id)
             changed = write(context, *args)
-            for network_id in sorted(changed):
-                store.record(context, names.RESOURCE_NETWORK, network_id, "location")
+            # One INSERT for all (a full read where every VM is new changes thousands).
+            store.record_many(context, names.RESOURCE_NETWORK, sorted(changed), "location")
         return changed
 
     # -- what was seen -> locations -> journal --------------------------------

@@ -172,7 +172,7 @@ class TestLocationAndJournalTogether(WatcherTestCase):
         # The journal's insert fails (a database fault injected: a real one cannot be
         # aimed at one statement): the location must not be written without it, or
         # the fabric would never hear of it (the next full read sees no change).
-        with mock.patch.object(watcher_mod.store, "record",
+        with mock.patch.object(watcher_mod.store, "record_many",
                                side_effect=RuntimeError("journal insert failed")):
             self.assertRaises(RuntimeError, watcher.apply, self.ctx, [moving])
         with db_api.CONTEXT_READER.using(self.ctx):
