@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -27,6 +28,10 @@ GOCODE = Path("/usr/share/gocode")
 GOVMOMI_SRC = GOCODE / "src/github.com/vmware/govmomi"
 GOVMOMI_PACKAGE = "golang-github-vmware-govmomi-dev"
 MAIN_GO = Path(__file__).with_name("vcsim") / "main.go"
+# Compiled into govmomi's simulator package by the build's overlay (no file of govmomi
+# changes): vCenter's incremental WaitForUpdatesEx, see the file's comment.
+PACKAGE_GO = Path(__file__).with_name("vcsim") / "incremental_updates.go"
+PACKAGE_GO_AS = GOVMOMI_SRC / "simulator" / "zz_lab_incremental_updates.go"
 HOST = "127.0.0.1"
 
 
@@ -55,7 +60,9 @@ def _govmomi_version() -> str:
 def build_vcsim(cache_dir: Path | None = None) -> Path:
     """The simulator binary, compiled on first use and cached by source and govmomi version."""
     source = MAIN_GO.read_bytes()
-    key = hashlib.sha256(source + b"\0" + _govmomi_version().encode()).hexdigest()
+    package_source = PACKAGE_GO.read_bytes()
+    key = hashlib.sha256(source + b"\0" + package_source + b"\0"
+                         + _govmomi_version().encode()).hexdigest()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     binary = root / key / "vcsim"
     if binary.is_file():
@@ -68,19 +75,23 @@ def build_vcsim(cache_dir: Path | None = None) -> Path:
     with open(root / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent builder finishes first
         if not binary.is_file():
-            _go_build(go, source, root, binary)
+            _go_build(go, source, package_source, root, binary)
     return binary
 
 
-def _go_build(go: str, source: bytes, root: Path, binary: Path) -> None:
+def _go_build(go: str, source: bytes, package_source: bytes, root: Path,
+              binary: Path) -> None:
     print("building the vCenter simulator (once, ~15 s)...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="build-", dir=root) as tmp:
         (Path(tmp) / "main.go").write_bytes(source)
+        (Path(tmp) / "package.go").write_bytes(package_source)
+        (Path(tmp) / "overlay.json").write_text(json.dumps(
+            {"Replace": {str(PACKAGE_GO_AS): str(Path(tmp) / "package.go")}}))
         env = dict(os.environ, GO111MODULE="off", GOPROXY="off", GOFLAGS="",
                    GOPATH=f"{tmp}/gopath{os.pathsep}{GOCODE}")
         if not (os.environ.get("HOME") or os.environ.get("XDG_CACHE_HOME")):
             env.setdefault("GOCACHE", str(root / "go-build"))
-        result = subprocess.run([go, "build", "-o", "vcsim", "main.go"], cwd=tmp, env=env,
+        result = subprocess.run([go, "build", "-overlay", "overlay.json", "-o", "vcsim", "main.go"], cwd=tmp, env=env,
                                 capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise LabError(f"building the vCenter simulator failed:\n{result.stdout}"

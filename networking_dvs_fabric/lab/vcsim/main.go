@@ -2,7 +2,8 @@
 //
 // Inventory: DC0 with clusters DC0_C0 and DC0_C1 (hosts DC0_Cn_H0..H2), the
 // distributed switch DVS0 (all six hosts, port group DC0_DVPG0) and two VMs
-// per cluster. Built from govmomi's simulator package (GOPATH mode).
+// per cluster. Built from govmomi's simulator package (GOPATH mode), with
+// incremental_updates.go added to that package by the build's overlay.
 package main
 
 import (
@@ -54,6 +55,7 @@ func run(opt options) (err error) {
 		return fmt.Errorf("creating the inventory: %w", err)
 	}
 	defer model.Remove()
+	simulator.UseIncrementalCollector() // incremental_updates.go, compiled into the package
 
 	model.Service.Listen = &url.URL{Host: opt.listen}
 	if opt.username != "" {
