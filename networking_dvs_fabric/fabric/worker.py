@@ -278,15 +278,16 @@ class FabricWorker(JournalWorker):
 
     def stop(self) -> None:
         super().stop()
-        if self.sync.completer is not None:
-            self.sync.completer.stop()
         for companion in self._companions:
             companion.stop()
+        if self.sync.completer is not None:
+            self.sync.completer.stop()
 
     def wait(self) -> None:
         super().wait()
-        if self.sync.completer is not None:
-            self.sync.completer.join()
+        # The companions first: a part under way still hands ports to the completer.
         for companion in self._companions:
             companion.join()
+        if self.sync.completer is not None:
+            self.sync.completer.join()
         self._runtime.close_fabric()

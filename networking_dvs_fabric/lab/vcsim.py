@@ -91,8 +91,9 @@ def _go_build(go: str, source: bytes, package_source: bytes, root: Path,
                    GOPATH=f"{tmp}/gopath{os.pathsep}{GOCODE}")
         if not (os.environ.get("HOME") or os.environ.get("XDG_CACHE_HOME")):
             env.setdefault("GOCACHE", str(root / "go-build"))
-        result = subprocess.run([go, "build", "-overlay", "overlay.json", "-o", "vcsim", "main.go"], cwd=tmp, env=env,
-                                capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [go, "build", "-overlay", "overlay.json", "-o", "vcsim", "main.go"],
+            cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise LabError(f"building the vCenter simulator failed:\n{result.stdout}"
                            f"{result.stderr}")

@@ -41,9 +41,14 @@ class PartsThread:
         self._thread.start()
 
     def submit(self, item: Any) -> None:
+        """Queue ``item``; once stopping, it is dropped at once (``dropped([item])``):
+        nothing would run it, and what it holds must be given back."""
         with self._cond:
-            self._queued.append(item)
-            self._cond.notify_all()
+            if not self._stopping:
+                self._queued.append(item)
+                self._cond.notify_all()
+                return
+        self._dropped([item])
 
     @property
     def idle(self) -> bool:

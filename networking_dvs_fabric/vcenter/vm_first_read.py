@@ -75,17 +75,24 @@ class _Answer:
     def read(self, body: bytes) -> None:
         parser = ElementTree.XMLPullParser(events=("start", "end"))
         depth, objects = 0, []
+        outside_body = False          # in the envelope's Header (or another part): skipped
         try:
             for start in range(0, len(body), SLICE):
                 parser.feed(body[start:start + SLICE])
                 for event, element in parser.read_events():
                     if event == "start":
                         depth += 1
-                        if depth == _ANSWER and local(element.tag) != f"{_WAIT.name}Response":
+                        if depth == _ANSWER - 1:
+                            outside_body = local(element.tag) != "Body"
+                        elif depth == _ANSWER and not outside_body \
+                                and local(element.tag) != f"{_WAIT.name}Response":
                             raise raw_soap.RawSoapError(
                                 f"{_WAIT.name}: unexpected answer {local(element.tag)!r}")
                         continue
-                    if depth == _OBJECT and local(element.tag) == "objectSet":
+                    if outside_body:
+                        if depth == _ANSWER - 1:
+                            element.clear()
+                    elif depth == _OBJECT and local(element.tag) == "objectSet":
                         objects.append(self._object_update(element))
                         element.clear()
                     elif depth == _FIELD:

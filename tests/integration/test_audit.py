@@ -314,12 +314,14 @@ def _reconfigure(pg, description: str | None = None, port_config=None) -> None:
 @contextlib.contextmanager
 def _periodic_workers_paused(lab: Lab) -> Iterator[None]:
     groups = [d.pid for d in lab.periodic_workers() if d.running() and d.pid is not None]
-    for pid in groups:
-        os.killpg(pid, signal.SIGSTOP)
+    stopped: list[int] = []
     try:
+        for pid in groups:
+            os.killpg(pid, signal.SIGSTOP)
+            stopped.append(pid)
         yield
     finally:
-        for pid in groups:
+        for pid in stopped:     # continued even when a later group could not be stopped
             os.killpg(pid, signal.SIGCONT)
 
 

@@ -69,3 +69,15 @@ def test_another_methods_answer_is_refused() -> None:
     stub = _Stub([_ENVELOPE.format(method="RetrievePropertiesEx", inner="")])
     with pytest.raises(http.client.HTTPException, match="unexpected answer"):
         vm_first_read.wait_updates(_Collector(stub), "")
+
+
+def test_an_answer_with_a_soap_header_is_read_from_its_body() -> None:
+    # A SOAP envelope may carry a Header before its Body (a proxy's, a server's own):
+    # its elements are not the answer.
+    header = ('<soapenv:Header><operationID xmlns="urn:vim25">op-1</operationID>'
+              '<other><version>99</version></other></soapenv:Header>')
+    answer = _answer("5", False, _vm("vm-1", "host-1")).replace(
+        "<soapenv:Body>", header + "<soapenv:Body>")
+    version, updates = vm_first_read.wait_updates(_Collector(_Stub([answer])), "")
+    assert version == "5"
+    assert [o.obj._moId for f in updates for o in f.objectSet] == ["vm-1"]
