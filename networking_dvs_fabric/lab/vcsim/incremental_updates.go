@@ -155,6 +155,22 @@ func (ic *IncrementalCollector) markReported(filter types.ManagedObjectReference
 	ic.reported[filter] = true
 }
 
+// forgetDestroyed drops the marks of filters destroyed since.
+func (ic *IncrementalCollector) forgetDestroyed() {
+	if len(ic.reported) <= len(ic.Filter) {
+		return
+	}
+	current := map[types.ManagedObjectReference]bool{}
+	for _, ref := range ic.Filter {
+		current[ref] = true
+	}
+	for ref := range ic.reported {
+		if !current[ref] {
+			delete(ic.reported, ref)
+		}
+	}
+}
+
 // hasNewFilter: was a filter created since the last answer? Its objects are due.
 func (ic *IncrementalCollector) hasNewFilter() bool {
 	for _, ref := range ic.Filter {
@@ -168,6 +184,7 @@ func (ic *IncrementalCollector) hasNewFilter() bool {
 // applyIncrementally adds to set what the queued changes mean to each filter.
 func (ic *IncrementalCollector) applyIncrementally(ctx *Context, updates []types.ObjectUpdate, set *types.UpdateSet) types.BaseMethodFault {
 	pc := &ic.PropertyCollector
+	ic.forgetDestroyed()
 	for _, ref := range pc.Filter {
 		filter, ok := ctx.Session.Get(ref).(*PropertyFilter)
 		if !ok {
