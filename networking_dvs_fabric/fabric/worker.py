@@ -285,7 +285,9 @@ class FabricWorker(JournalWorker):
 
     def wait(self) -> None:
         super().wait()
-        # The companions first: a part under way still hands ports to the completer.
+        # The companions first (a part under way may still be converging leaves);
+        # the completer, stopping since stop(), leaves the ports it did not tell to
+        # the next start's recovery.
         for companion in self._companions:
             companion.join()
         if self.sync.completer is not None:

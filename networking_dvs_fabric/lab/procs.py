@@ -151,15 +151,20 @@ class Daemon:
             except PermissionError:
                 os.kill(self.pid, sig)
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and self._group_alive():
+            while time.monotonic() < deadline and self._lingers():
                 self._reap()
                 time.sleep(0.05)
-            if not self._group_alive():
+            if not self._lingers():
                 break
-        # A multi-threaded program (the Go simulator) can look gone here, its leader a
-        # zombie, while its last threads still exit: it is not reapable yet and
-        # ``running()`` would still say True, and a restart would start nothing.
         self._reap(wait=5.0)
+
+    def _lingers(self) -> bool:
+        """Something of the daemon is left: a process of its group, or the program
+        itself not reaped yet.  A multi-threaded program (the Go simulator) can have
+        its main thread a zombie while its last threads still exit: the group looks
+        gone, but it cannot be reaped yet, ``running()`` still says True and a restart
+        would start nothing."""
+        return self._group_alive() or self.running()
 
     def _group_alive(self) -> bool:
         if self.pid is None:

@@ -322,7 +322,8 @@ def _periodic_workers_paused(lab: Lab) -> Iterator[None]:
         yield
     finally:
         for pid in stopped:     # continued even when a later group could not be stopped
-            os.killpg(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGCONT)
 
 
 def _add_port_group(nova: FakeNova, name: str, vlan: int) -> str:

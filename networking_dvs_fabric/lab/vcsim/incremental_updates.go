@@ -20,6 +20,7 @@ import (
 	"context"
 	"log"
 	"reflect"
+	"sync"
 	"time"
 
 	"github.com/vmware/govmomi/vim25/methods"
@@ -33,7 +34,8 @@ import (
 type IncrementalCollector struct {
 	PropertyCollector
 
-	reported map[types.ManagedObjectReference]bool // filters whose objects were all reported once
+	computing sync.Mutex                            // one update computation at a time
+	reported  map[types.ManagedObjectReference]bool // filters whose objects were all reported once
 }
 
 // UseIncrementalCollector replaces the root property collector of the registry; call
@@ -111,15 +113,19 @@ func (ic *IncrementalCollector) WaitForUpdatesEx(ctx *Context, r *types.WaitForU
 			updates := pc.updates
 			pc.updates = nil
 			pc.mu.Unlock()
+			ic.computing.Lock()
+			var fault types.BaseMethodFault
 			if len(updates) != 0 || ic.hasNewFilter() {
-				if fault := ic.applyIncrementally(ctx, updates, set); fault != nil {
-					body.Fault_ = Fault("", fault)
-					body.Res = nil
-					return body
-				}
-				if len(set.FilterSet) != 0 {
-					return body
-				}
+				fault = ic.applyIncrementally(ctx, updates, set)
+			}
+			ic.computing.Unlock()
+			if fault != nil {
+				body.Fault_ = Fault("", fault)
+				body.Res = nil
+				return body
+			}
+			if len(set.FilterSet) != 0 {
+				return body
 			}
 			if oneUpdate {
 				body.Res.Returnval = nil
@@ -129,22 +135,27 @@ func (ic *IncrementalCollector) WaitForUpdatesEx(ctx *Context, r *types.WaitForU
 	}
 }
 
-// firstUpdate is the simulator's own first answer (every object of every filter),
-// after which the collector listens to the registry's changes.
+// firstUpdate is the simulator's own first answer (every object of every filter).
+// The collector listens to the registry's changes from before that read (govmomi
+// starts after it): a change made while thousands of VMs are read is reported by the
+// next wait, not lost (an object's change already in the answer is harmless twice).
 func (ic *IncrementalCollector) firstUpdate(ctx *Context, r *types.WaitForUpdatesEx) soap.HasFault {
 	pc := &ic.PropertyCollector
 	set := &types.UpdateSet{Version: r.Version}
 	body := &methods.WaitForUpdatesExBody{Res: &types.WaitForUpdatesExResponse{Returnval: set}}
+	ic.computing.Lock()
+	defer ic.computing.Unlock()
+	filters := append([]types.ManagedObjectReference(nil), pc.Filter...) // those read now
+	ctx.Map.AddHandler(pc)
 	if fault := pc.apply(ctx, set); fault != nil {
 		body.Fault_ = Fault("", fault)
 		body.Res = nil
 		return body
 	}
-	for _, ref := range pc.Filter {
+	for _, ref := range filters {
 		ic.markReported(ref)
 	}
 	set.Version = "-"
-	ctx.Map.AddHandler(pc)
 	return body
 }
 
@@ -234,7 +245,11 @@ func (ic *IncrementalCollector) applyIncrementally(ctx *Context, updates []types
 
 // mayReachNew: can these changes have brought an object into the filter? Yes for a
 // created object, and for a change to a filter's root object or to an object of a
-// type its traversal passes through; a change to anything else cannot.
+// type its traversal passes through; a change to anything else cannot.  Limit: the
+// simulator also edits some reference lists without an update (a host's and a
+// pool's "vm" when a VM is made, after its creation was announced); a filter that
+// traverses those finds such a VM at the next creation or traversal change.  The
+// lab's filters traverse container views, whose changes come with the creation.
 func mayReachNew(ctx *Context, filter *PropertyFilter, updates []types.ObjectUpdate) bool {
 	for _, update := range updates {
 		switch update.Kind {
@@ -316,15 +331,13 @@ func enteredObjects(ctx *Context, filter *PropertyFilter) ([]types.ObjectContent
 			return nil, fault
 		}
 	}
-	fresh := 0
 	for _, ref := range refs {
 		if _, known := filter.refs[ref]; known {
 			continue
 		}
-		fresh++
 		ctx.WithLock(ref, func() { rr.collect(ctx, ref) })
 	}
-	if fresh != 0 {
+	if len(rr.Objects) != 0 {
 		log.Printf("%s: %d objects entered filter %s", filter.pc.Self, len(rr.Objects), filter.Self)
 	}
 	return rr.Objects, nil
