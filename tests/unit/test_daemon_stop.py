@@ -25,14 +25,25 @@ SLOW_TO_EXIT = textwrap.dedent("""
 """)
 
 
-def test_a_daemon_whose_last_thread_is_still_exiting_is_stopped_and_starts_again(
-        tmp_path: Path) -> None:
+def _started(tmp_path: Path, linger: float) -> Daemon:
+    """The program started and ready; its last thread lingers ``linger`` s at a stop."""
     program = tmp_path / "slow_to_exit.py"
     program.write_text(SLOW_TO_EXIT)
     log = tmp_path / "daemon.log"
-    daemon = Daemon("slow", [sys.executable, str(program), "1.0"], log).start()
+    daemon = Daemon("slow", [sys.executable, str(program), str(linger)], log).start()
     try:
-        wait_until(lambda: "ready" in log.read_text(), 10, "the program's start")
+        wait_until(lambda: "ready" in log.read_text(), 10, "the program's start",
+                   alive=daemon)
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
+def test_a_daemon_whose_last_thread_is_still_exiting_is_stopped_and_starts_again(
+        tmp_path: Path) -> None:
+    daemon = _started(tmp_path, linger=1.0)
+    try:
         first = daemon.pid
         daemon.stop()
         assert not daemon.running()
@@ -49,12 +60,8 @@ def test_a_daemon_whose_last_thread_outlives_the_stop_timeout_is_killed(
         tmp_path: Path) -> None:
     # The main thread gone on SIGTERM, one thread lingering for a minute: the group
     # looks gone, yet the program runs on; past the timeout it gets SIGKILL.
-    program = tmp_path / "slow_to_exit.py"
-    program.write_text(SLOW_TO_EXIT)
-    log = tmp_path / "daemon.log"
-    daemon = Daemon("slow", [sys.executable, str(program), "60"], log).start()
+    daemon = _started(tmp_path, linger=60)
     try:
-        wait_until(lambda: "ready" in log.read_text(), 10, "the program's start")
         pid = daemon.pid
         daemon.stop(timeout=1.0)
         assert not daemon.running()
