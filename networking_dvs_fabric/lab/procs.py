@@ -156,7 +156,7 @@ class Daemon:
                 time.sleep(0.05)
             if not self._lingers():
                 break
-        self._reap(wait=5.0)
+        self._reap()
 
     def _lingers(self) -> bool:
         """Something of the daemon is left: a process of its group, or the program
@@ -187,10 +187,10 @@ class Daemon:
                 return True
         return False
 
-    def _reap(self, wait: float = 0.0) -> None:
+    def _reap(self) -> None:
         if self._popen is not None:
             try:
-                self._popen.wait(timeout=wait)
+                self._popen.wait(timeout=0)
             except subprocess.TimeoutExpired:
                 pass
         elif self.pid is not None:
