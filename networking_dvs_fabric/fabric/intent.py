@@ -2,7 +2,12 @@
 
 For each network: its VXLAN segment (the VNI) and every port binding that went
 through ``fabric_hwvtep`` - the binding host, the VLAN segment allocated below it,
-the port's MAC and whether the binding is the active one.  Inactive bindings (a
+the port's MAC and whether the binding is the active one.  A binding made straight
+into one of the fabric's dynamic VLAN segments at the top level counts too: ML2 does
+that when the level under ``fabric_hwvtep`` refused and a bottom driver, asked next
+at the top level, accepted the network's VLAN segment (an agent that came back
+alive between the two asks); the VLAN is the fabric's all the same, and only the
+leaves make it reach the VXLAN network.  Inactive bindings (a
 live migration's destination) count for VLAN bindings, so the destination is ready
 before the port moves; MACs are placed only from active bindings.
 """
@@ -57,8 +62,8 @@ def read_intents(context, network_ids: Iterable[str],
         # (selectin) too, and that was half of a leaf repair's time.
         segment = segment_models.NetworkSegment
         segments = {s.id: s for s in session.query(
-            segment.id, segment.network_type, segment.physical_network,
-            segment.segmentation_id).filter(segment.network_id.in_(ids))}
+            segment.id, segment.network_id, segment.network_type, segment.physical_network,
+            segment.segmentation_id, segment.is_dynamic).filter(segment.network_id.in_(ids))}
         ports = {p.id: p for p in session.query(
             models_v2.Port.id, models_v2.Port.network_id, models_v2.Port.mac_address).filter(
             models_v2.Port.network_id.in_(ids))}
@@ -79,26 +84,50 @@ def read_intents(context, network_ids: Iterable[str],
         by_binding[(row.port_id, row.host)].append(row)
     vnis: dict[str, int] = {}
     bound: dict[str, list[BoundPort]] = defaultdict(list)
+    vxlan_of = {s.network_id: s for s in segments.values()
+                if s.network_type == n_const.TYPE_VXLAN}
     for (port_id, host), rows in by_binding.items():
         rows.sort(key=lambda r: r.level)
-        for upper, lower in pairs_below(rows, driver, lambda r: r.driver):
-            top, bottom = segments.get(upper.segment_id), segments.get(lower.segment_id)
-            if top is None or bottom is None or top.network_type != n_const.TYPE_VXLAN \
-                    or bottom.network_type != n_const.TYPE_VLAN:
-                continue
-            port = ports[port_id]
-            vnis.setdefault(port.network_id, int(top.segmentation_id))
-            active = statuses.get((port_id, host)) == n_const.ACTIVE
-            where = seen.get(port_id) if active else None
-            bound[port.network_id].append(BoundPort(
-                port_id=port_id, mac=port.mac_address, host=host,
-                physical_network=bottom.physical_network, vlan=int(bottom.segmentation_id),
-                active=active, vm_host=where.esxi_host if where else None,
-                vm_destination=where.destination_host if where else None))
-            break
+        found = _through_fabric(rows, segments, driver) or \
+            _straight_into_fabric_vlan(rows, segments, vxlan_of)
+        if found is None:
+            continue
+        top, bottom = found
+        port = ports[port_id]
+        vnis.setdefault(port.network_id, int(top.segmentation_id))
+        active = statuses.get((port_id, host)) == n_const.ACTIVE
+        where = seen.get(port_id) if active else None
+        bound[port.network_id].append(BoundPort(
+            port_id=port_id, mac=port.mac_address, host=host,
+            physical_network=bottom.physical_network, vlan=int(bottom.segmentation_id),
+            active=active, vm_host=where.esxi_host if where else None,
+            vm_destination=where.destination_host if where else None))
     for network_id in ids:
         if network_id in vnis:
             result[network_id] = NetworkIntent(
                 network_id, vnis[network_id],
                 tuple(sorted(bound[network_id], key=lambda b: (b.port_id, b.host))))
     return result
+
+
+def _through_fabric(rows, segments, driver):
+    """(VXLAN segment, VLAN segment) of a binding with ``driver``'s level over a VLAN one."""
+    for upper, lower in pairs_below(rows, driver, lambda r: r.driver):
+        top, bottom = segments.get(upper.segment_id), segments.get(lower.segment_id)
+        if top is not None and bottom is not None and \
+                top.network_type == n_const.TYPE_VXLAN and bottom.network_type == n_const.TYPE_VLAN:
+            return top, bottom
+    return None
+
+
+def _straight_into_fabric_vlan(rows, segments, vxlan_of):
+    """(VXLAN segment, VLAN segment) of a one-level binding into a dynamic VLAN segment
+    of a VXLAN network (module doc); a static VLAN segment of a multi-segment network
+    is a provider's, not the fabric's."""
+    if len(rows) != 1:
+        return None
+    bottom = segments.get(rows[0].segment_id)
+    if bottom is None or not bottom.is_dynamic or bottom.network_type != n_const.TYPE_VLAN:
+        return None
+    top = vxlan_of.get(bottom.network_id)
+    return (top, bottom) if top is not None else None

@@ -221,17 +221,19 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             store.record(plugin_context, RESOURCE_NETWORK, network_id)
 
     def update_port_precommit(self, context: api.PortContext) -> None:
-        ours, was_ours = _ours(context.binding_levels), _ours(context.original_binding_levels)
+        ours = _fabric_vlan(context, context.binding_levels) is not None
+        was_ours = _fabric_vlan(context, context.original_binding_levels) is not None
         if not (ours or was_ours) or _only_status_changed(context):
             return      # a status change (ours, when the leaves carry the port) needs nothing
         self._record(context.plugin_context, context.current["network_id"])
         if was_ours and not ours:
             provisioning.release(context.plugin_context, context.current["id"])
-        elif ours and _activated_without_bind(context):
+        elif ours and (_activated_without_bind(context) or
+                       _bound_straight_into_fabric_vlan(context)):
             provisioning.hold(context.plugin_context, context.current["id"])
 
     def delete_port_precommit(self, context: api.PortContext) -> None:
-        if _ours(context.binding_levels):
+        if _fabric_vlan(context, context.binding_levels) is not None:
             self._record(context.plugin_context, context.current["network_id"])
 
     def delete_network_precommit(self, context: api.NetworkContext) -> None:
@@ -241,10 +243,11 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
 
     # -- after commit: wake the worker, give back unused VLAN segments -----------
     def update_port_postcommit(self, context: api.PortContext) -> None:
-        if _ours(context.binding_levels) or _ours(context.original_binding_levels):
+        old = _fabric_vlan(context, context.original_binding_levels)
+        new = _fabric_vlan(context, context.binding_levels)
+        if old is not None or new is not None:
             self.waker.wake()
-        old = _segment_below_us(context.original_binding_levels)
-        if old is not None and old != _segment_below_us(context.binding_levels):
+        if old is not None and old != new:
             self._release_if_unused(context, old)
         self._release_after_failed_binding(context)
         if context.vif_type == portbindings.VIF_TYPE_BINDING_FAILED:
@@ -253,10 +256,9 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             provisioning.release(context.plugin_context, context.current["id"])
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
-        if _ours(context.binding_levels):
-            self.waker.wake()
-        segment = _segment_below_us(context.binding_levels)
+        segment = _fabric_vlan(context, context.binding_levels)
         if segment is not None:
+            self.waker.wake()
             self._release_if_unused(context, segment)
         self._release_after_failed_binding(context)
 
@@ -295,11 +297,41 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
 
 
 
-def _ours(binding_levels: list[dict] | None) -> bool:
-    """Bound through us: a level of ours with a level below it (a refusal of ours at
-    the top, ``bind_port`` for a host the topology does not place, has none)."""
-    return levels.bound_by(binding_levels, DRIVER_NAME) and \
-        _segment_below_us(binding_levels) is not None
+def _fabric_vlan(context: api.PortContext, binding_levels: list[dict] | None) -> str | None:
+    """The id of the fabric's VLAN segment a binding uses, None if it uses none: the
+    segment bound under our level, or a dynamic VLAN segment of this VXLAN network that
+    a bottom driver bound at the top level.  ML2 does that when the level under ours
+    refused and the bottom driver, asked next at the top level where the network's
+    segments are all offered, accepted (an agent that came back alive between the two
+    asks).  The leaves must carry such a port as any other (``fabric/intent.py``)."""
+    below = _segment_below_us(binding_levels)
+    if below is not None or not binding_levels or len(binding_levels) != 1:
+        return below
+    segment = binding_levels[0].get(api.BOUND_SEGMENT) or {}
+    if segment.get(api.NETWORK_TYPE) != n_const.TYPE_VLAN or not any(
+            s.get(api.NETWORK_TYPE) == n_const.TYPE_VXLAN
+            for s in context.network.network_segments or []):
+        return None
+    dynamic = segments_db.get_network_segments(
+        context.plugin_context, context.current["network_id"], filter_dynamic=True)
+    return segment.get(api.ID) if any(s[api.ID] == segment.get(api.ID)
+                                      for s in dynamic) else None
+
+
+def _bound_straight_into_fabric_vlan(context: api.PortContext) -> bool:
+    """This update is the binding of the port straight into the fabric's VLAN (see
+    :func:`_fabric_vlan`): no bind of ours held the port DOWN for the leaves, so hold
+    it now, and say so (it is rare, and what the port's levels show is unusual)."""
+    if levels.bound_by(context.binding_levels, DRIVER_NAME) or \
+            _level_ids(context.binding_levels) == _level_ids(context.original_binding_levels):
+        return False
+    LOG.warning("fabric_hwvtep: port %(port)s on %(host)s was bound by %(driver)s straight "
+                "into the fabric's VLAN segment %(seg)s at the top level (the level under "
+                "fabric_hwvtep refused a moment before); the leaves carry it all the same",
+                {"port": context.current["id"], "host": context.host,
+                 "driver": context.binding_levels[0].get(api.BOUND_DRIVER),
+                 "seg": (context.binding_levels[0].get(api.BOUND_SEGMENT) or {}).get(api.ID)})
+    return True
 
 
 def _level_ids(binding_levels: list[dict] | None) -> list[tuple]:

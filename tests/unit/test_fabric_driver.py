@@ -11,10 +11,11 @@ from unittest import mock
 
 import dvs_ml2_base as base
 import fabric_base
-from neutron.db import segments_db
+from neutron.db import provisioning_blocks, segments_db
 from neutron.plugins.ml2 import db as ml2_db
 from neutron.tests.common import helpers as agent_helpers
 from neutron_lib.api.definitions import portbindings
+from neutron_lib.callbacks import resources
 from oslo_config import cfg
 
 from networking_dvs_fabric import names, opts
@@ -181,6 +182,59 @@ class TestBinding(FabricHwvtepTestCase):
         self.assertNotBound(port)
         self.assertEqual([], self.dynamic_segments(net["id"]))
 
+
+
+class TestBoundStraightIntoTheFabricVlan(FabricHwvtepTestCase):
+    """When the level under fabric_hwvtep refuses, ML2 asks the other drivers at the top
+    level, where every segment of the network is offered, the fabric's dynamic VLAN
+    segments too: an Open vSwitch agent that came back alive between the two asks binds
+    the port straight into the fabric's VLAN (seen in the lab as RabbitMQ came back:
+    the port's leaves were never programmed and its guest got no DHCP answer).  The
+    race is made here with a mock, as its timing cannot be made on purpose: the
+    driver refuses its first ask, as for a dead agent, and answers the next itself."""
+
+    def test_the_leaves_carry_it_and_it_is_down_until_they_do(self):
+        kvm = lab_topology.KVM_HOST
+        # As the lab's KVM host: VLANs on its physical network, no VXLAN of its own.
+        agent_helpers.register_ovs_agent(host=kvm, bridge_mappings={KVM_PHYSNET: "br-phys"},
+                                         tunnel_types=[])
+        net = self.vxlan_network()
+        first = self.make_port(net["id"], host=kvm, device_owner="compute:nova")
+        [segment] = self.dynamic_segments(net["id"])
+        ovs = self.driver.mechanism_manager.mech_drivers["openvswitch"].obj
+        real_bind, asks = ovs.bind_port, []
+
+        def revived_after_the_first_ask(context) -> None:
+            asks.append(context.host)
+            if len(asks) > 1:
+                real_bind(context)
+        with mock.patch.object(ovs, "bind_port", side_effect=revived_after_the_first_ask), \
+                self.assertLogs("networking_dvs_fabric.ml2.fabric_hwvtep", "WARNING") as said:
+            port = self.make_port(net["id"], host=kvm, device_owner="compute:nova")
+        levels = ml2_db.get_binding_level_objs(self.ctx, port["id"], kvm)
+        self.assertEqual([("openvswitch", segment["id"])],
+                         [(lv.driver, lv.segment_id) for lv in levels])
+        self.assertIn("straight into the fabric's VLAN segment", "\n".join(said.output))
+        # Held DOWN for the leaves like any port of the fabric's: the agent's word alone
+        # does not make it ACTIVE.
+        provisioning_blocks.provisioning_complete(
+            self.ctx, port["id"], resources.PORT, provisioning_blocks.L2_AGENT_ENTITY)
+        self.assertEqual("DOWN", self.show_port(port["id"])["status"])
+        # The port bound through the fabric goes: the VLAN stays, for the other one.
+        self.delete_port(first["id"])
+        self.assertEqual([segment["id"]], [s["id"] for s in self.dynamic_segments(net["id"])])
+        self.converge()
+        ls = f"dvsf-{net['id']}"
+        for leaf_name, port_name in lab_topology.KVM_PORTS:
+            self.assertEqual({segment["segmentation_id"]: ls},
+                             LeafView(leaf(leaf_name)).bindings(port_name))
+        self.assertEqual("ACTIVE", self.show_port(port["id"])["status"])
+        # It goes too: the VLAN is given back and the leaves are emptied.
+        self.delete_port(port["id"])
+        self.assertEqual([], self.dynamic_segments(net["id"]))
+        self.converge()
+        for leaf_name, port_name in lab_topology.KVM_PORTS:
+            self.assertEqual({}, LeafView(leaf(leaf_name)).bindings(port_name))
 
 class TestCleanUp(FabricHwvtepTestCase):
 
