@@ -42,9 +42,6 @@ WRITE_PROPERTIES = ("name", "key", "config.description", "config.defaultPortConf
 # A ``VCenterSession.traits`` key: vCenter has no CreateDVPortgroup_Task (govmomi's
 # simulator 0.24.2 has not).
 NO_CREATE_DVPG = "no CreateDVPortgroup_Task"
-# Port groups read in full (``PG_PROPERTIES``) per call when all of a DVS's are read.
-FULL_READ_BATCH = 200
-_DVPG = vim.dvs.DistributedVirtualPortgroup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,26 +123,18 @@ class PortGroupManager:
         return vim.dvs.DistributedVirtualPortgroup(moid, si._stub)
 
     def list(self, full: bool = False) -> list[PortGroup]:
-        """Every port group of this DVS.
+        """Every port group of this DVS, in one PropertyCollector read.
 
         Light by default - only name, key and description (which holds the ownership
-        marker), in one PropertyCollector read: the port settings are the bulk of a
-        port group's XML, and a DVS may carry thousands; ``vlan`` is then None.
-        ``full`` reads the VLANs and policies too (audit), ``FULL_READ_BATCH`` port
-        groups a call: a filter of a few rules is ~10 kB of XML, and 4,000 port groups
-        read whole in one answer held ~150 MB of parsed XML at once (the periodic
-        worker's start: its audit's peak stayed behind as fragmented heap).
+        marker): the port settings are the bulk of a port group's XML, and a DVS may
+        carry thousands; ``vlan`` is then None.  ``full`` reads the VLANs and policies
+        too (audit).  Each port group is made from its elements as the answer is parsed
+        (``raw_soap.retrieve_each``): 4,000 port groups with a filter each, parsed whole
+        first, held ~150 MB at once - in the periodic worker the start's peak, and the
+        heap it left fragmented kept the worker at 530 MB.
         """
-        light = self._read_all(LIGHT_PROPERTIES)
-        if not full:
-            return light
-        out: list[PortGroup] = []
-        moids = [pg.moid for pg in light]
-        for start in range(0, len(moids), FULL_READ_BATCH):
-            out.extend(self._read_some(moids[start:start + FULL_READ_BATCH]))
-        return out
+        properties = PG_PROPERTIES if full else LIGHT_PROPERTIES
 
-    def _read_all(self, properties: tuple[str, ...]) -> list[PortGroup]:
         def read(si: Any) -> list[PortGroup]:
             pcq = vmodl.query.PropertyCollector
             spec = pcq.FilterSpec(
@@ -155,35 +144,10 @@ class PortGroupManager:
                 propSet=[pcq.PropertySpec(type=vim.dvs.DistributedVirtualPortgroup,
                                           pathSet=list(properties))])
             # Parsed by ElementTree, not pyVmomi: ~3.5 ms a port group with a filter.
-            return [port_group_from_props(moid, raw_soap.readable(props))
-                    for moid, props in raw_soap.retrieve(si.content.propertyCollector,
-                                                         [spec])]
+            return [port_group_from_props(moid, raw_soap.readable(props), with_policy=full)
+                    for moid, props in raw_soap.retrieve_each(si.content.propertyCollector,
+                                                              [spec])]
         return self.session.invoke(read, f"list port groups of DVS {self.dvs.name}")
-
-    def _read_some(self, moids: list[str]) -> list[PortGroup]:
-        """The port groups ``moids`` in full (``PG_PROPERTIES``), in one read; one
-        deleted since it was listed is left out."""
-        def read(si: Any) -> list[PortGroup]:
-            pcq = vmodl.query.PropertyCollector
-            wanted = list(moids)
-            while wanted:
-                spec = pcq.FilterSpec(
-                    objectSet=[pcq.ObjectSpec(obj=_DVPG(moid, si._stub), skip=False)
-                               for moid in wanted],
-                    propSet=[pcq.PropertySpec(type=_DVPG, pathSet=list(PG_PROPERTIES))])
-                try:
-                    found = raw_soap.retrieve(si.content.propertyCollector, [spec])
-                except vmodl.fault.ManagedObjectNotFound as exc:
-                    gone = getattr(exc.obj, "_moId", None)
-                    if gone not in wanted:
-                        raise
-                    wanted.remove(gone)
-                    continue
-                return [port_group_from_props(moid, raw_soap.readable(props),
-                                              with_policy=True) for moid, props in found]
-            return []
-        return self.session.invoke(read, f"read {len(moids)} port groups of DVS "
-                                         f"{self.dvs.name}")
 
     def read(self, moid: str, policy: bool = True) -> PortGroup:
         """One port group with its VLAN and config version (and ``policy``: its filter,

@@ -18,7 +18,7 @@ import http.client
 import io
 import socket
 import zlib
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 from xml.etree import ElementTree
 
 from pyVmomi import SoapAdapter, vmodl
@@ -99,55 +99,88 @@ def _fault(stub: Any, body: bytes, method: Any) -> BaseException:
     return RawSoapError(f"{method.name} failed (HTTP 500): {body[:500]!r}")
 
 
-def response(body: bytes, method: Any) -> ElementTree.Element | None:
-    """The ``returnval`` of the method's answer (None: the answer has none)."""
-    try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError as exc:
-        raise RawSoapError(f"{method.name}: unreadable answer ({exc})") from exc
-    soap_body = next((c for c in root if local(c.tag) == "Body"), None)
-    if soap_body is None or not len(soap_body):
-        raise RawSoapError(f"{method.name}: answer without a SOAP body")
-    answer = soap_body[0]
-    if local(answer.tag) != f"{method.name}Response":
-        raise RawSoapError(f"{method.name}: unexpected answer {local(answer.tag)!r}")
-    return next((c for c in answer if local(c.tag) == "returnval"), None)
-
-
 def retrieve(pc: Any, specs: Iterable[Any], agent: str = "networking-dvs-fabric",
              page: int | None = None) -> list[tuple[str, dict[str, Any]]]:
     """``RetrievePropertiesEx`` with its continuation tokens: (moid, {property: value})
     per object; a value is its text (a managed object: its moid), or its element when
     it has fields (read it with :class:`Xml`)."""
+    return list(retrieve_each(pc, specs, agent, page))
+
+
+def retrieve_each(pc: Any, specs: Iterable[Any], agent: str = "networking-dvs-fabric",
+                  page: int | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """:func:`retrieve`, one object at a time, each answer parsed as it is read: an
+    object's elements are let go once the next is read, so a caller that turns each
+    into its own value never holds the parsed answer whole (4,000 port groups with a
+    filter each: ~150 MB at once).  The answer's bytes are held whole."""
     stub = pc._stub
-    out: list[tuple[str, dict[str, Any]]] = []
     # ``page``: objects per answer (None: vCenter's choice; it pages long answers).
     request = stub.SerializeRequest(pc, _RETRIEVE, [list(specs),
                                                     _PC.RetrieveOptions(maxObjects=page)])
     method = _RETRIEVE
     while True:
         body = post(stub, request, method, agent)
+        answer = _Answer(method)
         try:
-            returnval = response(body, method)
+            yield from answer.objects(body)
         except RawSoapError:
             stub.DropConnections()      # as pyVmomi after an answer it cannot read
             raise
-        if returnval is None:
-            notify(method.name, 0)
-            return out
-        token = None
-        before = len(out)
-        for part in returnval:
-            tag = local(part.tag)
-            if tag == "token":
-                token = part.text or None
-            elif tag == "objects":
-                out.append(_object(part))
-        notify(method.name, len(out) - before)
-        if not token:
-            return out
+        notify(method.name, answer.count)
+        if not answer.token:
+            return
         method = _CONTINUE
-        request = stub.SerializeRequest(pc, _CONTINUE, [token])
+        request = stub.SerializeRequest(pc, _CONTINUE, [answer.token])
+
+
+SLICE = 256 * 1024      # bytes of an answer parsed at a time
+# Depths in an answer: Envelope 1, Body 2, <method>Response 3, returnval 4, its
+# fields (objects, token) 5.
+_BODY, _RESPONSE, _FIELD = 2, 3, 5
+
+
+class _Answer:
+    """The objects of one ``(Continue)RetrievePropertiesEx`` answer, read slice by slice."""
+
+    def __init__(self, method: Any) -> None:
+        self.method = method
+        self.token: str | None = None
+        self.count = 0
+
+    def objects(self, body: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
+        name = self.method.name
+        parser = ElementTree.XMLPullParser(events=("start", "end"))
+        depth, in_body, answered = 0, False, False
+        try:
+            for start in range(0, len(body), SLICE):
+                parser.feed(body[start:start + SLICE])
+                for event, element in parser.read_events():
+                    if event == "start":
+                        depth += 1
+                        if depth == _BODY:
+                            in_body = local(element.tag) == "Body"
+                        elif depth == _RESPONSE and in_body:
+                            if local(element.tag) != f"{name}Response":
+                                raise RawSoapError(
+                                    f"{name}: unexpected answer {local(element.tag)!r}")
+                            answered = True
+                        continue
+                    if depth == _FIELD and in_body:
+                        tag = local(element.tag)
+                        if tag == "objects":
+                            self.count += 1
+                            yield _object(element)
+                        elif tag == "token":
+                            self.token = element.text or None
+                        element.clear()
+                    elif depth == _BODY and not in_body:
+                        element.clear()             # the envelope's Header
+                    depth -= 1
+            parser.close()
+        except ElementTree.ParseError as exc:
+            raise RawSoapError(f"{name}: unreadable answer ({exc})") from exc
+        if not answered:
+            raise RawSoapError(f"{name}: answer without a SOAP body")
 
 
 def _object(element: ElementTree.Element) -> tuple[str, dict[str, Any]]:

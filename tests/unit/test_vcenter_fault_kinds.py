@@ -396,7 +396,7 @@ class TestSweep(VSphereFaultsTestCase):
         on_dvs0 = self.unused_port_group(vlan=161)
         on_dvs1 = self.unused_port_group(PHYSNET1, DVS1, vlan=162)
         dvs0 = self.vc.dvs()
-        real_retrieve = portgroups.raw_soap.retrieve
+        real_retrieve = portgroups.raw_soap.retrieve_each
 
         def retrieve(pc, specs, *args, **kwargs):
             # A mock: the simulator checks no privileges.  Reading DVS0's port groups
@@ -408,7 +408,7 @@ class TestSweep(VSphereFaultsTestCase):
             return real_retrieve(pc, specs, *args, **kwargs)
 
         sweeper = PortGroupSweeper(self.mech.runtime, 60)
-        with mock.patch.object(portgroups.raw_soap, "retrieve", retrieve), \
+        with mock.patch.object(portgroups.raw_soap, "retrieve_each", retrieve), \
                 self.assertLogs(base.LOGGER, "WARNING") as logs:
             self.assertEqual([], sweeper.sweep_once())
             self.assertIn(on_dvs1.name, sweeper.sweep_once())
