@@ -221,10 +221,12 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             store.record(plugin_context, RESOURCE_NETWORK, network_id)
 
     def update_port_precommit(self, context: api.PortContext) -> None:
+        if _only_status_changed(context):
+            return      # a status change (ours, when the leaves carry the port) needs nothing
         ours = _fabric_vlan(context, context.binding_levels) is not None
         was_ours = _fabric_vlan(context, context.original_binding_levels) is not None
-        if not (ours or was_ours) or _only_status_changed(context):
-            return      # a status change (ours, when the leaves carry the port) needs nothing
+        if not (ours or was_ours):
+            return
         self._record(context.plugin_context, context.current["network_id"])
         if was_ours and not ours:
             provisioning.release(context.plugin_context, context.current["id"])
@@ -310,12 +312,27 @@ def _fabric_vlan(context: api.PortContext, binding_levels: list[dict] | None) ->
     segment = binding_levels[0].get(api.BOUND_SEGMENT) or {}
     if segment.get(api.NETWORK_TYPE) != n_const.TYPE_VLAN or not any(
             s.get(api.NETWORK_TYPE) == n_const.TYPE_VXLAN
-            for s in context.network.network_segments or []):
+            for s in context.network.network_segments or []) or \
+            _static_segment(context.network.current, segment):
         return None
     dynamic = segments_db.get_network_segments(
         context.plugin_context, context.current["network_id"], filter_dynamic=True)
     return segment.get(api.ID) if any(s[api.ID] == segment.get(api.ID)
                                       for s in dynamic) else None
+
+
+def _static_segment(network: dict, segment: dict) -> bool:
+    """Is ``segment`` one of the network's static (provider) segments?  Read from the
+    network's own dict, no query: a port of a VXLAN + provider VLAN network costs its
+    status updates nothing here."""
+    def key(item: dict) -> tuple:
+        return (item.get(api.NETWORK_TYPE), item.get(api.PHYSICAL_NETWORK),
+                item.get(api.SEGMENTATION_ID))
+    static = [{api.NETWORK_TYPE: s.get("provider:network_type"),
+               api.PHYSICAL_NETWORK: s.get("provider:physical_network"),
+               api.SEGMENTATION_ID: s.get("provider:segmentation_id")}
+              for s in network.get("segments") or [network]]
+    return any(key(s) == key(segment) for s in static)
 
 
 def _bound_straight_into_fabric_vlan(context: api.PortContext) -> bool:

@@ -215,8 +215,9 @@ class TestBoundStraightIntoTheFabricVlan(FabricHwvtepTestCase):
         self.assertEqual([("openvswitch", segment["id"])],
                          [(lv.driver, lv.segment_id) for lv in levels])
         self.assertIn("straight into the fabric's VLAN segment", "\n".join(said.output))
-        # Held DOWN for the leaves like any port of the fabric's: the agent's word alone
-        # does not make it ACTIVE.
+        # DOWN for the leaves like any port of the fabric's (here by the hold of the
+        # bind that reached fabric_hwvtep first): the agent's word alone does not make
+        # it ACTIVE, and the leaves' does below.
         provisioning_blocks.provisioning_complete(
             self.ctx, port["id"], resources.PORT, provisioning_blocks.L2_AGENT_ENTITY)
         self.assertEqual("DOWN", self.show_port(port["id"])["status"])
