@@ -139,6 +139,21 @@ SLICE = 256 * 1024      # bytes of an answer parsed at a time
 _BODY, _RESPONSE, _FIELD = 2, 3, 5
 
 
+def pull_events(body: bytes, method_name: str,
+                size: int | None = None) -> Iterator[tuple[str, ElementTree.Element]]:
+    """ElementTree's (event, element) pairs of an answer, "start" and "end", parsed
+    ``size`` bytes at a time (``SLICE``); unparsable XML is a :class:`RawSoapError`."""
+    size = size or SLICE
+    parser = ElementTree.XMLPullParser(events=("start", "end"))
+    try:
+        for start in range(0, len(body), size):
+            parser.feed(body[start:start + size])
+            yield from parser.read_events()
+        parser.close()
+    except ElementTree.ParseError as exc:
+        raise RawSoapError(f"{method_name}: unreadable answer ({exc})") from exc
+
+
 class _Answer:
     """The objects of one ``(Continue)RetrievePropertiesEx`` answer, read slice by slice."""
 
@@ -149,36 +164,29 @@ class _Answer:
 
     def objects(self, body: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
         name = self.method.name
-        parser = ElementTree.XMLPullParser(events=("start", "end"))
         depth, in_body, answered = 0, False, False
-        try:
-            for start in range(0, len(body), SLICE):
-                parser.feed(body[start:start + SLICE])
-                for event, element in parser.read_events():
-                    if event == "start":
-                        depth += 1
-                        if depth == _BODY:
-                            in_body = local(element.tag) == "Body"
-                        elif depth == _RESPONSE and in_body:
-                            if local(element.tag) != f"{name}Response":
-                                raise RawSoapError(
-                                    f"{name}: unexpected answer {local(element.tag)!r}")
-                            answered = True
-                        continue
-                    if depth == _FIELD and in_body:
-                        tag = local(element.tag)
-                        if tag == "objects":
-                            self.count += 1
-                            yield _object(element)
-                        elif tag == "token":
-                            self.token = element.text or None
-                        element.clear()
-                    elif depth == _BODY and not in_body:
-                        element.clear()             # the envelope's Header
-                    depth -= 1
-            parser.close()
-        except ElementTree.ParseError as exc:
-            raise RawSoapError(f"{name}: unreadable answer ({exc})") from exc
+        for event, element in pull_events(body, name):
+            if event == "start":
+                depth += 1
+                if depth == _BODY:
+                    in_body = local(element.tag) == "Body"
+                elif depth == _RESPONSE and in_body:
+                    if local(element.tag) != f"{name}Response":
+                        raise RawSoapError(
+                            f"{name}: unexpected answer {local(element.tag)!r}")
+                    answered = True
+                continue
+            if depth == _FIELD and in_body:
+                tag = local(element.tag)
+                if tag == "objects":
+                    self.count += 1
+                    yield _object(element)
+                elif tag == "token":
+                    self.token = element.text or None
+                element.clear()
+            elif depth == _BODY and not in_body:
+                element.clear()             # the envelope's Header
+            depth -= 1
         if not answered:
             raise RawSoapError(f"{name}: answer without a SOAP body")
 

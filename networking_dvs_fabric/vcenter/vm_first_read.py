@@ -73,34 +73,27 @@ class _Answer:
         self.filter_updates: list[Any] = []
 
     def read(self, body: bytes) -> None:
-        parser = ElementTree.XMLPullParser(events=("start", "end"))
         depth, objects = 0, []
         outside_body = False          # in the envelope's Header (or another part): skipped
-        try:
-            for start in range(0, len(body), SLICE):
-                parser.feed(body[start:start + SLICE])
-                for event, element in parser.read_events():
-                    if event == "start":
-                        depth += 1
-                        if depth == _ANSWER - 1:
-                            outside_body = local(element.tag) != "Body"
-                        elif depth == _ANSWER and not outside_body \
-                                and local(element.tag) != f"{_WAIT.name}Response":
-                            raise raw_soap.RawSoapError(
-                                f"{_WAIT.name}: unexpected answer {local(element.tag)!r}")
-                        continue
-                    if outside_body:
-                        if depth == _ANSWER - 1:
-                            element.clear()
-                    elif depth == _OBJECT and local(element.tag) == "objectSet":
-                        objects.append(self._object_update(element))
-                        element.clear()
-                    elif depth == _FIELD:
-                        objects = self._field(element, objects)
-                    depth -= 1
-            parser.close()
-        except ElementTree.ParseError as exc:
-            raise raw_soap.RawSoapError(f"{_WAIT.name}: unreadable answer ({exc})") from exc
+        for event, element in raw_soap.pull_events(body, _WAIT.name, SLICE):
+            if event == "start":
+                depth += 1
+                if depth == _ANSWER - 1:
+                    outside_body = local(element.tag) != "Body"
+                elif depth == _ANSWER and not outside_body \
+                        and local(element.tag) != f"{_WAIT.name}Response":
+                    raise raw_soap.RawSoapError(
+                        f"{_WAIT.name}: unexpected answer {local(element.tag)!r}")
+                continue
+            if outside_body:
+                if depth == _ANSWER - 1:
+                    element.clear()
+            elif depth == _OBJECT and local(element.tag) == "objectSet":
+                objects.append(self._object_update(element))
+                element.clear()
+            elif depth == _FIELD:
+                objects = self._field(element, objects)
+            depth -= 1
 
     def _field(self, element: ElementTree.Element, objects: list[Any]) -> list[Any]:
         tag = local(element.tag)
