@@ -140,11 +140,7 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         Static provider VLAN segments of a multi-segment network are not the fabric's."""
         offered = {s[api.ID] for s in context.segments_to_bind
                    if s.get(api.NETWORK_TYPE) == n_const.TYPE_VLAN}
-        if not offered:
-            return False
-        dynamic = segments_db.get_network_segments(
-            context.plugin_context, context.network.current["id"], filter_dynamic=True)
-        return any(s[api.ID] in offered for s in dynamic)
+        return bool(offered) and bool(offered & _dynamic_segment_ids(context))
 
     def _unplaced(self, context: api.PortContext) -> None:
         """A VXLAN port on a host the topology does not place is left to other drivers
@@ -315,10 +311,14 @@ def _fabric_vlan(context: api.PortContext, binding_levels: list[dict] | None) ->
             for s in context.network.network_segments or []) or \
             _static_segment(context.network.current, segment):
         return None
-    dynamic = segments_db.get_network_segments(
-        context.plugin_context, context.current["network_id"], filter_dynamic=True)
-    return segment.get(api.ID) if any(s[api.ID] == segment.get(api.ID)
-                                      for s in dynamic) else None
+    return segment.get(api.ID) if segment.get(api.ID) in _dynamic_segment_ids(context) \
+        else None
+
+
+def _dynamic_segment_ids(context: api.PortContext) -> set[str]:
+    """The ids of the network's dynamic segments (one query)."""
+    return {s[api.ID] for s in segments_db.get_network_segments(
+        context.plugin_context, context.network.current["id"], filter_dynamic=True)}
 
 
 def _static_segment(network: dict, segment: dict) -> bool:
@@ -337,8 +337,9 @@ def _static_segment(network: dict, segment: dict) -> bool:
 
 def _bound_straight_into_fabric_vlan(context: api.PortContext) -> bool:
     """This update is the binding of the port straight into the fabric's VLAN (see
-    :func:`_fabric_vlan`): no bind of ours held the port DOWN for the leaves, so hold
-    it now, and say so (it is rare, and what the port's levels show is unusual)."""
+    :func:`_fabric_vlan`): hold the port DOWN for the leaves (the bind that reached us
+    first usually holds it already; a repeat is a no-op), and say so (it is rare, and
+    what the port's levels show is unusual)."""
     if levels.bound_by(context.binding_levels, DRIVER_NAME) or \
             _level_ids(context.binding_levels) == _level_ids(context.original_binding_levels):
         return False
