@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from networking_dvs_fabric.lab.procs import LabError, find_program
+from networking_dvs_fabric.lab.procs import LabError, find_program, pid_alive
 
 PROGRAMS = {"ip": "iproute2", "ethtool": "ethtool", "ping": "iputils-ping",
             "ovs-vswitchd": "openvswitch-switch", "ovs-vsctl": "openvswitch-switch",
@@ -85,21 +85,31 @@ def del_ns(name: str) -> None:
 
 def kill_pids(name: str, grace: float = 3.0) -> None:
     """Stop every process in namespace ``name`` (the lab's own), by the pids ``ip netns
-    pids`` gives: SIGTERM, then SIGKILL what is left after ``grace`` seconds."""
+    pids`` gives: SIGTERM, then SIGKILL what is left after ``grace`` seconds.
+
+    Returns once each signalled process is gone, not only out of the namespace: an
+    exiting process leaves its namespaces before it has finished exiting (the kernel
+    still closes its files after that), so an empty ``ip netns pids`` alone would let
+    the caller see it alive a moment later.
+    """
     def pids() -> list[int]:
         out = ip("netns", "pids", name, check=False)
         return [int(p) for p in out.split() if p.isdigit()]
+    signalled: set[int] = set()
+
+    def left() -> bool:
+        return bool(pids()) or any(pid_alive(pid) for pid in signalled)
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
-        left = pids()
-        if not left:
+        if not left():
             return
-        for pid in left:
+        for pid in pids():
+            signalled.add(pid)
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and pids():
+        while time.monotonic() < deadline and left():
             time.sleep(0.05)
 
 
