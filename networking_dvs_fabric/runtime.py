@@ -220,6 +220,10 @@ class Runtime:
                     raise FabricConfigurationError(option="topology_file", reason=str(exc))
             return self._topology
 
+    def fabric_physical_networks(self) -> frozenset[str]:
+        """The physical networks the fabric's VLANs can be on (``Topology``'s)."""
+        return self.require_topology().physical_networks(self.directory)
+
     @property
     def topology(self) -> Topology | None:
         """The topology; None when ``[ml2_fabric] topology_file`` is not set."""

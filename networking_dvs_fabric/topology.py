@@ -100,6 +100,9 @@ class HostDirectory(Protocol):
     def physical_networks(self, esxi_host: str) -> dict[str, str]:
         """physical_network -> DVS name for every mapped DVS the ESXi host is on."""
 
+    def mapped_physical_networks(self) -> frozenset[str]:
+        """Every physical network mapped to a DVS (configuration only, no vCenter call)."""
+
 
 _ENDPOINT_KINDS = ("tcp", "ssl", "unix")
 
@@ -254,6 +257,14 @@ class Topology:
 
     def tunnel_ip(self, leaf: str) -> str:
         return self.leaves[leaf].tunnel_ip
+
+    def physical_networks(self, vsphere: HostDirectory | None) -> frozenset[str]:
+        """The physical networks the fabric's VLANs can be on: those of the hosts named
+        with one here and those mapped to a DVS.  A dynamic VLAN segment on another
+        physical network is not the fabric's (another top-level driver's)."""
+        named = {h.physical_network for h in self.hosts.values() if h.physical_network}
+        return frozenset(named) | (vsphere.mapped_physical_networks() if vsphere else
+                                   frozenset())
 
     def placement(self, binding_host: str, vsphere: HostDirectory | None,
                   physical_network: str | None = None) -> Placement | None:

@@ -7,7 +7,9 @@ into one of the fabric's dynamic VLAN segments at the top level counts too: ML2 
 that when the level under ``fabric_hwvtep`` refused and a bottom driver, asked next
 at the top level, accepted the network's VLAN segment (an agent that came back
 alive between the two asks); the VLAN is the fabric's all the same, and only the
-leaves make it reach the VXLAN network.  Inactive bindings (a
+leaves make it reach the VXLAN network.  Only a dynamic VLAN segment on one of the
+fabric's physical networks is: another top-level driver's segments are its own.
+Inactive bindings (a
 live migration's destination) count for VLAN bindings, so the destination is ready
 before the port moves; MACs are placed only from active bindings.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Iterable
+from typing import Collection, Iterable
 
 from neutron.db import models_v2
 from neutron.db.models import segment as segment_models
@@ -49,9 +51,10 @@ class NetworkIntent:
     ports: tuple[BoundPort, ...]
 
 
-def read_intents(context, network_ids: Iterable[str],
+def read_intents(context, network_ids: Iterable[str], physical_networks: Collection[str],
                  driver: str = names.FABRIC_DRIVER) -> dict[str, NetworkIntent | None]:
-    """Intent per network; None for a network that is gone or has no VXLAN segment."""
+    """Intent per network; None for a network that is gone or has no VXLAN segment.
+    ``physical_networks``: the fabric's (``Topology.physical_networks``)."""
     ids = sorted(set(network_ids))
     result: dict[str, NetworkIntent | None] = {i: None for i in ids}
     if not ids:
@@ -89,7 +92,7 @@ def read_intents(context, network_ids: Iterable[str],
     for (port_id, host), rows in by_binding.items():
         rows.sort(key=lambda r: r.level)
         found = _through_fabric(rows, segments, driver) or \
-            _straight_into_fabric_vlan(rows, segments, vxlan_of)
+            _straight_into_fabric_vlan(rows, segments, vxlan_of, physical_networks)
         if found is None:
             continue
         top, bottom = found
@@ -120,14 +123,15 @@ def _through_fabric(rows, segments, driver):
     return None
 
 
-def _straight_into_fabric_vlan(rows, segments, vxlan_of):
+def _straight_into_fabric_vlan(rows, segments, vxlan_of, physical_networks):
     """(VXLAN segment, VLAN segment) of a one-level binding into a dynamic VLAN segment
-    of a VXLAN network (module doc); a static VLAN segment of a multi-segment network
-    is a provider's, not the fabric's."""
+    on one of the fabric's physical networks, of a VXLAN network (module doc); a static
+    VLAN segment of a multi-segment network is a provider's, not the fabric's."""
     if len(rows) != 1:
         return None
     bottom = segments.get(rows[0].segment_id)
-    if bottom is None or not bottom.is_dynamic or bottom.network_type != n_const.TYPE_VLAN:
+    if bottom is None or not bottom.is_dynamic or bottom.network_type != n_const.TYPE_VLAN \
+            or bottom.physical_network not in physical_networks:
         return None
     top = vxlan_of.get(bottom.network_id)
     return (top, bottom) if top is not None else None

@@ -95,7 +95,7 @@ class FabricSync:
         self.landed = provisioning.Landed()
         try:
             runtime = self._runtime
-            intents = read_intents(context, network_ids)
+            intents = read_intents(context, network_ids, runtime.fabric_physical_networks())
             desired = desired_state(intents, runtime.require_topology(), runtime.directory,
                                     runtime.fabric_settings.mac_distribution,
                                     runtime.fabric_settings.mode)
@@ -207,7 +207,8 @@ class FabricSync:
         found = holders(desired, current)
         if not found:
             return {leaf: {} for leaf in desired}
-        theirs = self._desired(read_intents(context, found))
+        theirs = self._desired(read_intents(context, found,
+                                            self._runtime.fabric_physical_networks()))
         riders = releases(desired, theirs, current)
         named = sorted({n for on_leaf in riders.values() for n in on_leaf})
         if named:

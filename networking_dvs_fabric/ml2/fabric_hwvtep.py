@@ -134,12 +134,18 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
                 self._record_inactive_binding(context)
             return
 
-    @staticmethod
-    def _fabric_vlans_offered(context: api.PortContext) -> bool:
-        """Are dynamic VLAN segments (the fabric's) among the segments offered to bind?
-        Static provider VLAN segments of a multi-segment network are not the fabric's."""
+    def _fabric_vlan(self, context: api.PortContext,
+                     binding_levels: list[dict] | None) -> str | None:
+        return _fabric_vlan(context, binding_levels, self.runtime.fabric_physical_networks())
+
+    def _fabric_vlans_offered(self, context: api.PortContext) -> bool:
+        """Are the fabric's dynamic VLAN segments among the segments offered to bind?
+        Static provider VLAN segments of a multi-segment network are not the fabric's,
+        nor another top-level driver's dynamic ones (on physical networks not ours)."""
+        ours = self.runtime.fabric_physical_networks()
         offered = {s[api.ID] for s in context.segments_to_bind
-                   if s.get(api.NETWORK_TYPE) == n_const.TYPE_VLAN}
+                   if s.get(api.NETWORK_TYPE) == n_const.TYPE_VLAN
+                   and s.get(api.PHYSICAL_NETWORK) in ours}
         return bool(offered) and bool(offered & _dynamic_segment_ids(context))
 
     def _unplaced(self, context: api.PortContext) -> None:
@@ -219,8 +225,8 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
     def update_port_precommit(self, context: api.PortContext) -> None:
         if _only_status_changed(context):
             return      # a status change (ours, when the leaves carry the port) needs nothing
-        ours = _fabric_vlan(context, context.binding_levels) is not None
-        was_ours = _fabric_vlan(context, context.original_binding_levels) is not None
+        ours = self._fabric_vlan(context, context.binding_levels) is not None
+        was_ours = self._fabric_vlan(context, context.original_binding_levels) is not None
         if not (ours or was_ours):
             return
         self._record(context.plugin_context, context.current["network_id"])
@@ -231,7 +237,7 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             provisioning.hold(context.plugin_context, context.current["id"])
 
     def delete_port_precommit(self, context: api.PortContext) -> None:
-        if _fabric_vlan(context, context.binding_levels) is not None:
+        if self._fabric_vlan(context, context.binding_levels) is not None:
             self._record(context.plugin_context, context.current["network_id"])
 
     def delete_network_precommit(self, context: api.NetworkContext) -> None:
@@ -241,8 +247,8 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
 
     # -- after commit: wake the worker, give back unused VLAN segments -----------
     def update_port_postcommit(self, context: api.PortContext) -> None:
-        old = _fabric_vlan(context, context.original_binding_levels)
-        new = _fabric_vlan(context, context.binding_levels)
+        old = self._fabric_vlan(context, context.original_binding_levels)
+        new = self._fabric_vlan(context, context.binding_levels)
         if old is not None or new is not None:
             self.waker.wake()
         if old is not None and old != new:
@@ -254,7 +260,7 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             provisioning.release(context.plugin_context, context.current["id"])
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
-        segment = _fabric_vlan(context, context.binding_levels)
+        segment = self._fabric_vlan(context, context.binding_levels)
         if segment is not None:
             self.waker.wake()
             self._release_if_unused(context, segment)
@@ -295,10 +301,13 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
 
 
 
-def _fabric_vlan(context: api.PortContext, binding_levels: list[dict] | None) -> str | None:
+def _fabric_vlan(context: api.PortContext, binding_levels: list[dict] | None,
+                 physical_networks: frozenset[str]) -> str | None:
     """The id of the fabric's VLAN segment a binding uses, None if it uses none: the
-    segment bound under our level, or a dynamic VLAN segment of this VXLAN network that
-    a bottom driver bound at the top level.  ML2 does that when the level under ours
+    segment bound under our level, or a dynamic VLAN segment of this VXLAN network, on
+    one of the fabric's ``physical_networks``, that a bottom driver bound at the top
+    level (another top-level driver's dynamic segments are on physical networks of
+    its own).  ML2 does that when the level under ours
     refused and the bottom driver, asked next at the top level where the network's
     segments are all offered, accepted (an agent that came back alive between the two
     asks).  The leaves must carry such a port as any other (``fabric/intent.py``)."""
@@ -309,6 +318,7 @@ def _fabric_vlan(context: api.PortContext, binding_levels: list[dict] | None) ->
     if segment.get(api.NETWORK_TYPE) != n_const.TYPE_VLAN or not any(
             s.get(api.NETWORK_TYPE) == n_const.TYPE_VXLAN
             for s in context.network.network_segments or []) or \
+            segment.get(api.PHYSICAL_NETWORK) not in physical_networks or \
             _static_segment(context.network.current, segment):
         return None
     return segment.get(api.ID) if segment.get(api.ID) in _dynamic_segment_ids(context) \

@@ -226,7 +226,8 @@ def _audit_leaves(context, parts: Parts, report: Report) -> None:
     for networks_on_leaf in actual.values():
         networks |= set(networks_on_leaf)          # orphans too: they must go
     try:
-        intents = read_intents(context, networks)
+        intents = read_intents(context, networks,
+                               parts.topology.physical_networks(parts.directory))
         target = desired_state(intents, parts.topology, parts.directory,
                                parts.mac_distribution, parts.mode)
     except errors.VCenterError as exc:

@@ -33,3 +33,6 @@ class VCenterHostDirectory:
         moid = inventory.hosts.get(esxi_host)
         return {physnet: dvs for physnet, dvs in self.backend.settings.dvs_mappings.items()
                 if dvs in inventory.dvs and moid in inventory.dvs[dvs].host_ids}
+
+    def mapped_physical_networks(self) -> frozenset[str]:
+        return frozenset(self.backend.settings.dvs_mappings)

@@ -19,6 +19,9 @@ class Directory:
     def physical_networks(self, esxi_host):
         return {"physnet-dvs": "DVS0"}
 
+    def mapped_physical_networks(self):
+        return frozenset({"physnet-dvs"})
+
 
 def _topology():
     return Topology.from_dict({

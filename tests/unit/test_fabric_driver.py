@@ -237,6 +237,34 @@ class TestBoundStraightIntoTheFabricVlan(FabricHwvtepTestCase):
         for leaf_name, port_name in lab_topology.KVM_PORTS:
             self.assertEqual({}, LeafView(leaf(leaf_name)).bindings(port_name))
 
+    def test_another_drivers_dynamic_vlan_is_not_the_fabrics(self):
+        """Another vendor's top-level driver made a dynamic VLAN segment of the same VXLAN
+        network, on a physical network of its own, for a host outside our topology.  A
+        port bound straight into it is that driver's: fabric_hwvtep neither refuses the
+        host nor holds the port, and the leaves do not carry it."""
+        theirs_host, theirs_physnet = "kvm-theirs", "physnet-theirs"
+        agent_helpers.register_ovs_agent(host=theirs_host,
+                                         bridge_mappings={theirs_physnet: "br-theirs"},
+                                         tunnel_types=[])
+        net = self.vxlan_network()
+        theirs = {"network_type": "vlan", "physical_network": theirs_physnet,
+                  "segmentation_id": 321}
+        segments_db.add_network_segment(self.ctx, net["id"], theirs, is_dynamic=True)
+        port = self.make_port(net["id"], host=theirs_host, device_owner="compute:nova")
+        self.assertEqual("ovs", port[portbindings.VIF_TYPE])
+        levels = ml2_db.get_binding_level_objs(self.ctx, port["id"], theirs_host)
+        self.assertEqual([("openvswitch", theirs["id"])],
+                         [(lv.driver, lv.segment_id) for lv in levels])
+        # The agent's word alone makes it ACTIVE: no block of ours holds it.
+        provisioning_blocks.provisioning_complete(
+            self.ctx, port["id"], resources.PORT, provisioning_blocks.L2_AGENT_ENTITY)
+        self.assertEqual("ACTIVE", self.show_port(port["id"])["status"])
+        self.converge()
+        ls = f"dvsf-{net['id']}"
+        for item in _LEAVES:
+            self.assertNotIn(ls, LeafView(item).logical_switches(), item.name)
+
+
 class TestCleanUp(FabricHwvtepTestCase):
 
     def test_last_port_gone_releases_segment_port_group_and_leaves(self):
