@@ -237,6 +237,35 @@ class TestBoundStraightIntoTheFabricVlan(FabricHwvtepTestCase):
         for leaf_name, port_name in lab_topology.KVM_PORTS:
             self.assertEqual({}, LeafView(leaf(leaf_name)).bindings(port_name))
 
+    def test_the_binding_itself_holds_it_down_when_the_first_ask_left_no_hold(self):
+        """fabric_hwvtep's first ask usually holds the port; when nothing holds it by
+        the time the bottom driver binds straight into the fabric's VLAN (the block
+        taken away here, between the two asks), the binding's own update holds it."""
+        kvm = lab_topology.KVM_HOST
+        agent_helpers.register_ovs_agent(host=kvm, bridge_mappings={KVM_PHYSNET: "br-phys"},
+                                         tunnel_types=[])
+        net = self.vxlan_network()
+        self.make_port(net["id"], host=kvm, device_owner="compute:nova")
+        ovs = self.driver.mechanism_manager.mech_drivers["openvswitch"].obj
+        real_bind, asks = ovs.bind_port, []
+
+        def revived_without_our_block(context) -> None:
+            asks.append(context.host)
+            if len(asks) > 1:
+                provisioning_blocks.remove_provisioning_component(
+                    context.plugin_context, context.current["id"], resources.PORT,
+                    names.FABRIC_DRIVER)
+                real_bind(context)
+        with mock.patch.object(ovs, "bind_port", side_effect=revived_without_our_block):
+            port = self.make_port(net["id"], host=kvm, device_owner="compute:nova")
+        self.assertEqual(["openvswitch"], [lv.driver for lv in ml2_db.get_binding_level_objs(
+            self.ctx, port["id"], kvm)])
+        provisioning_blocks.provisioning_complete(
+            self.ctx, port["id"], resources.PORT, provisioning_blocks.L2_AGENT_ENTITY)
+        self.assertEqual("DOWN", self.show_port(port["id"])["status"])
+        self.converge()
+        self.assertEqual("ACTIVE", self.show_port(port["id"])["status"])
+
     def test_another_drivers_dynamic_vlan_is_not_the_fabrics(self):
         """Another vendor's top-level driver made a dynamic VLAN segment of the same VXLAN
         network, on a physical network of its own, for a host outside our topology.  A
