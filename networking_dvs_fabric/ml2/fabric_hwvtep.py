@@ -253,10 +253,12 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             self.waker.wake()
         if old is not None and old != new:
             self._release_if_unused(context, old)
-        self._release_after_failed_binding(context)
-        if context.vif_type == portbindings.VIF_TYPE_BINDING_FAILED:
-            # A level below us refused: nothing is bound through us, so our block
-            # (bind_port) must not keep the port DOWN once another driver binds it.
+        if context.vif_type == portbindings.VIF_TYPE_BINDING_FAILED or (
+                new is None and _bound_elsewhere(context)):
+            # A level below us refused, or another driver bound the port on a segment
+            # of its own: nothing is bound through us, so our block and the VLAN our
+            # bind_port took must not keep the port DOWN or the VLAN used.
+            self._release_after_failed_binding(context)
             provisioning.release(context.plugin_context, context.current["id"])
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
@@ -264,12 +266,14 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         if segment is not None:
             self.waker.wake()
             self._release_if_unused(context, segment)
-        self._release_after_failed_binding(context)
+        if context.vif_type == portbindings.VIF_TYPE_BINDING_FAILED:
+            self._release_after_failed_binding(context)
 
     def _release_after_failed_binding(self, context: api.PortContext) -> None:
-        """A binding that failed below us leaves no binding levels, so ML2 keeps the
-        dynamic segment we allocated for it: give it back if nothing uses it."""
-        if context.vif_type != portbindings.VIF_TYPE_BINDING_FAILED or not context.host:
+        """A binding that failed below us (or ended elsewhere) leaves no level of ours,
+        so ML2 keeps the dynamic segment we allocated for it: give it back if nothing
+        uses it."""
+        if not context.host:
             return
         try:
             placement = self.topology.placement(context.host, self.directory)
@@ -360,6 +364,16 @@ def _bound_straight_into_fabric_vlan(context: api.PortContext) -> bool:
                  "driver": context.binding_levels[0].get(api.BOUND_DRIVER),
                  "seg": (context.binding_levels[0].get(api.BOUND_SEGMENT) or {}).get(api.ID)})
     return True
+
+
+def _bound_elsewhere(context: api.PortContext) -> bool:
+    """This update is a new binding of a VXLAN network's port made by other drivers
+    alone (after our bind_port's ask, whose level below refused)."""
+    return bool(context.binding_levels) and \
+        not levels.bound_by(context.binding_levels, DRIVER_NAME) and \
+        _level_ids(context.binding_levels) != _level_ids(context.original_binding_levels) \
+        and any(s.get(api.NETWORK_TYPE) == n_const.TYPE_VXLAN
+                for s in context.network.network_segments or [])
 
 
 def _level_ids(binding_levels: list[dict] | None) -> list[tuple]:

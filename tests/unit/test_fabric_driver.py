@@ -266,6 +266,34 @@ class TestBoundStraightIntoTheFabricVlan(FabricHwvtepTestCase):
         self.converge()
         self.assertEqual("ACTIVE", self.show_port(port["id"])["status"])
 
+    def test_bound_by_another_driver_on_its_own_segment_it_is_not_held_nor_its_vlan_kept(self):
+        """The level under fabric_hwvtep refuses, and the revived agent, which does VXLAN
+        in software, binds the VXLAN segment itself at the top level: nothing is bound
+        through the fabric, so the block and the VLAN fabric_hwvtep took for the port in
+        its first ask must not stay (before: DOWN for ever, the VLAN kept)."""
+        kvm = lab_topology.KVM_HOST
+        agent_helpers.register_ovs_agent(host=kvm, bridge_mappings={KVM_PHYSNET: "br-phys"},
+                                         tunnel_types=["vxlan"])
+        net = self.vxlan_network()
+        ovs = self.driver.mechanism_manager.mech_drivers["openvswitch"].obj
+        real_bind, asks = ovs.bind_port, []
+
+        def revived_after_the_first_ask(context) -> None:
+            asks.append(context.host)
+            if len(asks) > 1:
+                real_bind(context)
+        with mock.patch.object(ovs, "bind_port", side_effect=revived_after_the_first_ask):
+            port = self.make_port(net["id"], host=kvm, device_owner="compute:nova")
+        [vxlan] = [s for s in segments_db.get_network_segments(self.ctx, net["id"])
+                   if s["network_type"] == "vxlan"]
+        self.assertEqual([("openvswitch", vxlan["id"])], [
+            (lv.driver, lv.segment_id)
+            for lv in ml2_db.get_binding_level_objs(self.ctx, port["id"], kvm)])
+        self.assertEqual([], self.dynamic_segments(net["id"]))
+        provisioning_blocks.provisioning_complete(
+            self.ctx, port["id"], resources.PORT, provisioning_blocks.L2_AGENT_ENTITY)
+        self.assertEqual("ACTIVE", self.show_port(port["id"])["status"])
+
     def test_another_drivers_dynamic_vlan_is_not_the_fabrics(self):
         """Another vendor's top-level driver made a dynamic VLAN segment of the same VXLAN
         network, on a physical network of its own, for a host outside our topology.  A
