@@ -25,7 +25,7 @@ from neutron_lib.plugins.ml2 import api
 from networking_dvs_fabric import levels, names, runtime
 from networking_dvs_fabric.fabric import provisioning
 from networking_dvs_fabric.journal import store
-from networking_dvs_fabric.ml2 import segments
+from networking_dvs_fabric.ml2 import fabric_bindings, segments
 from networking_dvs_fabric.topology import HostDirectory, Topology
 from networking_dvs_fabric.vcenter import errors
 
@@ -136,7 +136,8 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
 
     def _fabric_vlan(self, context: api.PortContext,
                      binding_levels: list[dict] | None) -> str | None:
-        return _fabric_vlan(context, binding_levels, self.runtime.fabric_physical_networks())
+        return fabric_bindings.fabric_vlan(context, binding_levels,
+                                           self.runtime.fabric_physical_networks())
 
     def _fabric_vlans_offered(self, context: api.PortContext) -> bool:
         """Are the fabric's dynamic VLAN segments among the segments offered to bind?
@@ -146,7 +147,7 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         offered = {s[api.ID] for s in context.segments_to_bind
                    if s.get(api.NETWORK_TYPE) == n_const.TYPE_VLAN
                    and s.get(api.PHYSICAL_NETWORK) in ours}
-        return bool(offered) and bool(offered & _dynamic_segment_ids(context))
+        return bool(offered) and bool(offered & fabric_bindings.dynamic_segment_ids(context))
 
     def _unplaced(self, context: api.PortContext) -> None:
         """A VXLAN port on a host the topology does not place is left to other drivers
@@ -223,7 +224,7 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
             store.record(plugin_context, RESOURCE_NETWORK, network_id)
 
     def update_port_precommit(self, context: api.PortContext) -> None:
-        if _only_status_changed(context):
+        if fabric_bindings.only_status_changed(context):
             return      # a status change (ours, when the leaves carry the port) needs nothing
         ours = self._fabric_vlan(context, context.binding_levels) is not None
         was_ours = self._fabric_vlan(context, context.original_binding_levels) is not None
@@ -232,7 +233,7 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         self._record(context.plugin_context, context.current["network_id"])
         if was_ours and not ours:
             provisioning.release(context.plugin_context, context.current["id"])
-        elif ours and (_activated_without_bind(context) or
+        elif ours and (fabric_bindings.activated_without_bind(context) or
                        _bound_straight_into_fabric_vlan(context)):
             provisioning.hold(context.plugin_context, context.current["id"])
 
@@ -254,7 +255,7 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         if old is not None and old != new:
             self._release_if_unused(context, old)
         if context.vif_type == portbindings.VIF_TYPE_BINDING_FAILED or (
-                new is None and _bound_elsewhere(context)):
+                new is None and fabric_bindings.bound_elsewhere(context)):
             # A level below us refused, or another driver bound the port on a segment
             # of its own: nothing is bound through us, so our block and the VLAN our
             # bind_port took must not keep the port DOWN or the VLAN used.
@@ -304,58 +305,14 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
                      "being bound", segment_id)
 
 
-
-def _fabric_vlan(context: api.PortContext, binding_levels: list[dict] | None,
-                 physical_networks: frozenset[str]) -> str | None:
-    """The id of the fabric's VLAN segment a binding uses, None if it uses none: the
-    segment bound under our level, or a dynamic VLAN segment of this VXLAN network, on
-    one of the fabric's ``physical_networks``, that a bottom driver bound at the top
-    level (another top-level driver's dynamic segments are on physical networks of
-    its own).  ML2 does that when the level under ours
-    refused and the bottom driver, asked next at the top level where the network's
-    segments are all offered, accepted (an agent that came back alive between the two
-    asks).  The leaves must carry such a port as any other (``fabric/intent.py``)."""
-    below = _segment_below_us(binding_levels)
-    if below is not None or not binding_levels or len(binding_levels) != 1:
-        return below
-    segment = binding_levels[0].get(api.BOUND_SEGMENT) or {}
-    if segment.get(api.NETWORK_TYPE) != n_const.TYPE_VLAN or not any(
-            s.get(api.NETWORK_TYPE) == n_const.TYPE_VXLAN
-            for s in context.network.network_segments or []) or \
-            segment.get(api.PHYSICAL_NETWORK) not in physical_networks or \
-            _static_segment(context.network.current, segment):
-        return None
-    return segment.get(api.ID) if segment.get(api.ID) in _dynamic_segment_ids(context) \
-        else None
-
-
-def _dynamic_segment_ids(context: api.PortContext) -> set[str]:
-    """The ids of the network's dynamic segments (one query)."""
-    return {s[api.ID] for s in segments_db.get_network_segments(
-        context.plugin_context, context.network.current["id"], filter_dynamic=True)}
-
-
-def _static_segment(network: dict, segment: dict) -> bool:
-    """Is ``segment`` one of the network's static (provider) segments?  Read from the
-    network's own dict, no query: a port of a VXLAN + provider VLAN network costs its
-    status updates nothing here."""
-    def key(item: dict) -> tuple:
-        return (item.get(api.NETWORK_TYPE), item.get(api.PHYSICAL_NETWORK),
-                item.get(api.SEGMENTATION_ID))
-    static = [{api.NETWORK_TYPE: s.get("provider:network_type"),
-               api.PHYSICAL_NETWORK: s.get("provider:physical_network"),
-               api.SEGMENTATION_ID: s.get("provider:segmentation_id")}
-              for s in network.get("segments") or [network]]
-    return any(key(s) == key(segment) for s in static)
-
-
 def _bound_straight_into_fabric_vlan(context: api.PortContext) -> bool:
     """This update is the binding of the port straight into the fabric's VLAN (see
-    :func:`_fabric_vlan`): hold the port DOWN for the leaves (the bind that reached us
-    first usually holds it already; a repeat is a no-op), and say so (it is rare, and
-    what the port's levels show is unusual)."""
+    :func:`fabric_bindings.fabric_vlan`): hold the port DOWN for the leaves (the bind
+    that reached us first usually holds it already; a repeat is a no-op), and say so
+    (it is rare, and what the port's levels show is unusual)."""
+    level_ids = fabric_bindings.level_ids
     if levels.bound_by(context.binding_levels, DRIVER_NAME) or \
-            _level_ids(context.binding_levels) == _level_ids(context.original_binding_levels):
+            level_ids(context.binding_levels) == level_ids(context.original_binding_levels):
         return False
     LOG.warning("fabric_hwvtep: port %(port)s on %(host)s was bound by %(driver)s straight "
                 "into the fabric's VLAN segment %(seg)s at the top level (the level under "
@@ -364,47 +321,3 @@ def _bound_straight_into_fabric_vlan(context: api.PortContext) -> bool:
                  "driver": context.binding_levels[0].get(api.BOUND_DRIVER),
                  "seg": (context.binding_levels[0].get(api.BOUND_SEGMENT) or {}).get(api.ID)})
     return True
-
-
-def _bound_elsewhere(context: api.PortContext) -> bool:
-    """This update is a new binding of a VXLAN network's port made by other drivers
-    alone (after our bind_port's ask, whose level below refused)."""
-    return bool(context.binding_levels) and \
-        not levels.bound_by(context.binding_levels, DRIVER_NAME) and \
-        _level_ids(context.binding_levels) != _level_ids(context.original_binding_levels) \
-        and any(s.get(api.NETWORK_TYPE) == n_const.TYPE_VXLAN
-                for s in context.network.network_segments or [])
-
-
-def _level_ids(binding_levels: list[dict] | None) -> list[tuple]:
-    return [(level.get(api.BOUND_DRIVER), (level.get(api.BOUND_SEGMENT) or {}).get(api.ID))
-            for level in binding_levels or []]
-
-
-_STATUS_FIELDS = ("status", "revision_number", "updated_at")
-
-
-def _only_status_changed(context: api.PortContext) -> bool:
-    """Only the port's status (and its revision) changed: nothing the leaves hold
-    depends on it."""
-    original = context.original
-    if original is None or \
-            _level_ids(context.binding_levels) != _level_ids(context.original_binding_levels):
-        return False
-    return ({k: v for k, v in original.items() if k not in _STATUS_FIELDS} ==
-            {k: v for k, v in context.current.items() if k not in _STATUS_FIELDS})
-
-
-def _activated_without_bind(context: api.PortContext) -> bool:
-    """ML2 made an already bound binding the active one (a live migration's
-    activation): the port is DOWN now and bind_port did not run for it."""
-    return (context.current.get("status") == n_const.PORT_STATUS_DOWN
-            and context.original_vif_type not in (portbindings.VIF_TYPE_UNBOUND,
-                                                  portbindings.VIF_TYPE_BINDING_FAILED)
-            and _level_ids(context.binding_levels) !=
-            _level_ids(context.original_binding_levels))
-
-
-def _segment_below_us(binding_levels: list[dict] | None) -> str | None:
-    """The id of the segment bound at the level under ours (the dynamic VLAN one)."""
-    return levels.segment_id_below(binding_levels, DRIVER_NAME)

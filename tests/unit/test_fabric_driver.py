@@ -193,6 +193,21 @@ class TestBoundStraightIntoTheFabricVlan(FabricHwvtepTestCase):
     race is made here with a mock, as its timing cannot be made on purpose: the
     driver refuses its first ask, as for a dead agent, and answers the next itself."""
 
+    def port_bound_by_a_revived_agent(self, network_id: str, host: str,
+                                      meanwhile=lambda context: None) -> dict:
+        """A port made while the host's agent refuses its first ask (dead) and binds
+        the next (back alive); ``meanwhile`` runs between the two."""
+        ovs = self.driver.mechanism_manager.mech_drivers["openvswitch"].obj
+        real_bind, asks = ovs.bind_port, []
+
+        def revived_after_the_first_ask(context) -> None:
+            asks.append(context.host)
+            if len(asks) > 1:
+                meanwhile(context)
+                real_bind(context)
+        with mock.patch.object(ovs, "bind_port", side_effect=revived_after_the_first_ask):
+            return self.make_port(network_id, host=host, device_owner="compute:nova")
+
     def test_the_leaves_carry_it_and_it_is_down_until_they_do(self):
         kvm = lab_topology.KVM_HOST
         # As the lab's KVM host: VLANs on its physical network, no VXLAN of its own.
@@ -201,16 +216,8 @@ class TestBoundStraightIntoTheFabricVlan(FabricHwvtepTestCase):
         net = self.vxlan_network()
         first = self.make_port(net["id"], host=kvm, device_owner="compute:nova")
         [segment] = self.dynamic_segments(net["id"])
-        ovs = self.driver.mechanism_manager.mech_drivers["openvswitch"].obj
-        real_bind, asks = ovs.bind_port, []
-
-        def revived_after_the_first_ask(context) -> None:
-            asks.append(context.host)
-            if len(asks) > 1:
-                real_bind(context)
-        with mock.patch.object(ovs, "bind_port", side_effect=revived_after_the_first_ask), \
-                self.assertLogs("networking_dvs_fabric.ml2.fabric_hwvtep", "WARNING") as said:
-            port = self.make_port(net["id"], host=kvm, device_owner="compute:nova")
+        with self.assertLogs("networking_dvs_fabric.ml2.fabric_hwvtep", "WARNING") as said:
+            port = self.port_bound_by_a_revived_agent(net["id"], kvm)
         levels = ml2_db.get_binding_level_objs(self.ctx, port["id"], kvm)
         self.assertEqual([("openvswitch", segment["id"])],
                          [(lv.driver, lv.segment_id) for lv in levels])
@@ -246,18 +253,11 @@ class TestBoundStraightIntoTheFabricVlan(FabricHwvtepTestCase):
                                          tunnel_types=[])
         net = self.vxlan_network()
         self.make_port(net["id"], host=kvm, device_owner="compute:nova")
-        ovs = self.driver.mechanism_manager.mech_drivers["openvswitch"].obj
-        real_bind, asks = ovs.bind_port, []
-
-        def revived_without_our_block(context) -> None:
-            asks.append(context.host)
-            if len(asks) > 1:
+        port = self.port_bound_by_a_revived_agent(
+            net["id"], kvm, meanwhile=lambda context: (
                 provisioning_blocks.remove_provisioning_component(
                     context.plugin_context, context.current["id"], resources.PORT,
-                    names.FABRIC_DRIVER)
-                real_bind(context)
-        with mock.patch.object(ovs, "bind_port", side_effect=revived_without_our_block):
-            port = self.make_port(net["id"], host=kvm, device_owner="compute:nova")
+                    names.FABRIC_DRIVER)))
         self.assertEqual(["openvswitch"], [lv.driver for lv in ml2_db.get_binding_level_objs(
             self.ctx, port["id"], kvm)])
         provisioning_blocks.provisioning_complete(
@@ -275,15 +275,7 @@ class TestBoundStraightIntoTheFabricVlan(FabricHwvtepTestCase):
         agent_helpers.register_ovs_agent(host=kvm, bridge_mappings={KVM_PHYSNET: "br-phys"},
                                          tunnel_types=["vxlan"])
         net = self.vxlan_network()
-        ovs = self.driver.mechanism_manager.mech_drivers["openvswitch"].obj
-        real_bind, asks = ovs.bind_port, []
-
-        def revived_after_the_first_ask(context) -> None:
-            asks.append(context.host)
-            if len(asks) > 1:
-                real_bind(context)
-        with mock.patch.object(ovs, "bind_port", side_effect=revived_after_the_first_ask):
-            port = self.make_port(net["id"], host=kvm, device_owner="compute:nova")
+        port = self.port_bound_by_a_revived_agent(net["id"], kvm)
         [vxlan] = [s for s in segments_db.get_network_segments(self.ctx, net["id"])
                    if s["network_type"] == "vxlan"]
         self.assertEqual([("openvswitch", vxlan["id"])], [
