@@ -73,6 +73,9 @@ class _Sources:
     def require_topology(self) -> Topology:
         return self._topology
 
+    def fabric_physical_networks(self) -> frozenset[str]:
+        return self._topology.physical_networks(self.directory)
+
 
 def networks(context, parts, network_ids: Sequence[str], batch: int,
              progress: Callable[[str], None], handler: Handler | None = None) -> Converged:
