@@ -28,7 +28,9 @@ The port groups' part, and the periodic sync's leaves' part (its audit reads eve
 leaf: ~10 s at 4,000 networks), run on a thread beside the worker once it runs
 (``parts_thread.py``; inline when the sync is run by hand), so the worker's batches
 do not wait for them; that leaves' part converges with a sibling of the worker's
-handler (``FabricSync.sibling``), under the journal's claims as any repair.
+handler (``FabricSync.sibling``), under the journal's claims as any repair.  The port
+groups' part waits for the vCenter watcher's first full read where a watcher runs in
+the same process (``start_order.py``): where each VM runs matters more to traffic.
 
 One process at a time: every periodic-worker process has a fabric worker, and a
 full sync reads every leaf and all of vCenter.  The sync runs holding the lease
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from concurrent import futures
 from typing import Callable
@@ -97,6 +100,7 @@ class FullSync:
         self._waiting: dict[str, frozenset[str]] = {}   # changes not synced: parts
         self._hold = LeaseHold(LEASE, LEASE_TTL, RENEW_INTERVAL)
         self._beside: PartsThread | None = None   # None: every part inline
+        self._beside_stopping = threading.Event()
         self.runs = 0
         self.skipped = 0
 
@@ -109,6 +113,7 @@ class FullSync:
         """From now on the port groups' part, and the periodic sync's leaves' part, run
         on a thread of their own, and a leaf showing a new identity wakes the fabric
         worker."""
+        self._beside_stopping.clear()
         self._beside = PartsThread(self._parts_beside, self._dropped)
         self._beside.start()
         fabric = self._fabric()
@@ -116,6 +121,7 @@ class FullSync:
             fabric.on_identity_change(self._leaf_changed)
 
     def stop(self) -> None:
+        self._beside_stopping.set()
         if self._beside is not None:
             self._beside.stop()
 
@@ -277,6 +283,8 @@ class FullSync:
                 except Exception:  # noqa: BLE001 - the port groups' part runs all the same
                     LOG.exception("full sync (%s): the leaves' part failed", why)
             if PORT_GROUPS in parts:
+                # After the watcher's first read, where one runs in this process.
+                self._runtime.wait_for_watcher_read(self._beside_stopping)
                 self._sync(context, why, PORT_GROUPS)
         finally:
             for _ in items:

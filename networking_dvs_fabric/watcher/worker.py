@@ -67,6 +67,8 @@ class VCenterWatcher(ThreadWorker):
     # -- ThreadWorker -----------------------------------------------------------
     def _before_start(self) -> None:
         self.worker_id = store.make_worker_id()
+        # Started, not only made: the start's port-group audit waits for its first read.
+        self._runtime.expect_watcher_read()
 
     def start(self, name: str | None = None, desc: str | None = None) -> None:
         super().start(name=name, desc=desc)
@@ -92,6 +94,7 @@ class VCenterWatcher(ThreadWorker):
                     self._watch_while_holding(context)
                 else:
                     self.holding = False
+                    self._runtime.watcher_read_done()     # another process reads
                     self._stop.wait(STANDBY_INTERVAL)
             except lease.LeaseLost:
                 LOG.warning("vCenter watcher %s lost %s: wrote nothing more; standing by",
@@ -100,10 +103,13 @@ class VCenterWatcher(ThreadWorker):
                 self._stop.wait(STANDBY_INTERVAL)
             except errors.VCenterError as exc:
                 LOG.warning("vCenter watcher: %s; reading everything again in 2 s", exc)
+                self._runtime.watcher_read_done()         # the start's audit need not wait
                 self._stop.wait(2.0)
             except Exception:  # noqa: BLE001 - a DB restart must not end the watcher
                 LOG.exception("vCenter watcher failed; retrying in 2 s")
+                self._runtime.watcher_read_done()
                 self._stop.wait(2.0)
+        self._runtime.watcher_read_done()
         if self.holding:
             try:
                 lease.release(context, self.lease_name, self.worker_id)
@@ -128,6 +134,7 @@ class VCenterWatcher(ThreadWorker):
                     seen = self._seen_all(context, states)
                     changed = self._fenced(context, full_read.set_all, seen)
                     self._wake(changed)
+                    self._runtime.watcher_read_done()
                     LOG.info("vCenter watcher: full read, %(vms)d VMs, %(ports)d ports "
                              "placed, %(nets)d networks to check (vCenter %(read).1f s, "
                              "database %(db).1f s)",

@@ -85,3 +85,4 @@ def test_other_workers_start_after_the_leaves_first_repair_where_a_fabric_worker
     finally:
         stop.set()
         waiter.join(WAIT)
+

@@ -362,6 +362,27 @@ class TestPrompt(FullSyncTestCase):
         self.assertIsNone(lease.holder_of(self.ctx, full_sync_mod.LEASE),
                           "the lease is released after the port groups' part")
 
+    def test_the_start_port_group_repair_comes_after_the_watchers_first_read(self):
+        """A vCenter watcher in the same process reads where every VM runs first; the
+        start's read of every port group waits for it (they share one interpreter),
+        and the leaves' part does not."""
+        net, vlan = self.bound_network()
+        for pg in self.vc.port_groups_of(net["id"]):
+            self.vc.destroy_port_group(pg)          # drift made while no worker ran
+        runtime = self.fabric.runtime
+        runtime.expect_watcher_read()
+        self.addCleanup(runtime.watcher_read_done)
+        full = self.full_sync()
+        full.start()
+        self.addCleanup(full.join)
+        self.addCleanup(full.stop)
+        full.run_if_due(self.ctx)                        # the start sync
+        self.assertFalse(full.wait_idle(2), "the port groups' part did not wait")
+        self.assertEqual([], self.vc.port_groups_of(net["id"]))
+        runtime.watcher_read_done()                      # the watcher's read ended
+        self.assertTrue(full.wait_idle(60), "the port groups' part never ended")
+        self.assertEqual(1, len(self.vc.port_groups_of(net["id"])))
+
     def test_the_periodic_sync_of_the_leaves_does_not_hold_up_the_fabric_workers_batches(self):
         net, vlan = self.bound_network("first")
         full = self.full_sync()
