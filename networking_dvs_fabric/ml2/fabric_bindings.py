@@ -23,7 +23,8 @@ def fabric_vlan(context: api.PortContext, binding_levels: list[dict] | None,
     level (another top-level driver's dynamic segments are on physical networks of
     its own).  ML2 does that when the level under ours refused and the bottom driver,
     asked next at the top level where the network's segments are all offered,
-    accepted (an agent that came back alive between the two asks).  The leaves must carry such a port as any other (``fabric/intent.py``)."""
+    accepted (an agent that came back alive between the two asks).  The leaves must
+    carry such a port as any other (``fabric/intent.py``)."""
     below = segment_below_us(binding_levels)
     if below is not None or not binding_levels or len(binding_levels) != 1:
         return below
