@@ -29,9 +29,7 @@ def fabric_vlan(context: api.PortContext, binding_levels: list[dict] | None,
     if below is not None or not binding_levels or len(binding_levels) != 1:
         return below
     segment = binding_levels[0].get(api.BOUND_SEGMENT) or {}
-    if segment.get(api.NETWORK_TYPE) != n_const.TYPE_VLAN or not any(
-            s.get(api.NETWORK_TYPE) == n_const.TYPE_VXLAN
-            for s in context.network.network_segments or []) or \
+    if segment.get(api.NETWORK_TYPE) != n_const.TYPE_VLAN or not has_vxlan(context) or \
             segment.get(api.PHYSICAL_NETWORK) not in physical_networks or \
             static_segment(context.network.current, segment):
         return None
@@ -65,8 +63,7 @@ def bound_elsewhere(context: api.PortContext) -> bool:
     return bool(context.binding_levels) and \
         not levels.bound_by(context.binding_levels, DRIVER_NAME) and \
         level_ids(context.binding_levels) != level_ids(context.original_binding_levels) \
-        and any(s.get(api.NETWORK_TYPE) == n_const.TYPE_VXLAN
-                for s in context.network.network_segments or [])
+        and has_vxlan(context)
 
 
 def level_ids(binding_levels: list[dict] | None) -> list[tuple]:
@@ -101,3 +98,9 @@ def activated_without_bind(context: api.PortContext) -> bool:
 def segment_below_us(binding_levels: list[dict] | None) -> str | None:
     """The id of the segment bound at the level under ours (the dynamic VLAN one)."""
     return levels.segment_id_below(binding_levels, DRIVER_NAME)
+
+
+def has_vxlan(context: api.PortContext) -> bool:
+    """Has the port's network a VXLAN segment (is it one the fabric may carry)?"""
+    return any(s.get(api.NETWORK_TYPE) == n_const.TYPE_VXLAN
+               for s in context.network.network_segments or [])
