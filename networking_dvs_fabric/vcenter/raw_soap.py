@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import logging
 import socket
 import zlib
 from typing import Any, Callable, Iterable, Iterator
@@ -23,10 +24,13 @@ from xml.etree import ElementTree
 
 from pyVmomi import SoapAdapter, vmodl
 
+LOG = logging.getLogger(__name__)
+
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 _PC = vmodl.query.PropertyCollector
 _RETRIEVE = _PC._GetMethodInfo("RetrievePropertiesEx")
 _CONTINUE = _PC._GetMethodInfo("ContinueRetrievePropertiesEx")
+_CANCEL = _PC._GetMethodInfo("CancelRetrievePropertiesEx")
 
 
 class RawSoapError(http.client.HTTPException):
@@ -126,11 +130,25 @@ def retrieve_each(pc: Any, specs: Iterable[Any], agent: str = "networking-dvs-fa
         except RawSoapError:
             stub.DropConnections()      # as pyVmomi after an answer it cannot read
             raise
+        except GeneratorExit:
+            # Left part-way: vCenter keeps the rest of a paged answer for its token
+            # until told (the token comes before the objects, so it is known here).
+            if answer.token:
+                _cancel(stub, pc, answer.token, agent)
+            raise
         notify(method.name, answer.count)
         if not answer.token:
             return
         method = _CONTINUE
         request = stub.SerializeRequest(pc, _CONTINUE, [answer.token])
+
+
+def _cancel(stub: Any, pc: Any, token: str, agent: str) -> None:
+    """``CancelRetrievePropertiesEx``: best effort (the server drops it at logout)."""
+    try:
+        post(stub, stub.SerializeRequest(pc, _CANCEL, [token]), _CANCEL, agent)
+    except Exception as exc:  # noqa: BLE001 - the caller is leaving anyway
+        LOG.debug("CancelRetrievePropertiesEx of token %s failed: %s", token, exc)
 
 
 SLICE = 256 * 1024      # bytes of an answer parsed at a time

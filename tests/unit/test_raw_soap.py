@@ -108,6 +108,28 @@ def test_every_page_is_read_and_the_next_asked_for_with_the_token() -> None:
     assert stub.returned == 2 and stub.dropped == 0
 
 
+def test_a_paged_answer_left_part_way_is_cancelled_with_its_token() -> None:
+    """A reader that stops early (an error in its loop) leaves vCenter holding the
+    rest of the answer for the token until the session ends: it is told to drop it."""
+    stub = _Stub([
+        _ENVELOPE.format(method="RetrievePropertiesEx",
+                         inner="<token>t-7</token>" + _objects("pg-1", "pg-2")),
+        _ENVELOPE.format(method="CancelRetrievePropertiesEx", inner="")])
+    objects = raw_soap.retrieve_each(_Collector(stub), [], page=2)
+    assert next(objects)[0] == "pg-1"
+    objects.close()
+    assert [name for name, _ in stub.asked] == ["RetrievePropertiesEx",
+                                                "CancelRetrievePropertiesEx"]
+    assert stub.asked[1][1] == ["t-7"]
+    # The last page has no token: nothing to cancel.
+    stub = _Stub([_ENVELOPE.format(method="RetrievePropertiesEx",
+                                   inner=_objects("pg-1", "pg-2"))])
+    objects = raw_soap.retrieve_each(_Collector(stub), [])
+    next(objects)
+    objects.close()
+    assert [name for name, _ in stub.asked] == ["RetrievePropertiesEx"]
+
+
 def test_an_answer_that_is_not_xml_is_a_temporary_failure_and_drops_the_connections() -> None:
     stub = _Stub(["<html>proxy error"])
     with pytest.raises(http.client.HTTPException, match="unreadable answer"):
