@@ -113,6 +113,14 @@ fabric_opts = [
                     "instance UUID changes or a leaf comes back as a new switch (e.g. an "
                     "empty database); one process at a time. 0: only at start and on "
                     "those changes."),
+    cfg.IntOpt("worker_gc_young_threshold", default=50000, min=0,
+               help="Python's young-generation garbage-collection threshold in the "
+                    "process that runs the project's workers (neutron-periodic-workers), "
+                    "set when the first of them starts. That process holds every leaf's "
+                    "replica; with Python's default (700) a port-group audit or a full "
+                    "read makes Python walk the whole heap again and again, stopping the "
+                    "vCenter watcher and the fabric worker meanwhile. 0: leave Python's "
+                    "thresholds."),
     cfg.FloatOpt("poll_interval", default=2.0, min=0.05,
                  help="Longest sleep of an idle journal worker. Wake-ups (below) make it "
                       "start at once when an API worker records work."),

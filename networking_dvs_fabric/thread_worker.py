@@ -2,7 +2,8 @@
 
 The journal workers, the vCenter watcher and the port group sweeper run in
 ``neutron-periodic-workers`` (the drivers' ``get_workers``) as threads of that
-process (``worker_process_count=0``).  Subclasses write ``_loop``, which must
+process (``worker_process_count=0``); the first to start sets that process's garbage
+collector (``gc_policy``).  Subclasses write ``_loop``, which must
 return soon after ``self._stop`` is set; ``stop`` sets it, ``wait`` joins.
 """
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import threading
 
 from neutron_lib import worker
+
+from networking_dvs_fabric import gc_policy
 
 
 class ThreadWorker(worker.BaseWorker):
@@ -25,6 +28,7 @@ class ThreadWorker(worker.BaseWorker):
     def start(self, name: str | None = None, desc: str | None = None) -> None:
         super().start(name=name or self.name, desc=desc)
         self._stop.clear()
+        gc_policy.apply_once(gc_policy.configured())
         self._before_start()
         self._thread = threading.Thread(target=self._loop, name=self.thread_name,
                                         daemon=True)
