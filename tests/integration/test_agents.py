@@ -21,9 +21,10 @@ from networking_dvs_fabric.lab.demo import PRECOPY_SECONDS
 from networking_dvs_fabric.lab.lab import Lab
 from networking_dvs_fabric.lab.nova import FakeNova
 from networking_dvs_fabric.lab.dataplane import lab_tag
-from networking_dvs_fabric.lab.procs import pid_alive, wait_until
+from networking_dvs_fabric.lab.procs import LabError, pid_alive, wait_until
 
 from .conftest import lab_directory
+from .lease_diagnosis import why_no_lease
 
 WHY_NOT = netns.unavailable()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no dataplane here: {WHY_NOT}")
@@ -270,7 +271,10 @@ def test_rabbitmq_restarted_the_agents_reconnect_and_nothing_is_lost(
     ns = cloud.plug_kvm_vm(port)
     during = guests.Guest("agents-kvm-bus", port, ns, time.time(),
                           client=dhcp_client.start(ns, cloud.dataplane().leases_dir))
-    guests.wait_lease(cloud, during, timeout=90)
+    try:
+        guests.wait_lease(cloud, during, timeout=90)
+    except LabError as exc:         # each link of the chain, for a failure far away (CI)
+        raise AssertionError(f"{exc}\n{why_no_lease(cloud, neutron, port)}") from exc
     # As on kvm-1 above, the lease can come between the agent's wiring and its report.
     wait_until(lambda: neutron.get_port(port["id"])["status"] == "ACTIVE", 60,
                "the port created during the outage to be ACTIVE")
