@@ -72,3 +72,31 @@ def why_no_lease(lab: Lab, neutron: Any, port: dict[str, Any]) -> str:
                               _log_lines(host.agent_log(agent), port_id))))
     return "\n".join(lines)
 
+
+
+SKIPPED = "not defined on plugin or binding failed"
+WIRED = "Configuration for devices up"
+
+
+def agent_missed_the_binding(lab: Lab, neutron: Any, port: dict[str, Any]) -> bool:
+    """Is kvm-1's OVS agent still skipping a port that Neutron has bound to it?
+
+    Neutron's OVS agent reads ports from a cache that only the server's pushes update
+    (``neutron/agent/resource_cache.py``); a revived agent syncs its devices, not that
+    cache.  When the push of a port bound while the bus came back is lost (published
+    before the agent had declared its queues again), the cache keeps the port unbound
+    and the agent skips the device on every loop ("Device ... not defined on plugin or
+    binding failed") until the port changes again or the agent restarts.  True only
+    when Neutron shows the port bound to kvm-1 by openvswitch at the last level and the
+    agent's last word on it is that skip, never a wiring after it."""
+    now = neutron.get_port(port["id"])
+    drivers = (now.get("binding:vif_details") or {}).get("bound_drivers") or {}
+    if now.get("binding:host_id") != topology.KVM_HOST or \
+            now.get("binding:vif_type") != "ovs" or \
+            drivers.get(str(len(drivers) - 1)) != "openvswitch":
+        return False
+    lines = _log_lines(lab.agent_host(topology.KVM_HOST).agent_log("ovs"), port["id"],
+                       last=10**6)
+    skipped = [i for i, line in enumerate(lines) if SKIPPED in line]
+    wired = [i for i, line in enumerate(lines) if WIRED in line]
+    return bool(skipped) and (not wired or wired[-1] < skipped[-1])
