@@ -1,17 +1,17 @@
 """What Neutron says the fabric must carry for some networks, read from its database.
 
-For each network: its VXLAN segment (the VNI) and every port binding that went
-through ``fabric_hwvtep`` - the binding host, the VLAN segment allocated below it,
-the port's MAC and whether the binding is the active one.  A binding made straight
-into one of the fabric's dynamic VLAN segments at the top level counts too: ML2 does
-that when the level under ``fabric_hwvtep`` refused and a bottom driver, asked next
-at the top level, accepted the network's VLAN segment (an agent that came back
-alive between the two asks); the VLAN is the fabric's all the same, and only the
-leaves make it reach the VXLAN network.  Only a dynamic VLAN segment on one of the
-fabric's physical networks is: another top-level driver's segments are its own.
-Inactive bindings (a
-live migration's destination) count for VLAN bindings, so the destination is ready
-before the port moves; MACs are placed only from active bindings.
+For each network: its first VXLAN segment (the VNI, ``first_vxlan_segments``) and
+every port binding that went through ``fabric_hwvtep`` - the binding host, the VLAN
+segment allocated below it, the port's MAC and whether the binding is the active one.
+A binding made straight into one of the fabric's dynamic VLAN segments at the top
+level counts too: ML2 does that when the level under ``fabric_hwvtep`` refused and a
+bottom driver, asked next at the top level, accepted the network's VLAN segment (an
+agent that came back alive between the two asks); the VLAN is the fabric's all the
+same, and only the leaves make it reach the VXLAN network. Only a dynamic VLAN segment
+on one of the fabric's physical networks is: another top-level driver's segments are
+its own. Inactive bindings (a live migration's destination) count for VLAN bindings,
+so the destination is ready before the port moves; MACs are placed only from active
+bindings.
 """
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def read_intents(context, network_ids: Iterable[str], physical_networks: Collect
         segment = segment_models.NetworkSegment
         segments = {s.id: s for s in session.query(
             segment.id, segment.network_id, segment.network_type, segment.physical_network,
-            segment.segmentation_id, segment.is_dynamic).filter(segment.network_id.in_(ids))}
+            segment.segmentation_id, segment.is_dynamic, segment.segment_index).filter(
+            segment.network_id.in_(ids))}
         ports = {p.id: p for p in session.query(
             models_v2.Port.id, models_v2.Port.network_id, models_v2.Port.mac_address).filter(
             models_v2.Port.network_id.in_(ids))}
@@ -87,17 +88,16 @@ def read_intents(context, network_ids: Iterable[str], physical_networks: Collect
         by_binding[(row.port_id, row.host)].append(row)
     vnis: dict[str, int] = {}
     bound: dict[str, list[BoundPort]] = defaultdict(list)
-    vxlan_of = {s.network_id: s for s in segments.values()
-                if s.network_type == n_const.TYPE_VXLAN}
+    vxlan_of = first_vxlan_segments(segments.values())
     for (port_id, host), rows in by_binding.items():
         rows.sort(key=lambda r: r.level)
         found = _through_fabric(rows, segments, driver) or \
             _straight_into_fabric_vlan(rows, segments, vxlan_of, physical_networks)
         if found is None:
             continue
-        top, bottom = found
+        _, bottom = found
         port = ports[port_id]
-        vnis.setdefault(port.network_id, int(top.segmentation_id))
+        vnis[port.network_id] = int(vxlan_of[port.network_id].segmentation_id)
         active = statuses.get((port_id, host)) == n_const.ACTIVE
         where = seen.get(port_id) if active else None
         bound[port.network_id].append(BoundPort(
@@ -111,6 +111,17 @@ def read_intents(context, network_ids: Iterable[str], physical_networks: Collect
                 network_id, vnis[network_id],
                 tuple(sorted(bound[network_id], key=lambda b: (b.port_id, b.host))))
     return result
+
+
+def first_vxlan_segments(segments) -> dict:
+    """Each network's first VXLAN segment (lowest segment index, then id): the one ML2
+    offers first, which fabric_hwvtep binds.  A network is one logical switch, so one
+    VNI, whichever of its ports' bindings is read first."""
+    first: dict = {}
+    for s in sorted(segments, key=lambda s: (s.segment_index or 0, s.id)):
+        if s.network_type == n_const.TYPE_VXLAN:
+            first.setdefault(s.network_id, s)
+    return first
 
 
 def _through_fabric(rows, segments, driver):

@@ -129,21 +129,24 @@ def read_vcenter(vsphere: Any) -> VCenterRead:
 
 def read_neutron_networks(context: Any,
                           ids: set[str]) -> dict[str, tuple[str | None, int | None]]:
-    """id -> (name, VXLAN segmentation id) for the networks named."""
+    """id -> (name, VNI: its first VXLAN segment's id) for the networks named."""
     if not ids:
         return {}
     from neutron.db import models_v2
     from neutron.db.models import segment as segment_models
     from neutron_lib import constants as n_const
     from neutron_lib.db import api as db_api
+
+    from networking_dvs_fabric.fabric.intent import first_vxlan_segments
     segment = segment_models.NetworkSegment
     with db_api.CONTEXT_READER.using(context):
         session = context.session
         names = dict(session.query(models_v2.Network.id, models_v2.Network.name)
                      .filter(models_v2.Network.id.in_(ids)))
-        vnis = dict(session.query(segment.network_id, segment.segmentation_id)
-                    .filter(segment.network_id.in_(ids),
-                            segment.network_type == n_const.TYPE_VXLAN))
+        vxlan = session.query(segment.id, segment.network_id, segment.network_type,
+                              segment.segmentation_id, segment.segment_index).filter(
+            segment.network_id.in_(ids), segment.network_type == n_const.TYPE_VXLAN).all()
+    vnis = {nid: s.segmentation_id for nid, s in first_vxlan_segments(vxlan).items()}
     return {nid: (names[nid] or None, vnis.get(nid)) for nid in names}
 
 

@@ -266,6 +266,32 @@ class TestBoundStraightIntoTheFabricVlan(FabricHwvtepTestCase):
         self.converge()
         self.assertEqual("ACTIVE", self.show_port(port["id"])["status"])
 
+    def test_a_network_with_two_vxlan_segments_keeps_its_first_vni_on_the_leaves(self):
+        """One logical switch per network, so one VNI: the network's first VXLAN segment
+        (the one ML2 offers first, which fabric_hwvtep binds), whichever of its ports are
+        read first.  A port bound straight into the fabric's VLAN took the network's
+        last VXLAN segment, and the VNI followed the order the bindings were read in."""
+        kvm = lab_topology.KVM_HOST
+        agent_helpers.register_ovs_agent(host=kvm, bridge_mappings={KVM_PHYSNET: "br-phys"},
+                                         tunnel_types=[])
+        segments = [{"provider:network_type": "vxlan", "provider:segmentation_id": vni}
+                    for vni in (6001, 6002)]
+        net = self._make_network(self.fmt, "two-vnis", True, as_admin=True,
+                                 arg_list=("segments",), segments=segments)["network"]
+        first = self.make_port(net["id"], host=kvm, device_owner="compute:nova")
+        port = self.port_bound_by_a_revived_agent(net["id"], kvm)
+        provisioning_blocks.provisioning_complete(
+            self.ctx, port["id"], resources.PORT, provisioning_blocks.L2_AGENT_ENTITY)
+        ls = f"dvsf-{net['id']}"
+        self.converge()
+        for leaf_name, _ in lab_topology.KVM_PORTS:
+            self.assertEqual({ls: 6001}, LeafView(leaf(leaf_name)).logical_switches())
+        # Only the port bound straight into the VLAN is left: still the first VNI.
+        self.delete_port(first["id"])
+        self.converge()
+        for leaf_name, _ in lab_topology.KVM_PORTS:
+            self.assertEqual({ls: 6001}, LeafView(leaf(leaf_name)).logical_switches())
+
     def test_bound_by_another_driver_on_its_own_segment_it_is_not_held_nor_its_vlan_kept(self):
         """The level under fabric_hwvtep refuses, and the revived agent, which does VXLAN
         in software, binds the VXLAN segment itself at the top level: nothing is bound
