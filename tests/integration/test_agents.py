@@ -92,8 +92,11 @@ def test_a_vsphere_vm_leases_its_address_from_the_network_node_and_pings_a_kvm_v
     assert lease["bound_at"] - vm.attached_at < 30
     kvm = guests.boot_kvm_vm(cloud, neutron, net["id"], "agents-kvm-a")
     guests.wait_lease(cloud, kvm)
-    bound = neutron.get_port(kvm.port["id"])
-    assert bound["binding:vif_type"] == "ovs" and bound["status"] == "ACTIVE"
+    # The lease can come between the OVS agent's wiring and its report (and the
+    # leaves' completion of the port's provisioning): ACTIVE follows within seconds.
+    wait_until(lambda: neutron.get_port(kvm.port["id"])["status"] == "ACTIVE", 60,
+               "the KVM VM's port to be ACTIVE")
+    assert neutron.get_port(kvm.port["id"])["binding:vif_type"] == "ovs"
     # leaf1 (ESXi) <-> leaf2 (kvm-1): every ping answered, both ways.
     sent, received = netns.ping(vm.ns, kvm.address, count=5)
     assert received == sent == 5
