@@ -1,20 +1,20 @@
 """Python's garbage collector in the periodic workers' process.
 
-That process holds a large, long-lived heap: every leaf's OVSDB replica (at 4,000
-networks, ~3 million tracked objects) and the watcher's picture of vCenter.  With
-Python's default young threshold (700 allocations), a burst of work that keeps its
-results alive - a port-group audit parsing thousands of filters, a full read - moves
-hundreds of thousands of objects into the oldest generation within seconds, and each
-time that generation grows by a quarter Python collects it whole: it walks the entire
-heap holding the GIL.  Measured in the lab at 1,000 networks: four or five such
-collections of 0.25-0.29 s during each 3.5 s port-group audit, every thread of the
-process (the watcher, the fabric worker) stopped meanwhile; at 4,000 networks each
-walk is four times longer and the audit four times longer, and a vMotion that fell
-into the start's audit waited 18 s (bench21).
+That process holds a large, long-lived heap: every leaf's OVSDB replica (~650,000
+tracked objects at 1,000 networks, measured) and the watcher's picture of vCenter.
+With Python's default young threshold (700 allocations), a burst of work that keeps
+its results alive - a port-group audit parsing thousands of filters - moves hundreds
+of thousands of objects into the oldest generation within seconds, and each time that
+generation grows by a quarter Python collects it whole: it walks the entire heap
+holding the GIL.  Measured in the lab at 1,000 networks: four or five such
+collections of 0.25-0.29 s during each 3.5 s port-group audit, every other thread of
+the process (the watcher, the fabric worker) stopped meanwhile.
 
 A larger young threshold lets the short-lived objects of such work die before a
 collection looks at them, so far fewer reach the old generation and full collections
 become rare; a young collection then costs tens of milliseconds, whatever the heap.
+At 4,000 networks this shortened a vMotion's wait inside the start's audit from 18 s
+to 11 s (bench21, bench22); the rest is not traced yet (NOTES.md, session 20).
 ``[ml2_fabric] worker_gc_young_threshold`` sets it once per process, when the first
 of the project's workers starts; 0 leaves Python's thresholds alone.
 """
