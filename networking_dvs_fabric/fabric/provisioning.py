@@ -32,11 +32,15 @@ import sqlalchemy as sa
 from neutron.db import models_v2, provisioning_blocks
 from neutron.db.models import provisioning_block
 from neutron.plugins.ml2 import models as ml2_models
+from neutron.plugins.ml2.common import constants as ml2_constants
+from neutron.plugins.ml2.drivers import mech_agent
 from neutron_lib import constants as n_const
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import resources
 from neutron_lib import context as n_context
 from neutron_lib.db import api as db_api
+from neutron_lib.plugins import directory as plugins
+from neutron_lib.plugins.ml2 import api
 from oslo_db import exception as db_exc
 
 from networking_dvs_fabric import names
@@ -67,6 +71,38 @@ def release(plugin_context, port_id: str) -> None:
     """Drop our block without making the port ACTIVE: it is no longer bound through us."""
     provisioning_blocks.remove_provisioning_component(plugin_context, port_id,
                                                       resources.PORT, ENTITY)
+
+
+# Ports ML2 lets turn ACTIVE on their agent's report alone.  (A DVR interface is
+# reported per host, and never lifts a block: left out.)
+AGENT_REPORTED = frozenset(ml2_constants.NO_PBLOCKS_TYPES) - {
+    n_const.DEVICE_OWNER_DVR_INTERFACE}
+
+
+def hold_for_agent(context: api.PortContext) -> None:
+    """A port just bound through us, of a kind ML2 gives no agent block, bound below
+    us by an agent's driver whose agent runs on the host: also hold the agent's
+    block, so the port is ACTIVE only once that agent wired it (as without us).
+
+    For ``update_port_precommit`` of the binding's commit; conditions as ML2's own
+    agent drivers put theirs (a host, not ACTIVE already)."""
+    port = context.current
+    if port.get("device_owner") not in AGENT_REPORTED or not context.host or \
+            port.get("status") == n_const.PORT_STATUS_ACTIVE or not context.binding_levels:
+        return
+    plugin = plugins.get_plugin()
+    drivers = getattr(getattr(plugin, "mechanism_manager", None), "mech_drivers", {})
+    below = drivers.get(context.binding_levels[-1][api.BOUND_DRIVER])
+    agent_driver = getattr(below, "obj", None)
+    if not isinstance(agent_driver, mech_agent.AgentMechanismDriverBase) or \
+            not context.host_agents(agent_driver.agent_type):
+        return
+    provisioning_blocks.add_provisioning_component(
+        context.plugin_context, port["id"], resources.PORT,
+        provisioning_blocks.L2_AGENT_ENTITY)
+    LOG.debug("fabric_hwvtep: port %(port)s (%(owner)s) waits for the %(agent)s on "
+              "%(host)s too", {"port": port["id"], "owner": port.get("device_owner"),
+                               "agent": agent_driver.agent_type, "host": context.host})
 
 
 class Landed:

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import sqlalchemy
 
 from networking_dvs_fabric.lab import dhcp_client, guests, netns, topology
 from networking_dvs_fabric.lab.agent_hosts import AGENT_DOWN_TIME, alive_agents
 from networking_dvs_fabric.lab.demo import PRECOPY_SECONDS
 from networking_dvs_fabric.lab.lab import Lab
+from networking_dvs_fabric.lab.mariadb import MariaDB
 from networking_dvs_fabric.lab.nova import FakeNova
 from networking_dvs_fabric.lab.dataplane import lab_tag
 from networking_dvs_fabric.lab.procs import LabError, pid_alive, wait_until
@@ -171,6 +173,44 @@ def test_a_vmotion_during_a_ping_to_a_kvm_vm_loses_at_most_two(
         sent, received = pinger.stop()
     assert sent >= 60
     assert sent - received <= 2, f"{sent - received} of {sent} pings lost"
+
+
+BLOCKS_SQL = sqlalchemy.text(
+    "SELECT b.entity FROM provisioningblocks b JOIN ports p "
+    "ON p.standard_attr_id = b.standard_attr_id WHERE p.id = :port")
+
+
+def _blocks(lab: Lab, port_id: str) -> set[str]:
+    """Who still holds the port DOWN (Neutron's provisioning blocks, from MariaDB)."""
+    engine = sqlalchemy.create_engine(MariaDB.from_json(lab.state()["services"]["mariadb"]).url)
+    try:
+        with engine.connect() as conn:
+            return {row[0] for row in conn.execute(BLOCKS_SQL, {"port": port_id})}
+    finally:
+        engine.dispose()
+
+
+def test_a_port_only_its_agent_reports_up_waits_for_that_agent(cloud: Lab) -> None:
+    """Neutron gives some ports no agent block (router interfaces, DHCP ports, ports
+    with no owner): its agent's report makes them ACTIVE.  The fabric's block must not
+    make one ACTIVE before that (a router interface was ACTIVE before net-1's agent
+    tagged it, and a ping through the router was lost).  A port with no owner, bound
+    to kvm-1 and not plugged: once the leaves carry it, only the agent's block is
+    left and it stays DOWN; plugged, the agent wires it and it turns ACTIVE."""
+    neutron = guests.neutron_of(cloud)
+    net, _ = _network(neutron, "10.14.7.0/24")
+    _dhcp_port(neutron, net["id"])
+    port = neutron.create_port(net["id"], topology.KVM_HOST, name="agents-no-owner",
+                               device_owner="", device_id=str(uuid.uuid4()))
+    assert port["binding:vif_type"] == "ovs"
+    wait_until(lambda: _blocks(cloud, port["id"]) == {"L2"}, 60,
+               "the fabric's block lifted, the agent's left")
+    time.sleep(2)       # the fabric's completion has run: nothing turns it ACTIVE now
+    assert neutron.get_port(port["id"])["status"] == "DOWN"
+    cloud.plug_kvm_vm(port)
+    wait_until(lambda: neutron.get_port(port["id"])["status"] == "ACTIVE", 60,
+               "the port ACTIVE once kvm-1's agent wired it")
+    assert not _blocks(cloud, port["id"])
 
 
 def test_two_networks_joined_by_a_router_on_the_network_node(

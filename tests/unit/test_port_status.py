@@ -174,6 +174,22 @@ class TestPreProvision(PortStatusTestCase):
         self.agent_reports_up(port["id"])
         self.assertEqual(ACTIVE, self.status(port["id"]))
 
+    def test_a_port_only_its_agent_reports_up_still_waits_for_that_agent(self):
+        # ML2 puts no agent block on a DHCP port or a router interface: without one
+        # of its own, the fabric's completion alone would make it ACTIVE, unwired.
+        agent_helpers.register_ovs_agent(
+            host=lab_topology.KVM_HOST,
+            bridge_mappings={lab_topology.KVM_PHYSICAL_NETWORK: "br-phys"})
+        net = self.vxlan_network()
+        for owner in (n_const.DEVICE_OWNER_DHCP, n_const.DEVICE_OWNER_ROUTER_INTF):
+            port = self.make_port(net["id"], host=lab_topology.KVM_HOST,
+                                  device_owner=owner)
+            self.assertEqual(portbindings.VIF_TYPE_OVS, port[portbindings.VIF_TYPE])
+            self.converge()
+            self.assertEqual(DOWN, self.status(port["id"]), owner)
+            self.agent_reports_up(port["id"])
+            self.assertEqual(ACTIVE, self.status(port["id"]), owner)
+
     def test_a_port_moved_off_the_fabric_is_not_held_down_by_it(self):
         agent_helpers.register_ovs_agent(host=OVS_HOST)       # VXLAN tunnels, no leaf
         net = self.vxlan_network()
