@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from typing import Iterator
 
 import pytest
@@ -75,3 +76,35 @@ def test_a_negative_threshold_in_the_config_file_is_refused_naming_the_option(
     conf([], default_config_files=[str(path)])
     with pytest.raises(cfg.ConfigFileValueError, match="worker_gc_young_threshold"):
         conf.ml2_fabric.worker_gc_young_threshold
+
+
+def _said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == gc_policy.__name__ and r.levelno == logging.WARNING]
+
+
+def test_a_long_collection_is_logged_with_its_generation(
+        conf: cfg.ConfigOpts, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gc_policy, "LONG_PAUSE_S", 0.0)     # every collection is "long"
+    _start_two()
+    with caplog.at_level(logging.WARNING, logger=gc_policy.__name__):
+        gc.collect()                                         # a full one
+        gc_policy.report()          # (or the reporter thread, whichever comes first)
+        deadline = time.monotonic() + 10
+        while not any("generation-2 garbage collection" in m for m in _said(caplog)):
+            assert time.monotonic() < deadline, _said(caplog)
+            time.sleep(0.1)
+    assert "stopped every thread of the process for" in _said(caplog)[-1]
+
+
+def test_a_short_collection_is_not_logged(
+        conf: cfg.ConfigOpts, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _start_two()
+    gc_policy.report()                                       # nothing left from before
+    monkeypatch.setattr(gc_policy, "LONG_PAUSE_S", 60.0)
+    with caplog.at_level(logging.WARNING, logger=gc_policy.__name__):
+        gc.collect()
+        assert gc_policy.report() == 0
+    assert not _said(caplog)
