@@ -79,30 +79,44 @@ AGENT_REPORTED = frozenset(ml2_constants.NO_PBLOCKS_TYPES) - {
     n_const.DEVICE_OWNER_DVR_INTERFACE}
 
 
-def hold_for_agent(context: api.PortContext) -> None:
-    """A port just bound through us, of a kind ML2 gives no agent block, bound below
-    us by an agent's driver whose agent runs on the host: also hold the agent's
-    block, so the port is ACTIVE only once that agent wired it (as without us).
-
-    For ``update_port_precommit`` of the binding's commit; conditions as ML2's own
-    agent drivers put theirs (a host, not ACTIVE already)."""
+def match_agent_hold(context: api.PortContext) -> None:
+    """A port of a kind ML2 gives no agent block, just bound through us or just left
+    us (``update_port_precommit`` of the change): hold the agent's block exactly when
+    an agent's driver bound the level below ours on a host where its agent runs, so
+    the port is ACTIVE only once that agent wired it, as without us.  Otherwise drop
+    one an earlier binding of ours left (ML2 never holds one on such a port): bound
+    next by ``vsphere_dvs`` or moved off the fabric, it would keep the port DOWN."""
     port = context.current
-    if port.get("device_owner") not in AGENT_REPORTED or not context.host or \
-            port.get("status") == n_const.PORT_STATUS_ACTIVE or not context.binding_levels:
+    if port.get("device_owner") not in AGENT_REPORTED:
         return
-    plugin = plugins.get_plugin()
-    drivers = getattr(getattr(plugin, "mechanism_manager", None), "mech_drivers", {})
-    below = drivers.get(context.binding_levels[-1][api.BOUND_DRIVER])
-    agent_driver = getattr(below, "obj", None)
-    if not isinstance(agent_driver, mech_agent.AgentMechanismDriverBase) or \
-            not context.host_agents(agent_driver.agent_type):
+    agent_driver = _agent_driver_below(context)
+    if agent_driver is None:
+        provisioning_blocks.remove_provisioning_component(
+            context.plugin_context, port["id"], resources.PORT,
+            provisioning_blocks.L2_AGENT_ENTITY)
         return
+    if port.get("status") == n_const.PORT_STATUS_ACTIVE:
+        return                          # as ML2's agent drivers: nothing to wait for
     provisioning_blocks.add_provisioning_component(
         context.plugin_context, port["id"], resources.PORT,
         provisioning_blocks.L2_AGENT_ENTITY)
     LOG.debug("fabric_hwvtep: port %(port)s (%(owner)s) waits for the %(agent)s on "
               "%(host)s too", {"port": port["id"], "owner": port.get("device_owner"),
                                "agent": agent_driver.agent_type, "host": context.host})
+
+
+def _agent_driver_below(context: api.PortContext):
+    """The agent mechanism driver that bound the port's bottom level, if its agent
+    runs on the binding's host; else None."""
+    if not context.host or not context.binding_levels:
+        return None
+    plugin = plugins.get_plugin()
+    drivers = getattr(getattr(plugin, "mechanism_manager", None), "mech_drivers", {})
+    below = getattr(drivers.get(context.binding_levels[-1][api.BOUND_DRIVER]), "obj", None)
+    if isinstance(below, mech_agent.AgentMechanismDriverBase) and \
+            context.host_agents(below.agent_type):
+        return below
+    return None
 
 
 class Landed:

@@ -236,8 +236,8 @@ class FabricHwvtepMechanismDriver(api.MechanismDriver):
         elif ours and (fabric_bindings.activated_without_bind(context) or
                        _bound_straight_into_fabric_vlan(context)):
             provisioning.hold(context.plugin_context, context.current["id"])
-        if ours and not was_ours:
-            provisioning.hold_for_agent(context)     # a port only its agent reports up
+        if ours != was_ours:
+            provisioning.match_agent_hold(context)   # a port only its agent reports up
 
     def delete_port_precommit(self, context: api.PortContext) -> None:
         if self._fabric_vlan(context, context.binding_levels) is not None:

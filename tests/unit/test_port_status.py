@@ -190,6 +190,22 @@ class TestPreProvision(PortStatusTestCase):
             self.agent_reports_up(port["id"])
             self.assertEqual(ACTIVE, self.status(port["id"]), owner)
 
+    def test_a_dhcp_port_moved_from_an_agent_host_to_a_cluster_is_not_held_by_the_agent(self):
+        # The agent's block the fabric added on kvm-1 (the agent never reported) must
+        # not follow the port to a cluster, where no agent will ever lift it.
+        agent_helpers.register_ovs_agent(
+            host=lab_topology.KVM_HOST,
+            bridge_mappings={lab_topology.KVM_PHYSICAL_NETWORK: "br-phys"})
+        net = self.vxlan_network()
+        port = self.make_port(net["id"], host=lab_topology.KVM_HOST,
+                              device_owner=n_const.DEVICE_OWNER_DHCP)
+        self.converge()
+        self.assertEqual(DOWN, self.status(port["id"]))      # waiting for kvm-1's agent
+        moved = self.update_port_host(port["id"], base.HOST_C0)
+        self.assertEqual("dvs", moved[portbindings.VIF_TYPE])
+        self.converge()
+        self.assertEqual(ACTIVE, self.status(port["id"]))
+
     def test_a_port_moved_off_the_fabric_is_not_held_down_by_it(self):
         agent_helpers.register_ovs_agent(host=OVS_HOST)       # VXLAN tunnels, no leaf
         net = self.vxlan_network()
