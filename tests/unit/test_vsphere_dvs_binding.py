@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from concurrent import futures
+from unittest import mock
 
 import dvs_ml2_base as base
 from neutron_lib import constants as n_const
@@ -139,14 +140,19 @@ class TestBinding(VSphereDVSDriverTestCase):
         backend = self.mech.backend
         self.assertTrue(backend.wait_cache_ready(5))
         calls = []
-        real_invoke = backend.session.invoke
+        real_invoke = VCenterSession.invoke
 
-        def counting(func, what):
-            calls.append(what)
-            return real_invoke(func, what)
+        me = threading.get_ident()
 
-        backend.session.invoke = counting
-        self.addCleanup(setattr, backend.session, "invoke", real_invoke)
+        def counting(session, func, what):
+            if threading.get_ident() == me:        # the binds' calls, not the watch's
+                calls.append(what)
+            return real_invoke(session, func, what)
+
+        # On the class: the session's channels (a listing's own handle) count too.
+        patcher = mock.patch.object(VCenterSession, "invoke", counting)
+        patcher.start()
+        self.addCleanup(patcher.stop)
         net = self.make_network()
         first = self.assertBoundToPortGroup(self.make_port(net["id"]), net)
         self.assertTrue(any(what.startswith("create port group") for what in calls), calls)
