@@ -21,30 +21,22 @@ import pytest
 from networking_dvs_fabric.lab import vcsim as vcsim_mod
 from networking_dvs_fabric.lab.vcsim import VCenterSimulator
 from networking_dvs_fabric.sync.full_sync import FullSync
-from networking_dvs_fabric.vcenter.backend import BackendSettings, VSphereBackend
-from networking_dvs_fabric.vcenter.session import VCenterConfig, VCenterSession
+from networking_dvs_fabric.vcenter.backend import VSphereBackend
+from networking_dvs_fabric.vcenter.session import VCenterSession
+from vcsim_backend import DVS, started_backend
 
 if shutil.which("go") is None or not (vcsim_mod.GOVMOMI_SRC / "simulator").is_dir():
     pytest.skip("needs the Debian packages golang-go and golang-github-vmware-govmomi-dev",
                 allow_module_level=True)
 
-DVS = "DVS0"
-PHYSNET = "physnet-dvs"
 PATIENCE = 20.0     # seconds a call may take here before it counts as queued
 
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VSphereBackend]:
-    with VCenterSimulator(tmp_path_factory.mktemp("vcsim-channels")) as sim:
-        config = VCenterConfig(url=sim.url, username=sim.username, password=sim.password,
-                               ca_file=str(sim.ca_file), request_timeout=10.0)
-        settings = BackendSettings(datacenter="DC0", dvs_mappings={PHYSNET: DVS},
-                                   host_mappings={"compute-c0": "DC0_C0"})
-        made = VSphereBackend(settings, lambda: VCenterSession(config))
-        made.start()
-        assert made.wait_cache_ready(10)
+    with VCenterSimulator(tmp_path_factory.mktemp("vcsim-channels")) as sim, \
+            started_backend(sim) as made:
         yield made
-        made.stop()
 
 
 def _while_the_handle_is_held(session: VCenterSession, call: Callable[[], Any]) -> Any:

@@ -25,16 +25,14 @@ from pyVmomi import SoapAdapter, vim
 from networking_dvs_fabric.lab import vcsim as vcsim_mod
 from networking_dvs_fabric.lab.vcsim import VCenterSimulator
 from networking_dvs_fabric.vcenter import naming, pg_users, raw_soap
-from networking_dvs_fabric.vcenter.backend import BackendSettings, VSphereBackend
+from networking_dvs_fabric.vcenter.backend import VSphereBackend
 from networking_dvs_fabric.vcenter.portgroups import NO_CREATE_DVPG, PortGroupManager
-from networking_dvs_fabric.vcenter.session import VCenterConfig, VCenterSession
+from vcsim_backend import DVS, PHYSNET, started_backend
 
 if shutil.which("go") is None or not (vcsim_mod.GOVMOMI_SRC / "simulator").is_dir():
     pytest.skip("needs the Debian packages golang-go and golang-github-vmware-govmomi-dev",
                 allow_module_level=True)
 
-DVS = "DVS0"
-PHYSNET = "physnet-dvs"
 Call = tuple[str, int]      # (SOAP method, objects in the answer)
 
 
@@ -87,15 +85,8 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VCenterSimulator]:
 
 @pytest.fixture(scope="module")
 def backend(sim: VCenterSimulator) -> Iterator[VSphereBackend]:
-    config = VCenterConfig(url=sim.url, username=sim.username, password=sim.password,
-                           ca_file=str(sim.ca_file), request_timeout=10.0)
-    settings = BackendSettings(datacenter="DC0", dvs_mappings={PHYSNET: DVS},
-                               host_mappings={"compute-c0": "DC0_C0"})
-    made = VSphereBackend(settings, lambda: VCenterSession(config))
-    made.start()
-    assert made.wait_cache_ready(10)
-    yield made
-    made.stop()
+    with started_backend(sim) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
