@@ -14,7 +14,8 @@ A larger young threshold lets the short-lived objects of such work die before a
 collection looks at them, so far fewer reach the old generation and full collections
 become rare; a young collection then costs tens of milliseconds, whatever the heap.
 At 4,000 networks this shortened a vMotion's wait inside the start's audit from 18 s
-to 11 s (bench21, bench22); the rest is not traced yet (NOTES.md, session 20).
+to 11 s (bench21, bench22); the rest was not the collector but the fabric worker
+waiting for the shared vCenter handle behind the audit's listing (NOTES.md, session 21).
 ``[ml2_fabric] worker_gc_young_threshold`` sets it once per process, when the first
 of the project's workers starts; 0 leaves Python's thresholds alone.
 

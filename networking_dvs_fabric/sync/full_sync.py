@@ -54,7 +54,7 @@ import logging
 import threading
 import time
 from concurrent import futures
-from typing import Any, Callable
+from typing import Callable
 
 from neutron_lib import context as n_context
 
@@ -103,7 +103,6 @@ class FullSync:
         self._beside_stopping = threading.Event()
         self.runs = 0
         self.skipped = 0
-        self._identity_channel: tuple[Any, Any] | None = None   # (session, its channel)
 
     @property
     def _holder(self) -> str:
@@ -185,13 +184,10 @@ class FullSync:
     def _vcenter_identity(self, parts: Parts) -> dict[str, str]:
         if parts.vsphere is None:
             return {}
-        # A channel of its own: on the shared handle this check, run in the fabric
-        # worker's housekeeping, would wait behind any long call of the process (a
-        # listing, a task being waited for) and hold back the leaves meanwhile.
-        if self._identity_channel is None or self._identity_channel[0] is not \
-                parts.vsphere.session:
-            self._identity_channel = (parts.vsphere.session, parts.vsphere.session.channel())
-        session = self._identity_channel[1]
+        # A channel of its own (a handle, no login): on the shared handle this check,
+        # run in the fabric worker's housekeeping, would wait behind any long call of
+        # the process (a listing, a task being waited for) and hold back the leaves.
+        session = parts.vsphere.session.channel()
         try:
             # One round trip: a vCenter that restarted makes the session log in again.
             uuid = session.invoke(
