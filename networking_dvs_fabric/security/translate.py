@@ -24,7 +24,7 @@ from neutron_lib import constants as n_const
 from neutron_lib import exceptions as n_exc
 
 from networking_dvs_fabric.security.model import (
-    ACCEPT, DROP, INCOMING, OUTGOING, FilterRule, PortGroupPolicy, PortRange)
+    ACCEPT, DROP, INCOMING, OUTGOING, FilterRule, PortGroupPolicy, PortRange, ip_network)
 
 # vCenter's API reference gives no limit on the rules of a traffic ruleset; a
 # conservative bound keeps port group reconfigures (whole setting each time) small.
@@ -105,7 +105,7 @@ def _ports(rule: Mapping[str, Any]) -> PortRange | None:
 
 
 def _merged(cidrs: Iterable[str], family: int) -> list[str]:
-    nets = [netaddr.IPNetwork(c) for c in cidrs if c]
+    nets = [ip_network(c) for c in cidrs if c]
     return [str(n) for n in netaddr.cidr_merge([n for n in nets if n.version == family])]
 
 
@@ -113,7 +113,7 @@ def _remotes(rule: Mapping[str, Any], family: int, members: Mapping[str, Sequenc
              address_groups: Mapping[str, Sequence[str]]) -> list[str]:
     """The remote CIDRs of a rule; empty: a remote that names no address (no rule)."""
     if rule.get("remote_ip_prefix"):
-        net = netaddr.IPNetwork(rule["remote_ip_prefix"]).cidr
+        net = ip_network(rule["remote_ip_prefix"]).cidr
         return [str(net)] if net.version == family else []
     if rule.get("remote_group_id"):
         return _merged(members.get(rule["remote_group_id"], ()), family)
@@ -219,16 +219,16 @@ def _without_covered(rules: list[FilterRule]) -> list[FilterRule]:
     for rule in rules:
         if _covers_all(rule):
             broad.setdefault(rule.direction, []).append(
-                None if rule.source is None else netaddr.IPNetwork(rule.source))
+                None if rule.source is None else ip_network(rule.source))
     if not broad:
         return rules
 
     def covered(rule: FilterRule) -> bool:
         if rule.action != ACCEPT or _covers_all(rule):
             return False
-        source = None if rule.source is None else netaddr.IPNetwork(rule.source)
+        source = None if rule.source is None else ip_network(rule.source)
         family = source.version if source is not None else (
-            netaddr.IPNetwork(rule.destination).version if rule.destination else None)
+            ip_network(rule.destination).version if rule.destination else None)
         for wide in broad.get(rule.direction, ()):
             if wide is None:
                 return True

@@ -22,7 +22,7 @@ import netaddr
 from pyVmomi import vim
 
 from networking_dvs_fabric.security.model import (
-    ACCEPT, DROP, INCOMING, OUTGOING, FilterRule, PortGroupPolicy, PortRange)
+    ACCEPT, DROP, INCOMING, OUTGOING, FilterRule, PortGroupPolicy, PortRange, ip_network)
 
 FILTER_AGENT = "dvfilter-generic-vmware"
 SEQUENCE_STEP = 10
@@ -46,7 +46,7 @@ def _bool(value: bool) -> Any:
 
 
 def _address(cidr: str) -> Any:
-    net = netaddr.IPNetwork(cidr)
+    net = ip_network(cidr)
     if net.prefixlen == (32 if net.version == 4 else 128):
         return vim.SingleIp(address=str(net.ip))
     return vim.IpRange(addressPrefix=str(net.network), prefixLength=net.prefixlen)
@@ -136,11 +136,11 @@ def _read_address(address: Any) -> str | None:
     if getattr(address, "negate", False):
         raise ValueError("negated address")
     if is_a(address, _SINGLE_IP):
-        return str(netaddr.IPNetwork(address.address).cidr)
+        return str(ip_network(address.address).cidr)
     if is_a(address, _IP_RANGE):
         # A length of 0 (0.0.0.0/0, ::/0) comes back absent from the simulator.
         length = address.prefixLength or 0
-        return str(netaddr.IPNetwork(f"{address.addressPrefix}/{length}").cidr)
+        return str(ip_network(f"{address.addressPrefix}/{length}").cidr)
     raise ValueError(kind_of(address))
 
 
