@@ -159,21 +159,31 @@ def rules_of(context, security_group_ids: Collection[str]) -> list[dict]:
 
 
 def members_addresses(context, security_group_ids: Collection[str]) -> dict[str, list[str]]:
-    """Every member port's addresses (any network), per security group."""
-    found: dict[str, list[str]] = {g: [] for g in security_group_ids}
+    """Every member port's addresses (any network), per security group, sorted.
+
+    Two joined queries, whatever the members: only ports that have an address come
+    back.  (Listing the members first and then asking for their addresses sent
+    every member's id twice: a port group made in a project of 4,000 ports, all in
+    Neutron's default group, built and sent two statements of 4,000 parameters for
+    ports without a single address.)"""
+    found: dict[str, set[str]] = {g: set() for g in security_group_ids}
     if not found:
-        return found
-    members: dict[str, list[str]] = {}
+        return {}
+    binding = sg_models.SecurityGroupPortBinding
+    fixed = models_v2.IPAllocation
+    pair = aap_models.AllowedAddressPair
+    groups = list(found)
     with db_api.CONTEXT_READER.using(context):
-        for port_id, group in context.session.query(
-                sg_models.SecurityGroupPortBinding.port_id,
-                sg_models.SecurityGroupPortBinding.security_group_id).filter(
-                sg_models.SecurityGroupPortBinding.security_group_id.in_(list(found))).all():
-            members.setdefault(group, []).append(port_id)
-    known = addresses(context, {p for ports in members.values() for p in ports})
-    for group, ports in members.items():
-        found[group] = known.of(ports)
-    return found
+        session = context.session
+        rows = session.query(binding.security_group_id, fixed.ip_address).join(
+            fixed, fixed.port_id == binding.port_id).filter(
+            binding.security_group_id.in_(groups)).all()
+        rows += session.query(binding.security_group_id, pair.ip_address).join(
+            pair, pair.port_id == binding.port_id).filter(
+            binding.security_group_id.in_(groups)).all()
+    for group, address in rows:
+        found[group].add(str(address))
+    return {group: sorted(addresses) for group, addresses in found.items()}
 
 
 def address_groups(context, group_ids: Collection[str]) -> dict[str, list[str]]:
