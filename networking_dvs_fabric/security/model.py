@@ -29,6 +29,10 @@ ACCEPT = "accept"
 DROP = "drop"
 
 
+# Set keys: what a port's port group is chosen by (``set_key``).
+OPEN = "open"           # port security off: no filter, forged transmits allowed
+BLOCKED = "blocked"     # admin_state_up false: the port group is blocked
+
 
 def ip_network(text: str) -> netaddr.IPNetwork:
     """``text`` (an address or a CIDR) as a network, its IP version told to netaddr.
@@ -36,14 +40,9 @@ def ip_network(text: str) -> netaddr.IPNetwork:
     Left to guess, netaddr tries IPv4 first and, for an IPv6 text, keeps the failed
     attempt's exception in a reference cycle with its frames - and through them
     every caller's locals: reading one port group's filter pinned its whole parsed
-    configuration until a collection found it, and a port-group audit of thousands
-    of filters made collections of hundreds of thousands of objects."""
+    configuration until a collection found it (and a port-group audit reads
+    thousands of filters)."""
     return netaddr.IPNetwork(text, version=6 if ":" in text else 4)
-
-
-# Set keys: what a port's port group is chosen by (``set_key``).
-OPEN = "open"           # port security off: no filter, forged transmits allowed
-BLOCKED = "blocked"     # admin_state_up false: the port group is blocked
 
 
 @dataclasses.dataclass(frozen=True)

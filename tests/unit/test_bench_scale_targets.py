@@ -50,3 +50,11 @@ def test_rss_up_to_4000_and_drift_at_any_size_are_missed():
     result = _result({1000: drifted}, LARGEST)
     assert result["missed"] == ["audit at 1000 found drift: leaf1 port p1: vlan 7 missing",
                                 "periodic_workers at 1000: 501.0 MB resident"]
+
+
+def test_at_4000_itself_rss_is_judged_and_below_it_the_audit_has_no_limit():
+    at_limit = _result({4000: _figure(rss=(250.0, 501.0))}, LARGEST)
+    assert at_limit["missed"] == ["periodic_workers at 4000: 501.0 MB resident"]
+    assert at_limit["not_judged"] == []
+    slow_small = _result({1000: _figure(audit_s=40.0)}, LARGEST)
+    assert slow_small["targets_met"], slow_small["missed"]
