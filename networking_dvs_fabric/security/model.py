@@ -28,7 +28,6 @@ OUTGOING = "outgoingPackets"    # switch -> VM: Neutron's ingress
 ACCEPT = "accept"
 DROP = "drop"
 
-
 # Set keys: what a port's port group is chosen by (``set_key``).
 OPEN = "open"           # port security off: no filter, forged transmits allowed
 BLOCKED = "blocked"     # admin_state_up false: the port group is blocked
