@@ -29,9 +29,11 @@ GOVMOMI_SRC = GOCODE / "src/github.com/vmware/govmomi"
 GOVMOMI_PACKAGE = "golang-github-vmware-govmomi-dev"
 MAIN_GO = Path(__file__).with_name("vcsim") / "main.go"
 # Compiled into govmomi's simulator package by the build's overlay (no file of govmomi
-# changes): vCenter's incremental WaitForUpdatesEx, see the file's comment.
-PACKAGE_GO = Path(__file__).with_name("vcsim") / "incremental_updates.go"
-PACKAGE_GO_AS = GOVMOMI_SRC / "simulator" / "zz_lab_incremental_updates.go"
+# changes), each for what vCenter does and govmomi 0.24's simulator does not (see each
+# file's comment): incremental WaitForUpdatesEx; container views that learn of a new
+# object by its ancestors, not by walking the inventory.
+PACKAGE_GO = tuple(Path(__file__).with_name("vcsim") / name
+                   for name in ("incremental_updates.go", "container_views.go"))
 HOST = "127.0.0.1"
 
 
@@ -60,9 +62,9 @@ def _govmomi_version() -> str:
 def build_vcsim(cache_dir: Path | None = None) -> Path:
     """The simulator binary, compiled on first use and cached by source and govmomi version."""
     source = MAIN_GO.read_bytes()
-    package_source = PACKAGE_GO.read_bytes()
-    key = hashlib.sha256(source + b"\0" + package_source + b"\0"
-                         + _govmomi_version().encode()).hexdigest()
+    package_sources = {path.name: path.read_bytes() for path in PACKAGE_GO}
+    key = hashlib.sha256(b"\0".join([source, *package_sources.values(),
+                                     _govmomi_version().encode()])).hexdigest()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     binary = root / key / "vcsim"
     if binary.is_file():
@@ -75,18 +77,20 @@ def build_vcsim(cache_dir: Path | None = None) -> Path:
     with open(root / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent builder finishes first
         if not binary.is_file():
-            _go_build(go, source, package_source, root, binary)
+            _go_build(go, source, package_sources, root, binary)
     return binary
 
 
-def _go_build(go: str, source: bytes, package_source: bytes, root: Path,
+def _go_build(go: str, source: bytes, package_sources: dict[str, bytes], root: Path,
               binary: Path) -> None:
     print("building the vCenter simulator (once, ~15 s)...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="build-", dir=root) as tmp:
         (Path(tmp) / "main.go").write_bytes(source)
-        (Path(tmp) / "package.go").write_bytes(package_source)
-        (Path(tmp) / "overlay.json").write_text(json.dumps(
-            {"Replace": {str(PACKAGE_GO_AS): str(Path(tmp) / "package.go")}}))
+        overlay = {}
+        for name, text in package_sources.items():
+            (Path(tmp) / name).write_bytes(text)
+            overlay[str(GOVMOMI_SRC / "simulator" / f"zz_lab_{name}")] = str(Path(tmp) / name)
+        (Path(tmp) / "overlay.json").write_text(json.dumps({"Replace": overlay}))
         env = dict(os.environ, GO111MODULE="off", GOPROXY="off", GOFLAGS="",
                    GOPATH=f"{tmp}/gopath{os.pathsep}{GOCODE}")
         if not (os.environ.get("HOME") or os.environ.get("XDG_CACHE_HOME")):

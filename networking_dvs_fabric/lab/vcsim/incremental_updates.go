@@ -244,17 +244,21 @@ func (ic *IncrementalCollector) applyIncrementally(ctx *Context, updates []types
 }
 
 // mayReachNew: can these changes have brought an object into the filter? Yes for a
-// created object, and for a change to a filter's root object or to an object of a
-// type its traversal passes through; a change to anything else cannot.  Limit: the
-// simulator also edits some reference lists without an update (a host's and a
-// pool's "vm" when a VM is made, after its creation was announced); a filter that
-// traverses those finds such a VM at the next creation or traversal change.  The
-// lab's filters traverse container views, whose changes come with the creation.
+// created object of a type the filter reports or its traversal passes through, and
+// for a change to a filter's root object or to an object of a type its traversal
+// passes through; anything else cannot (a task, or a port group, made beside a watch
+// of VMs brings no VM into it).  Limit: the simulator also edits some reference lists
+// without an update (a host's and a pool's "vm" when a VM is made, after its creation
+// was announced); a filter that traverses those finds such a VM at the next creation
+// of a type it reports or traverses, or traversal change.  The lab's filters traverse
+// container views, whose changes come with the creation.
 func mayReachNew(ctx *Context, filter *PropertyFilter, updates []types.ObjectUpdate) bool {
 	for _, update := range updates {
 		switch update.Kind {
 		case types.ObjectUpdateKindEnter:
-			return true
+			if reportedBy(ctx, filter.Spec, update.Obj) || traversedBy(ctx, filter.Spec, update.Obj) {
+				return true
+			}
 		case types.ObjectUpdateKindModify:
 			if traversedBy(ctx, filter.Spec, update.Obj) {
 				return true
@@ -264,9 +268,12 @@ func mayReachNew(ctx *Context, filter *PropertyFilter, updates []types.ObjectUpd
 	return false
 }
 
-func traversedBy(ctx *Context, spec types.PropertyFilterSpec, ref types.ManagedObjectReference) bool {
-	var kind reflect.Type // the object's Go type, looked up once if needed
-	isA := func(name string) bool {
+// isA returns whether ref's object is of the named managed type, itself or by
+// embedding (e.g. Network inside DistributedVirtualPortgroup); the object's Go type
+// is looked up once, on first need.  An object already gone is of no type.
+func isA(ctx *Context, ref types.ManagedObjectReference) func(string) bool {
+	var kind reflect.Type
+	return func(name string) bool {
 		if name == ref.Type {
 			return true
 		}
@@ -277,14 +284,29 @@ func traversedBy(ctx *Context, spec types.PropertyFilterSpec, ref types.ManagedO
 			}
 			kind = getManagedObject(obj).Type()
 		}
-		field, ok := kind.FieldByName(name) // e.g. Network inside DistributedVirtualPortgroup
+		field, ok := kind.FieldByName(name)
 		return ok && field.Anonymous
 	}
+}
+
+// reportedBy: does one of the filter's property specs name ref's type?
+func reportedBy(ctx *Context, spec types.PropertyFilterSpec, ref types.ManagedObjectReference) bool {
+	is := isA(ctx, ref)
+	for _, p := range spec.PropSet {
+		if is(p.Type) {
+			return true
+		}
+	}
+	return false
+}
+
+func traversedBy(ctx *Context, spec types.PropertyFilterSpec, ref types.ManagedObjectReference) bool {
+	is := isA(ctx, ref)
 	var walk func([]types.BaseSelectionSpec) bool
 	walk = func(selections []types.BaseSelectionSpec) bool {
 		for _, s := range selections {
 			if ts, ok := s.(*types.TraversalSpec); ok {
-				if isA(ts.Type) || walk(ts.SelectSet) {
+				if is(ts.Type) || walk(ts.SelectSet) {
 					return true
 				}
 			}

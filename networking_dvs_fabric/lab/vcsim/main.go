@@ -56,6 +56,7 @@ func run(opt options) (err error) {
 	}
 	defer model.Remove()
 	simulator.UseIncrementalCollector() // incremental_updates.go, compiled into the package
+	simulator.UseLabViewManager()       // container_views.go, likewise
 
 	model.Service.Listen = &url.URL{Host: opt.listen}
 	if opt.username != "" {
