@@ -3,7 +3,9 @@
 govmomi 0.24's own views found a new object by walking the whole inventory down from
 their root (lab/vcsim/container_views.go replaces that walk with one up from the new
 object); what a client sees must be what it saw before, and what vCenter shows: a new
-port group or VM is in every view whose root holds it, and in no other.
+port group or VM is in every view whose root holds it, and in no other.  (These
+assertions hold for govmomi's own views too: they guard the replacement's behaviour;
+its speed is `bench scale`'s, see docs/benchmarks.md.)
 """
 from __future__ import annotations
 
@@ -54,13 +56,18 @@ def test_new_port_groups_and_vms_are_in_the_views_that_hold_them(
     views = content.viewManager
     clusters = entities(si, vim.ClusterComputeResource)
     c0, c1 = clusters["DC0_C0"], clusters["DC0_C1"]
+    datacenter = entities(si, vim.Datacenter)["DC0"]
     made = [views.CreateContainerView(content.rootFolder,
                                       [vim.dvs.DistributedVirtualPortgroup], True),
             views.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True),
+            # The drivers' watches: views over the datacenter.
+            views.CreateContainerView(datacenter, [vim.dvs.DistributedVirtualPortgroup],
+                                      True),
+            views.CreateContainerView(datacenter, [vim.VirtualMachine], True),
             views.CreateContainerView(c0, [vim.VirtualMachine], True),
             views.CreateContainerView(c1, [vim.VirtualMachine], True),
             views.CreateContainerView(content.rootFolder, [vim.VirtualMachine], False)]
-    pgs, all_vms, c0_vms, c1_vms, top_level_vms = made
+    pgs, all_vms, dc_pgs, dc_vms, c0_vms, c1_vms, top_level_vms = made
     try:
         before = {view: names(view) for view in made}
         dvs = entities(si, vim.DistributedVirtualSwitch)["DVS0"]
@@ -70,10 +77,12 @@ def test_new_port_groups_and_vms_are_in_the_views_that_hold_them(
         make_vm(si, "views-vm-c1", c1, c1.host[1])
 
         assert names(pgs) == before[pgs] | {"views-pg"}
+        assert names(dc_pgs) == before[dc_pgs] | {"views-pg"}
         assert names(all_vms) == before[all_vms] | {"views-vm-c0", "views-vm-c1"}
+        assert names(dc_vms) == before[dc_vms] | {"views-vm-c0", "views-vm-c1"}
         # A cluster's view never gets the other cluster's new VM.  (Nor, as govmomi's
         # own view, its own: the simulator sets a new VM's pool and host after it
-        # announces the VM.  The lab's watches all start at the root folder.)
+        # announces the VM.  The drivers' watches start at the datacenter.)
         assert "views-vm-c1" not in names(c0_vms) and "views-vm-c0" not in names(c1_vms)
         # Not recursive: the root folder holds no VM directly.
         assert names(top_level_vms) == before[top_level_vms] == set()
