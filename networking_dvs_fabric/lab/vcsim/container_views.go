@@ -7,9 +7,9 @@
 // in it by walking the inventory down from its root until it meets the object: a
 // view over the root folder walks every folder, cluster, host, pool and VM before
 // the network folder, for every object created anywhere, once per view.  With a
-// view per API process (the port-group cache) and 5,000 VMs a port group create
-// took 20 ms more than with none (/work/prof/vcsim_create_curve.py; NOTES.md,
-// session 23), a cost that grew with the inventory where vCenter's does not.  This
+// view per API process (the port-group cache) and 4,000 VMs a port group create
+// took 20 ms more than with none (measured in NOTES.md, session 23), a cost that
+// grew with the inventory where vCenter's does not.  This
 // view walks up from the new object instead: its parent, and a VM's pool and host
 // (the simulator's own walk reaches VMs through those too).
 package simulator
